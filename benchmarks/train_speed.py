@@ -1,0 +1,137 @@
+"""Training speed of the canonical run (nanda-mod-add) on this machine.
+
+Prints ms per optimizer step of groklab's trainer beside a baseline, measured in the same process,
+interleaved, that does each step what the released code of Nanda et al. 2023 does
+(progress-measures-paper `transformers.py`): the full forward over all 3 positions, the test loss
+computed with autograd every step, labels rebuilt in Python from the pairs. Also prints the time
+of the dense MLP alone at the scored position (the part no re-association removes) and, with
+`--grok`, runs the whole preset and reports the step and wall time at which test acc reached 99%.
+
+    python benchmarks/train_speed.py [--steps 40] [--rounds 5] [--grok]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import groklab
+from groklab.experiment import resolve
+from groklab.models import build_model
+from groklab.training import Trainer
+
+
+class ReleasedCodeTransformer(torch.nn.Module):
+    """Nanda et al.'s model as written in their `transformers.py` (paper weight layout, einsums
+    over every position, -1e10 masking), without hooks."""
+
+    def __init__(self, d_vocab=114, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=3):
+        super().__init__()
+        r = lambda *s, fan=d_model: torch.nn.Parameter(torch.randn(*s) / math.sqrt(fan))  # noqa: E731
+        self.W_E, self.W_pos = r(d_model, d_vocab), r(n_ctx, d_model)
+        self.W_K, self.W_Q, self.W_V = r(n_heads, d_head, d_model), r(n_heads, d_head, d_model), r(n_heads, d_head, d_model)
+        self.W_O = r(d_model, d_head * n_heads)
+        self.W_in, self.b_in = r(d_mlp, d_model), torch.nn.Parameter(torch.zeros(d_mlp))
+        self.W_out, self.b_out = r(d_model, d_mlp), torch.nn.Parameter(torch.zeros(d_model))
+        self.W_U = r(d_model, d_vocab, fan=d_vocab)
+        self.register_buffer("mask", torch.tril(torch.ones(n_ctx, n_ctx)))
+        self.d_head = d_head
+
+    def forward(self, x):
+        x = torch.einsum("dbp->bpd", self.W_E[:, x]) + self.W_pos[: x.shape[-1]]
+        k = torch.einsum("ihd,bpd->biph", self.W_K, x)
+        q = torch.einsum("ihd,bpd->biph", self.W_Q, x)
+        v = torch.einsum("ihd,bpd->biph", self.W_V, x)
+        scores = torch.einsum("biph,biqh->biqp", k, q)
+        n = x.shape[-2]
+        scores = torch.tril(scores) - 1e10 * (1 - self.mask[:n, :n])
+        attn = F.softmax(scores / math.sqrt(self.d_head), dim=-1)
+        z = torch.einsum("biph,biqp->biqh", v, attn)
+        z = z.permute(0, 2, 1, 3).reshape(z.shape[0], n, -1)  # rearrange 'b i q h -> b q (i h)'
+        x = x + torch.einsum("df,bqf->bqd", self.W_O, z)
+        post = F.relu(torch.einsum("md,bpd->bpm", self.W_in, x) + self.b_in)
+        x = x + torch.einsum("dm,bpm->bpd", self.W_out, post) + self.b_out
+        return x @ self.W_U
+
+
+def released_code_step(model, optimizer, scheduler, train, test, p):
+    def full_loss(data):
+        logits = model(data)[:, -1]
+        labels = torch.tensor([(i + j) % p for i, j, _ in data.tolist()])
+        logprobs = F.log_softmax(logits.to(torch.float64), dim=-1)
+        return -torch.gather(logprobs, index=labels[:, None], dim=-1).mean()
+
+    train_loss = full_loss(train)
+    test_loss = full_loss(test)  # with autograd, as in the released loop
+    train_loss.item(), test_loss.item()
+    train_loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def mlp_floor(trainer):
+    """Forward + backward of the last block's MLP and the unembedding at the scored position:
+    dense (batch x 128) @ (128 x 512) and (batch x 512) @ (512 x 128) work that stays in any exact
+    formulation of the step."""
+    model = trainer.model
+    mlp, W_U = model.blocks[0].mlp, model.unembed.W_U
+    resid = torch.randn(len(trainer.task.train), 1, 128, requires_grad=True)
+    out = (resid + mlp(resid)) @ W_U
+    out.sum().backward()
+
+
+def timed(fn, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="steps per timing round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--grok", action="store_true", help="also run the canonical preset to test acc >= 99%%")
+    args = parser.parse_args()
+
+    prepared = resolve(groklab.load_preset("nanda-mod-add"))
+    cfg = prepared.config
+    trainer = Trainer(prepared.task, build_model(prepared.model, cfg.resolved_model_seed), cfg.train, seed=0)
+    baseline = ReleasedCodeTransformer()
+    b_opt = torch.optim.AdamW(baseline.parameters(), lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98))
+    b_sched = torch.optim.lr_scheduler.LambdaLR(b_opt, lambda step: min(step / 10, 1))
+    task = prepared.task
+    b_step = lambda: released_code_step(baseline, b_opt, b_sched, task.train.tokens, task.test.tokens, 113)  # noqa: E731
+    for fn in (trainer.train_step, b_step, lambda: mlp_floor(trainer)):  # warm up
+        timed(fn, 3)
+    ours, theirs, floor = [], [], []
+    for _ in range(args.rounds):
+        ours.append(timed(trainer.train_step, args.steps))
+        theirs.append(timed(b_step, max(2, args.steps // 10)))
+        floor.append(timed(lambda: mlp_floor(trainer), args.steps))
+    o, t, f = statistics.median(ours), statistics.median(theirs), statistics.median(floor)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, train batch {len(task.train)}")
+    print(f"groklab step (nanda-mod-add):      {o:8.1f} ms  (rounds: {', '.join(f'{x:.1f}' for x in ours)})")
+    print(f"released-code algorithm baseline:  {t:8.1f} ms  (rounds: {', '.join(f'{x:.1f}' for x in theirs)})")
+    print(f"speed-up vs baseline:              {t / o:8.1f} x")
+    print(f"dense MLP + unembed alone (floor): {f:8.1f} ms  = {f / o:.0%} of the groklab step")
+
+    if args.grok:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = groklab.run(groklab.load_preset("nanda-mod-add"), f"{tmp}/run")
+            s = run.summary
+            print(f"canonical run: status {s['status']}, train acc >= 99% at step {s['step_train_acc_99']}, "
+                  f"test acc >= 99% at step {s['step_test_acc_99']} after {s['elapsed_s_test_acc_99']:.1f} s "
+                  f"(run ended at step {s['last_step']}, {s['elapsed_s']:.1f} s, {s['steps_per_s']} steps/s)")
+            failures = groklab.dynamics.check_outcome(s, run.config.outcome)
+            print("expected outcome:", "met" if not failures else "NOT met: " + "; ".join(failures))
+
+
+if __name__ == "__main__":
+    main()

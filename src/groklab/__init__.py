@@ -1,0 +1,15 @@
+"""groklab: reproduce and study grokking: progress measures, structural grokking, training maps.
+
+    import groklab
+    run = groklab.run(groklab.load_preset("nanda-mod-add"))
+    run.metrics            # pandas DataFrame, one row per evaluation step
+    run.model(step=5000)   # the transformer at a checkpoint
+"""
+from groklab.config import RunConfig, load_config, load_preset, preset_names
+from groklab.errors import ConfigError, RunDirError, UserError
+from groklab.experiment import resume, run
+from groklab.store import Run, load_run
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "Run", "RunConfig", "RunDirError", "UserError", "load_config", "load_preset",
+           "load_run", "preset_names", "resume", "run"]

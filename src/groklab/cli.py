@@ -1,0 +1,183 @@
+"""The command line: thin. Parses arguments, calls the library, prints, exits with a clear code.
+
+Exit codes: 0 done, 2 bad input (one line on stderr saying what to do), 130 interrupted.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+import click
+
+from groklab.errors import UserError
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="groklab")
+def cli() -> None:
+    """groklab: reproduce and study grokking."""
+
+
+@cli.command()
+@click.argument("spec", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
+@click.option("--seed", type=int, help="Seed for data split, init and batch order.")
+@click.option("--out", type=click.Path(), help="Run directory to create (default runs/NAME-sSEED-TIME).")
+@click.option("--device", help="auto (default: CUDA if available), cpu, cuda or cuda:N.")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue the run in this directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], out: Optional[str],
+        device: Optional[str], resume_dir: Optional[str], quiet: bool) -> None:
+    """Train PRESET or FILE.yaml into a new run directory, or --resume RUN_DIR."""
+    import groklab
+    from groklab.config import load_config
+
+    if resume_dir:
+        if spec or overrides or seed is not None or out:
+            raise UserError("--resume continues a run with its own config; give no PRESET, --set, --seed or --out")
+        existing = groklab.load_run(resume_dir)
+        if existing.summary.get("status") in ("finished", "stopped_early", "diverged"):
+            click.echo(f"{resume_dir}: already {existing.summary['status']} at step {existing.summary.get('step')}; nothing to do")
+            return
+        total = existing.config.train.max_steps
+        with _progress(total, quiet) as on_step:
+            result = groklab.resume(resume_dir, device=device, progress=on_step)
+    else:
+        if not spec:
+            raise UserError("give a PRESET or FILE.yaml to run (`groklab presets` lists presets), or --resume RUN_DIR")
+        config = load_config(spec, overrides, seed)
+        with _progress(config.train.max_steps, quiet) as on_step:
+            result = groklab.run(config, out, device=device, progress=on_step)
+    _print_summary(result)
+    if result.summary.get("status") == "interrupted":
+        click.echo(f"interrupted; continue with: groklab run --resume {result.path}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+@cli.command()
+def presets() -> None:
+    """List presets with their source and expected outcome."""
+    from groklab.config import load_preset, preset_names
+
+    for name in preset_names():
+        cfg = load_preset(name)
+        click.echo(click.style(name, bold=True))
+        click.echo(f"  source:   {cfg.source}")
+        click.echo(f"  expected: {cfg.expected}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+def show(run_dir: str) -> None:
+    """Print a run's summary."""
+    import groklab
+
+    _print_summary(groklab.load_run(run_dir), header=True)
+
+
+def _print_summary(result, header: bool = False) -> None:
+    from groklab.dynamics import summarize
+
+    summary = result.summary
+    metrics = result.metrics
+    live = summarize(metrics) if not metrics.empty else {}
+    status = summary.get("status", "no checkpoint yet")
+    if status == "running" and not _alive(summary):
+        status = "stopped without finishing (killed?); resume with --resume"
+    cfg = result.config
+    lines = [("run", str(result.path)), ("preset", cfg.name), ("source", cfg.source), ("status", status)]
+    if live:
+        lines += [("step", f"{live['last_step']} of {cfg.train.max_steps}")]
+        grok = live["step_test_acc_99"]
+        lines += [("grokked", f"yes: test acc >= 99% at step {grok}" + (
+            f" ({live['elapsed_s_test_acc_99']:.1f} s)" if live.get("elapsed_s_test_acc_99") is not None else "")
+            if grok is not None else "no (test acc never reached 99%)")]
+        lines += [("train acc >= 99%", f"step {live['step_train_acc_99']}" if live["step_train_acc_99"] is not None else "never")]
+        lines += [("final", f"train acc {live['final_train_acc']:.4f}, test acc {live['final_test_acc']:.4f}, "
+                            f"train loss {live['final_train_loss']:.3g}, test loss {live['final_test_loss']:.3g}")]
+        if live.get("last_good_step") != live["last_step"]:
+            lines += [("last good step", str(live.get("last_good_step")))]
+        lines += [("wall time", f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)")]
+    else:
+        lines += [("metrics", "none yet")]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def _alive(summary: dict) -> bool:
+    import os
+    import socket
+
+    pid = summary.get("pid")
+    if not pid or summary.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+class _progress:
+    """A rich progress bar fed by the trainer: step, steps/s, live train/test accuracy."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet = total, quiet
+
+    def __enter__(self):
+        if self.quiet or not sys.stderr.isatty():
+            return self._plain if not self.quiet else None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]:>7} steps/s"), TextColumn("{task.fields[acc]}"),
+                            TimeElapsedColumn(), transient=False)
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=self.total, rate="", acc="")
+        self.t0, self.s0, self.last = time.perf_counter(), None, 0.0
+        return self._update
+
+    def _update(self, step: int, row: Optional[dict]) -> None:
+        now = time.perf_counter()
+        if self.s0 is None:
+            self.s0, self.t0 = step, now
+        fields = {}
+        if row is not None:
+            fields["acc"] = f"train acc {row['train_acc']:.3f}  test acc {row['test_acc']:.3f}"
+        if row is not None or now - self.last > 0.2:
+            rate = (step - self.s0) / (now - self.t0) if now > self.t0 else 0.0
+            self.bar.update(self.task, completed=step, rate=f"{rate:.1f}", **fields)
+            self.last = now
+
+    def _plain(self, step: int, row: Optional[dict]) -> None:
+        if row is not None and (step % (10 * max(1, self.total // 100)) == 0 or step == 0):
+            click.echo(f"step {step:>7}  train acc {row['train_acc']:.4f}  test acc {row['test_acc']:.4f}  "
+                       f"train loss {row['train_loss']:.3g}  test loss {row['test_loss']:.3g}", err=True)
+
+    def __exit__(self, *exc) -> None:
+        if getattr(self, "bar", None) is not None:
+            self.bar.stop()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="groklab", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.ClickException as err:
+        click.echo(f"groklab: error: {err.format_message()} (see groklab --help)", err=True)
+        sys.exit(EXIT_USAGE)
+    except UserError as err:
+        click.echo(f"groklab: error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("groklab: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Config layer: presets (YAML, with provenance) -> validated config objects."""
+from groklab.config.loading import (
+    PRESET_DIR,
+    apply_overrides,
+    config_from_dict,
+    format_validation_error,
+    load_config,
+    load_preset,
+    preset_names,
+    to_yaml,
+)
+from groklab.config.schema import EarlyStop, ModelConfig, RunConfig, TaskConfig, TrainConfig
+
+__all__ = [
+    "PRESET_DIR", "EarlyStop", "ModelConfig", "RunConfig", "TaskConfig", "TrainConfig",
+    "apply_overrides", "config_from_dict", "format_validation_error", "load_config",
+    "load_preset", "preset_names", "to_yaml",
+]

@@ -1,0 +1,90 @@
+"""Validated config objects: what a run is (task, model, training) and where it comes from.
+
+A run config is plain data. Task and model parameters are validated by the task or model that
+owns them (`groklab.tasks`, `groklab.models`), so adding a task or a model is one new file there;
+the training settings are generic and validated here.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; configs are immutable values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Open(BaseModel):
+    """A name plus parameters that the owning layer validates."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def params(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class TaskConfig(Open):
+    """`name` picks a task from `groklab.tasks.TASKS`; the other keys are that task's parameters."""
+
+    name: str
+
+
+class ModelConfig(Open):
+    """`arch` picks a model from `groklab.models.MODELS`; the other keys are its parameters."""
+
+    arch: str = "transformer"
+
+
+class EarlyStop(Strict):
+    """Stop once `metric` >= `threshold` at `patience` consecutive evaluations."""
+
+    metric: str = "test_acc"
+    threshold: float = 0.99
+    patience: PositiveInt = 1
+
+
+class TrainConfig(Strict):
+    """The optimisation loop (`groklab.training`)."""
+
+    optimizer: Literal["adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: PositiveFloat = 1e-8
+    warmup_steps: NonNegativeInt = 10           # lr factor min(step / warmup_steps, 1); step 0 has lr 0
+    batch_size: Union[Literal["full"], PositiveInt] = "full"
+    grad_clip: Optional[PositiveFloat] = None    # max global grad norm
+    loss_dtype: Literal["float32", "float64"] = "float64"
+    max_steps: PositiveInt = 10_000
+    eval_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 100
+    early_stop: Optional[EarlyStop] = None
+    device: str = "auto"                         # auto | cpu | cuda | cuda:N
+
+
+class RunConfig(Strict):
+    """Everything that determines a run. Same config (and machine) => bit-identical metrics."""
+
+    name: str = "custom"
+    source: str = ""        # provenance: paper, section / figure
+    expected: str = ""      # the outcome the preset must produce, in words
+    outcome: dict[str, Union[bool, tuple[float, float]]] = Field(default_factory=dict)
+    # ... and as checks on the run's summary (groklab.dynamics.check_outcome): a bool must match,
+    # [lo, hi] must contain the value. Tests (quick) and benchmarks (the long presets) apply them.
+    seed: NonNegativeInt = 0
+    data_seed: Optional[NonNegativeInt] = None   # default: seed
+    model_seed: Optional[NonNegativeInt] = None  # default: seed
+    task: TaskConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def resolved_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def resolved_model_seed(self) -> int:
+        return self.seed if self.model_seed is None else self.model_seed

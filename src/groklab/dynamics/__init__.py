@@ -1,0 +1,4 @@
+"""Dynamics layer: pure numpy/pandas over metric tables (no torch): summaries, phases, training maps."""
+from groklab.dynamics.summary import GROK_THRESHOLD, check_outcome, first_step, summarize
+
+__all__ = ["GROK_THRESHOLD", "check_outcome", "first_step", "summarize"]

@@ -1,0 +1,63 @@
+"""Headline figures of a run from its metrics table alone (no torch)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+GROK_THRESHOLD = 0.99
+
+
+def first_step(metrics: pd.DataFrame, column: str, threshold: float = GROK_THRESHOLD) -> Optional[int]:
+    """The first evaluation step at which `column` >= threshold, or None."""
+    if column not in metrics or metrics.empty:
+        return None
+    hit = metrics.loc[metrics[column] >= threshold, "step"]
+    return int(hit.iloc[0]) if len(hit) else None
+
+
+def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
+    """Grokked? (test accuracy reached `threshold`), the first steps at which train and test accuracy
+    reached it, the delay between them, final values, the last step with finite losses, wall time."""
+    if metrics.empty:
+        return {"evaluations": 0}
+    last = metrics.iloc[-1]
+    train_step, test_step = first_step(metrics, "train_acc", threshold), first_step(metrics, "test_acc", threshold)
+    losses = metrics[[c for c in metrics.columns if c.endswith("_loss")]].to_numpy(dtype=float)
+    finite = metrics.loc[np.isfinite(losses).all(axis=1), "step"]
+    elapsed = float(last.get("elapsed_s", math.nan))
+    at = lambda step, col: None if step is None else float(metrics.loc[metrics["step"] == step, col].iloc[0])  # noqa: E731
+    out = {
+        "evaluations": len(metrics),
+        "last_step": int(last["step"]),
+        "grokked": test_step is not None,
+        "threshold": threshold,
+        "step_train_acc_99": train_step,
+        "step_test_acc_99": test_step,
+        "grok_delay_steps": None if None in (train_step, test_step) else test_step - train_step,
+        "elapsed_s_test_acc_99": at(test_step, "elapsed_s") if "elapsed_s" in metrics else None,
+        "last_good_step": int(finite.iloc[-1]) if len(finite) else None,
+        "elapsed_s": elapsed,
+        "steps_per_s": round(last["step"] / elapsed, 2) if elapsed > 0 else None,
+    }
+    for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        if col in metrics:
+            out[f"final_{col}"] = float(last[col])
+    return out
+
+
+def check_outcome(summary: dict, outcome: dict) -> list[str]:
+    """The preset's expected outcome against a run's summary: one message per unmet expectation."""
+    failures = []
+    for key, want in outcome.items():
+        got = summary.get(key)
+        if isinstance(want, bool):
+            ok = got is want
+        else:
+            lo, hi = want
+            ok = got is not None and lo <= got <= hi
+        if not ok:
+            failures.append(f"{key} = {got}, expected {want}")
+    return failures

@@ -1,0 +1,156 @@
+"""One run, end to end: validate, create the run directory, train, record, summarize, resume.
+
+`groklab run X` is `groklab.run(groklab.load_preset("X"))`. Everything a user can get wrong is
+checked before the run directory is created, so a bad config never leaves a half-made run and
+never touches an existing one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
+
+import pandas as pd
+import torch
+
+from groklab.config import ModelConfig, RunConfig, TaskConfig, to_yaml
+from groklab.dynamics import summarize
+from groklab.errors import ConfigError, RunDirError
+from groklab.models import TransformerConfig, build_model, model_config, resolved_params
+from groklab.store import Run, RunDir
+from groklab.tasks import Task, build_task, task_params
+from groklab.training import Outcome, Trainer, TrainState
+
+EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
+Progress = Callable[[int, Optional[dict]], None]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    config: RunConfig  # resolved: seeds, task and model parameters with every default filled in
+    task: Task
+    model: TransformerConfig
+    device: torch.device
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto (CUDA when available, else CPU) | cpu | cuda | cuda:N."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{spec}' requested but CUDA is not available here; use --device cpu "
+                              "(or install a CUDA build of torch, see README)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve(config: RunConfig, device: Optional[str] = None) -> Prepared:
+    """Validate everything and fill in every default; raises ConfigError with a one-line message."""
+    data_seed, model_seed = config.resolved_data_seed, config.resolved_model_seed
+    params = task_params(config.task)
+    task = build_task(config.task, data_seed)
+    model = model_config(config.model, task.d_vocab, task.n_ctx, task.n_classes)
+    stop = config.train.early_stop
+    if stop is not None and stop.metric not in EVAL_COLUMNS:
+        raise ConfigError(f"config: train.early_stop.metric '{stop.metric}' is not one of {', '.join(EVAL_COLUMNS)}")
+    resolved = config.model_copy(update={
+        "data_seed": data_seed, "model_seed": model_seed,
+        "task": TaskConfig(name=config.task.name, **params.model_dump(mode="json")),
+        "model": ModelConfig(**resolved_params(model)),
+    })
+    return Prepared(resolved, task, model, resolve_device(device or config.train.device))
+
+
+def default_out(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.name}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(config: RunConfig, out: Union[str, Path, None] = None, *, device: Optional[str] = None,
+        progress: Optional[Progress] = None) -> Run:
+    """Train `config` into a new run directory (default runs/NAME-sSEED-TIME) and return the run."""
+    prepared = resolve(config, device)
+    run_dir = RunDir.create(Path(out) if out else default_out(config), to_yaml(prepared.config))
+    return _train(run_dir, prepared, None, progress)
+
+
+def resume(path: Union[str, Path], *, device: Optional[str] = None, progress: Optional[Progress] = None) -> Run:
+    """Continue an interrupted or killed run from its last checkpoint; a finished run is left as is.
+    The finished metrics equal those of an uninterrupted run."""
+    existing = Run(path)
+    if existing.summary.get("status") in ("finished", "stopped_early", "diverged"):
+        return existing
+    prepared = resolve(existing.config, device)
+    state = existing.dir.load_state() if existing.dir.has_state() else None
+    return _train(existing.dir, prepared, state, progress)
+
+
+class Recorder:
+    """The trainer's sink: appends metric rows, saves checkpoints, keeps summary.json current."""
+
+    def __init__(self, run_dir: RunDir, prepared: Prepared, rows: list[dict]):
+        self.run_dir, self.prepared, self.rows = run_dir, prepared, rows
+
+    def on_eval(self, row: dict) -> None:
+        self.rows.append(row)
+        self.run_dir.append_metrics(row)
+
+    def on_checkpoint(self, state: TrainState) -> None:
+        self.run_dir.save_checkpoint(state)
+        self.write_summary("running", state.step)
+
+    def write_summary(self, status: str, step: int) -> None:
+        cfg = self.prepared.config
+        self.run_dir.write_summary({
+            "status": status, "step": step, "name": cfg.name, "source": cfg.source, "expected": cfg.expected,
+            "device": str(self.prepared.device), "pid": os.getpid(), "host": os.uname().nodename,
+            **summarize(pd.DataFrame(self.rows)),
+        })
+
+
+def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], progress: Optional[Progress]) -> Run:
+    cfg = prepared.config
+    with run_dir.lock():
+        run_dir.truncate_metrics(state.step if state else -1)
+        model = build_model(prepared.model, cfg.resolved_model_seed).to(prepared.device)
+        trainer = Trainer(prepared.task.to(prepared.device), model, cfg.train, seed=cfg.resolved_model_seed)
+        if state is not None:
+            trainer.load_state(state)
+        recorder = Recorder(run_dir, prepared, run_dir.metric_rows())
+        with graceful_stop() as should_stop:
+            outcome: Outcome = trainer.run(recorder, should_stop, progress)
+        recorder.write_summary(outcome.status, outcome.step)
+    return Run(run_dir.path)
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[Callable[[], bool]]:
+    """SIGINT / SIGTERM ask the loop to checkpoint and stop; a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked = []
+
+    def handler(signum, frame):
+        if asked and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        asked.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,1 @@
+"""Measures layer: pure functions (model | weights | activations, task) -> numbers / tensors."""

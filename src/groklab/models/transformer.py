@@ -1,0 +1,264 @@
+"""The groklab transformer: one decoder-only transformer for every task, configured, not copied.
+
+Economy after nanoGPT (karpathy/nanoGPT `model.py`); weight names, shapes and activation names
+after TransformerLens (`embed.W_E`, `blocks.0.attn.W_Q`, `blocks.0.mlp.hook_post`, ...), so every
+activation is addressable with `run_with_cache`. The defaults are the model of Nanda et al. 2023
+(progress-measures paper, §3 and App. A; `../shared/spec/progress-measures.md` §1): 1 layer, d_model
+128, 4 heads of 32, d_mlp 512, ReLU, no LayerNorm, biases in the MLP only, Nanda's init scales.
+
+Two exact shortcuts make small-vocabulary training fast; both give the same logits as the plain
+forward (tests/test_model.py):
+- `at`: only the scored positions leave the last block. Its queries, MLP and the unembedding run
+  at those positions only; keys and values still see every position.
+- input tables: the first block's input, W_E[token] + W_pos[position], depends on (position,
+  token) only. When the table of such pairs is small next to the batch (n_pairs^2 <= 16 * batch
+  * pos: Nanda's full batch qualifies, a minibatch of 512 does not), the first attention layer
+  computes projections and attention scores once per pair and gathers them per input.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, Literal, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+Bias = Literal["attn", "mlp", "unembed"]
+
+
+class TransformerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    d_vocab: PositiveInt                   # input tokens (set from the task)
+    n_ctx: PositiveInt                     # sequence length (set from the task)
+    d_vocab_out: Optional[PositiveInt] = None  # output classes; None: d_vocab
+    n_layers: PositiveInt = 1
+    d_model: PositiveInt = 128
+    n_heads: PositiveInt = 4
+    d_head: PositiveInt = 32
+    d_mlp: PositiveInt = 512
+    act: Literal["relu", "gelu"] = "relu"
+    normalization: Literal["none", "pre", "post"] = "none"
+    positional: Literal["learned", "sinusoidal"] = "learned"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    biases: frozenset[Bias] = frozenset({"mlp"})
+    init: Literal["nanda", "gpt2"] = "nanda"
+    init_scale: float = Field(1.0, gt=0.0)  # multiplies every initial weight (Omnigrok's alpha)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.d_vocab_out or self.d_vocab
+
+
+class HookPoint(nn.Module):
+    """An identity with a name (its module path): `run_with_cache` and `hooks` attach here."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape))
+
+
+def _bias(on: bool, *shape: int) -> Optional[nn.Parameter]:
+    return nn.Parameter(torch.zeros(*shape)) if on else None
+
+
+def _add(x: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    return x if b is None else x + b
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=1e-5))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        H, D, E = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q, self.W_K, self.W_V = _param(H, D, E), _param(H, D, E), _param(H, D, E)
+        self.W_O = _param(H, E, D)
+        on = "attn" in cfg.biases
+        self.b_Q, self.b_K, self.b_V, self.b_O = _bias(on, H, E), _bias(on, H, E), _bias(on, H, E), _bias(on, D)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor, q: slice, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (batch, pos, d_model) -> output at the query positions x[:, q]: (batch, n_q, d_model).
+
+        With `rows` (batch, pos), x is instead a table (n_rows, d_model) of distinct inputs and the
+        input at (b, p) is x[rows[b, p]]: scores and value-output vectors are then computed once per
+        row (pair of rows) and gathered, which is exact and cheap when rows are few.
+        """
+        scale = 1 / math.sqrt(self.W_Q.shape[-1])
+        n_pos = (x if rows is None else rows).shape[1]
+        q_pos = torch.arange(n_pos, device=x.device)[q]
+        future = torch.arange(n_pos, device=x.device) > q_pos[:, None]                             # (q, pos) causal mask
+        if rows is None:
+            qs = self.hook_q(_add(torch.einsum("bqd,hde->bqhe", x[:, q], self.W_Q), self.b_Q))     # (batch, q, head, d_head)
+            k = self.hook_k(_add(torch.einsum("bkd,hde->bkhe", x, self.W_K), self.b_K))            # (batch, pos, head, d_head)
+            v = self.hook_v(_add(torch.einsum("bkd,hde->bkhe", x, self.W_V), self.b_V))
+            scores = torch.einsum("bqhe,bkhe->bhqk", qs, k) * scale                                # (batch, head, q, pos)
+            pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(future, -torch.inf)), -1))
+            z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", self.dropout(pattern), v))            # (batch, q, head, d_head)
+            return _add(torch.einsum("bqhe,hed->bqd", z, self.W_O), self.b_O)
+        q_tab = _add(torch.einsum("nd,hde->nhe", x, self.W_Q), self.b_Q)                           # (n_rows, head, d_head)
+        k_tab = _add(torch.einsum("nd,hde->nhe", x, self.W_K), self.b_K)
+        s_tab = torch.einsum("nhe,mhe->nmh", q_tab, k_tab).flatten(0, 1) * scale                   # (n_rows * n_rows, head)
+        scores = F.embedding(rows[:, q, None] * len(x) + rows[:, None, :], s_tab)                  # (batch, q, pos, head)
+        pattern = torch.softmax(scores.masked_fill(future[..., None], -torch.inf), -2)
+        v_tab = _add(torch.einsum("nd,hde->nhe", x, self.W_V), self.b_V)                           # (n_rows, head, d_head)
+        vo_tab = torch.einsum("nhe,hed->nhd", v_tab, self.W_O).flatten(0, 1)                       # (n_rows * head, d_model)
+        heads = torch.arange(pattern.shape[-1], device=x.device)
+        bags = (rows[:, None, :, None] * len(heads) + heads).expand(*pattern.shape).flatten(2)     # (batch, q, pos * head)
+        out = F.embedding_bag(bags.flatten(0, 1), vo_tab, per_sample_weights=pattern.flatten(0, 1).flatten(1),
+                              mode="sum")                                                          # (batch * q, d_model)
+        return _add(out.unflatten(0, pattern.shape[:2]), self.b_O)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.W_in, self.W_out = _param(cfg.d_model, cfg.d_mlp), _param(cfg.d_mlp, cfg.d_model)
+        on = "mlp" in cfg.biases
+        self.b_in, self.b_out = _bias(on, cfg.d_mlp), _bias(on, cfg.d_model)
+        self.act = {"relu": F.relu, "gelu": F.gelu}[cfg.act]
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        post = self.hook_post(self.act(self.hook_pre(F.linear(x, self.W_in.T, self.b_in))))  # (batch, q, d_mlp)
+        return F.linear(post, self.W_out.T, self.b_out)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm = cfg.normalization
+        norm = lambda: LayerNorm(cfg.d_model) if self.norm != "none" else nn.Identity()  # noqa: E731
+        self.ln1, self.attn, self.ln2, self.mlp = norm(), Attention(cfg), norm(), MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
+
+    def forward(self, x: Optional[torch.Tensor], q: slice, table: Optional[tuple] = None) -> torch.Tensor:
+        """x (batch, pos, d_model) -> (batch, n_q, d_model) at positions x[:, q].
+        Or x=None and `table` = (rows, X): the input is X[rows], used in table form (see module doc)."""
+        pre = self.norm == "pre"
+        if table is None:
+            x = self.hook_resid_pre(x)
+            attn_out, resid = self.attn(self.ln1(x) if pre else x, q), x[:, q]
+        else:
+            rows, X = table
+            attn_out, resid = self.attn(self.ln1(X) if pre else X, q, rows), F.embedding(rows[:, q], X)
+        x = resid + self.hook_attn_out(self.dropout(attn_out))
+        x = self.hook_resid_mid(self.ln1(x) if self.norm == "post" else x)
+        x = x + self.hook_mlp_out(self.dropout(self.mlp(self.ln2(x) if pre else x)))
+        return self.hook_resid_post(self.ln2(x) if self.norm == "post" else x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Module()
+        self.embed.W_E = _param(cfg.d_vocab, cfg.d_model)
+        self.pos_embed = nn.Module()
+        if cfg.positional == "learned":
+            self.pos_embed.W_pos = _param(cfg.n_ctx, cfg.d_model)
+        else:
+            self.pos_embed.register_buffer("W_pos", sinusoidal(cfg.n_ctx, cfg.d_model), persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg.d_model) if cfg.normalization == "pre" else nn.Identity()
+        self.unembed = nn.Module()
+        self.unembed.W_U = _param(cfg.d_model, cfg.n_outputs)
+        self.unembed.b_U = _bias("unembed" in cfg.biases, cfg.n_outputs)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self._hooked = 0
+        init_weights(self, torch.Generator().manual_seed(seed))
+
+    def forward(self, tokens: torch.Tensor, at: Union[int, slice, None] = None) -> torch.Tensor:
+        """tokens (batch, pos) -> logits (batch, pos, d_vocab_out); with an int `at`, the logits at
+        that position only (batch, d_vocab_out); with a slice, at those positions."""
+        n_pos = tokens.shape[1]
+        q = slice(at, at + 1 or None) if isinstance(at, int) else at or slice(None)
+        W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[:n_pos]
+        x, table = None, None
+        if (n_pos * len(W_E)) ** 2 <= 16 * tokens.numel() and not self._hooked and not (self.training and self.cfg.dropout):
+            rows = tokens + torch.arange(n_pos, device=tokens.device) * len(W_E)   # (batch, pos) -> row of X
+            table = (rows, (W_pos[:, None] + W_E[None]).flatten(0, 1))              # X: (pos * d_vocab, d_model)
+        else:
+            x = self.dropout(self.hook_embed(F.embedding(tokens, W_E)) + self.hook_pos_embed(W_pos))  # (batch, pos, d_model)
+        for i, block in enumerate(self.blocks):
+            x = block(x, q if i == len(self.blocks) - 1 else slice(None), table if i == 0 else None)
+        logits = F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)  # (batch, q, d_vocab_out)
+        return logits[:, 0] if isinstance(at, int) else logits
+
+    @contextlib.contextmanager
+    def hooks(self, fns: dict[str, Callable[[torch.Tensor], Optional[torch.Tensor]]]) -> Iterator[None]:
+        """Run with functions attached to hook points by name; a function that returns a tensor
+        replaces the activation (patching), one that returns None only observes."""
+        points = dict(self.named_modules())
+        unknown = [name for name in fns if not isinstance(points.get(name), HookPoint)]
+        if unknown:
+            raise KeyError(f"no hook point {unknown[0]!r}; see model.hook_names()")
+        handles = [points[name].register_forward_hook(lambda m, i, out, fn=fn: fn(out)) for name, fn in fns.items()]
+        self._hooked += 1
+        try:
+            yield
+        finally:
+            self._hooked -= 1
+            for handle in handles:
+                handle.remove()
+
+    def run_with_cache(self, tokens: torch.Tensor, at: Union[int, slice, None] = None,
+                       names: Optional[list[str]] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and every named activation (or those in `names`), as TransformerLens' run_with_cache."""
+        cache: dict[str, torch.Tensor] = {}
+        store = lambda name: lambda t: cache.__setitem__(name, t.detach())  # noqa: E731
+        with self.hooks({name: store(name) for name in (names or self.hook_names())}):
+            logits = self(tokens, at)
+        return logits, cache
+
+    def hook_names(self) -> list[str]:
+        return [name for name, m in self.named_modules() if isinstance(m, HookPoint)]
+
+
+def sinusoidal(n_ctx: int, d_model: int) -> torch.Tensor:
+    """Vaswani et al. 2017 positional encoding (n_ctx, d_model)."""
+    pos = torch.arange(n_ctx)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10_000.0) / d_model))
+    pe = torch.zeros(n_ctx, d_model)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)[:, : d_model // 2]
+    return pe
+
+
+@torch.no_grad()
+def init_weights(model: Transformer, gen: torch.Generator) -> None:
+    """Initialise every weight from `gen`, then multiply by init_scale; biases start at zero.
+
+    - "nanda": N(0, 1) / sqrt(fan), with fan = d_model for every matrix except W_U (d_vocab),
+      as in Nanda et al.'s released code (spec §1; W_out is / sqrt(d_model), not / sqrt(d_mlp)).
+    - "gpt2": N(0, 0.02^2), with W_O and W_out scaled by 1 / sqrt(2 n_layers) (nanoGPT).
+    """
+    cfg = model.cfg
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if not leaf.startswith("W_"):
+            continue
+        if cfg.init == "nanda":
+            std = 1 / math.sqrt(cfg.d_vocab if leaf == "W_U" else cfg.d_model)
+        else:
+            std = 0.02 / (math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1)
+        p.copy_(torch.randn(p.shape, generator=gen) * std * cfg.init_scale)

@@ -1,0 +1,75 @@
+"""`load_run`: a run directory as Python objects, for notebooks and for the tools that read runs."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Optional, Union
+
+import pandas as pd
+import torch
+import yaml
+
+from groklab.config import RunConfig, config_from_dict
+from groklab.errors import ConfigError, RunDirError
+from groklab.models import Transformer, build_model, model_config
+from groklab.store.run_dir import RunDir
+from groklab.tasks import Task, build_task
+
+
+class Run:
+    """A run on disk: its config, metrics table, summary and checkpoints (loaded lazily)."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.dir = RunDir.open(Path(path))
+        self.path = self.dir.path
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @cached_property
+    def config(self) -> RunConfig:
+        try:
+            return config_from_dict(yaml.safe_load(self.dir.config_yaml))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise RunDirError(f"{self.path}/config.yaml is corrupt (invalid YAML{where}); the run cannot be read") from None
+        except ConfigError as err:
+            raise RunDirError(f"{self.path}/config.yaml is corrupt ({err}); the run cannot be read") from None
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """One row per evaluation step, one column per quantity (train_loss, test_acc, ...)."""
+        return self.dir.metrics()
+
+    @property
+    def summary(self) -> dict:
+        return self.dir.read_summary()
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps with saved weights."""
+        return self.dir.checkpoint_steps()
+
+    def checkpoint(self, step: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """The model's state dict at `step` (default: the last checkpoint)."""
+        steps = self.steps
+        if not steps:
+            raise RunDirError(f"{self.path} has no checkpoints yet")
+        return self.dir.load_weights(steps[-1] if step is None else step)
+
+    @cached_property
+    def task(self) -> Task:
+        return build_task(self.config.task, self.config.resolved_data_seed)
+
+    def model(self, step: Optional[int] = None) -> Transformer:
+        """The model with its weights at `step` (default: the last checkpoint), in eval mode."""
+        task = self.task
+        model = build_model(model_config(self.config.model, task.d_vocab, task.n_ctx, task.n_classes),
+                            self.config.resolved_model_seed)
+        model.load_state_dict(self.checkpoint(step))
+        return model.eval()
+
+
+def load_run(path: Union[str, Path]) -> Run:
+    return Run(path)

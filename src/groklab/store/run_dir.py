@@ -1,0 +1,212 @@
+"""The run directory: the only code that knows its layout.
+
+    RUN_DIR/
+      config.yaml                         the resolved config (every default filled in)
+      metrics.jsonl                       one JSON object per evaluation step, appended as training goes
+      checkpoints/step_0000100.safetensors  model weights at that step (TransformerLens names)
+      state.safetensors                   latest resume point: weights, optimizer, RNG, step (atomic)
+      summary.json                        status and headline figures (atomic)
+      .lock                               held while a process trains the run
+
+Crash safety: metrics are appended and flushed line by line (a torn last line from a kill is
+ignored); every other file is written to a temporary name, synced and renamed into place, so a
+run killed at any moment keeps its last complete checkpoint, state and summary.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from groklab.errors import RunDirError
+from groklab.training import TrainState
+
+CONFIG, METRICS, STATE, SUMMARY, LOCK, CHECKPOINTS = (
+    "config.yaml", "metrics.jsonl", "state.safetensors", "summary.json", ".lock", "checkpoints")
+_STEP_FILE = re.compile(r"step_(\d+)\.safetensors$")
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- creating and opening ---------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, config_yaml: str) -> "RunDir":
+        """A new run directory holding `config_yaml`. Never touches an existing run."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunDirError(f"{path} already exists; resume it with `groklab run --resume {path}` "
+                              "or choose another --out")
+        try:
+            (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+            _atomic_write(path / CONFIG, lambda tmp: tmp.write_text(config_yaml))
+        except OSError as err:
+            raise RunDirError(f"cannot create run directory {path}: {err.strerror}; choose another --out") from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        """An existing run directory (it must at least hold its config)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"no run directory at {path}")
+        if not (path / CONFIG).is_file():
+            raise RunDirError(f"{path} is not a groklab run (no {CONFIG})")
+        return cls(path)
+
+    @property
+    def config_yaml(self) -> str:
+        return (self.path / CONFIG).read_text()
+
+    # -- metrics ------------------------------------------------------------------------------
+    def append_metrics(self, row: dict) -> None:
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def metric_rows(self) -> list[dict]:
+        """All complete rows; a torn last line (the process was killed while writing it) is skipped."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        rows = []
+        lines = path.read_text().split("\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 2:  # only the last line may be torn
+                    raise RunDirError(f"{path} is corrupt at line {i + 1}; the run cannot be read") from None
+        return rows
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.metric_rows())
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep the rows up to `last_step` (the resume point), atomically."""
+        rows = [row for row in self.metric_rows() if row["step"] <= last_step]
+        _atomic_write(self.path / METRICS, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_steps(self) -> list[int]:
+        found = (_STEP_FILE.search(p.name) for p in (self.path / CHECKPOINTS).glob("step_*.safetensors"))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def _checkpoint_path(self, step: int) -> Path:
+        return self.path / CHECKPOINTS / f"step_{step:07d}.safetensors"
+
+    def save_checkpoint(self, state: TrainState) -> None:
+        """Weights at state.step, then the resume state (in that order: the state never points past
+        the last weights on disk)."""
+        weights = {k: v.detach().contiguous().cpu() for k, v in state.model.items()}
+        meta = {"step": str(state.step)}
+        _atomic_write(self._checkpoint_path(state.step), lambda tmp: save_file(weights, str(tmp), meta))
+        tensors, meta = _flatten_state(state)
+        _atomic_write(self.path / STATE, lambda tmp: save_file(tensors, str(tmp), meta))
+
+    def load_weights(self, step: int) -> dict[str, torch.Tensor]:
+        path = self._checkpoint_path(step)
+        if not path.is_file():
+            raise RunDirError(f"no checkpoint at step {step} in {self.path}; available: {self.checkpoint_steps()[-5:]} ...")
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise RunDirError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to another") from None
+
+    def has_state(self) -> bool:
+        return (self.path / STATE).is_file()
+
+    def load_state(self) -> TrainState:
+        path = self.path / STATE
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return _unflatten_state(tensors, meta)
+        except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+            raise RunDirError(f"resume state {path} is corrupt or unreadable ({type(err).__name__}); "
+                              "the run cannot be resumed") from None
+
+    # -- summary and lock -------------------------------------------------------------------
+    def write_summary(self, summary: dict) -> None:
+        _atomic_write(self.path / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+
+    def read_summary(self) -> dict:
+        path = self.path / SUMMARY
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            return {}
+
+    def lock(self) -> "Lock":
+        return Lock(self.path / LOCK)
+
+
+class Lock:
+    """An exclusive, advisory lock held while a process trains the run (released by the OS on kill)."""
+
+    def __init__(self, path: Path):
+        self.path, self.file = path, None
+
+    def __enter__(self) -> "Lock":
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise RunDirError(f"{self.path.parent} is being trained by another process; wait for it or stop it") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _flatten_state(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A TrainState as flat safetensors: tensors by dotted name, the rest as JSON metadata."""
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in state.model.items()}
+    opt = state.optimizer
+    for index, slots in opt["state"].items():
+        for key, value in slots.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).contiguous().cpu()
+    for key, value in state.rng.items():
+        tensors[f"rng.{key}"] = value.contiguous().cpu()
+    meta = {"format": "groklab-state-1", "step": str(state.step), "elapsed_s": repr(state.elapsed_s),
+            "streak": str(state.streak), "param_groups": json.dumps(opt["param_groups"])}
+    return tensors, meta
+
+
+def _unflatten_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> TrainState:
+    if meta.get("format") != "groklab-state-1":
+        raise ValueError("unknown state format")
+    model, rng, opt_state = {}, {}, {}
+    for name, value in tensors.items():
+        kind, rest = name.split(".", 1)
+        if kind == "model":
+            model[rest] = value
+        elif kind == "rng":
+            rng[rest] = value
+        else:
+            index, key = rest.split(".", 1)
+            opt_state.setdefault(int(index), {})[key] = value
+    optimizer = {"state": opt_state, "param_groups": json.loads(meta["param_groups"])}
+    return TrainState(int(meta["step"]), model, optimizer, rng, float(meta["elapsed_s"]), int(meta["streak"]))

@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+
+from groklab.config import ModelConfig
+from groklab.models import Transformer, TransformerConfig, build_model, model_config
+
+NANDA = dict(d_vocab=114, n_ctx=3)
+
+TL_SHAPES = {  # TransformerLens names and shapes for Nanda's model
+    "embed.W_E": (114, 128), "pos_embed.W_pos": (3, 128),
+    "blocks.0.attn.W_Q": (4, 128, 32), "blocks.0.attn.W_K": (4, 128, 32), "blocks.0.attn.W_V": (4, 128, 32),
+    "blocks.0.attn.W_O": (4, 32, 128),
+    "blocks.0.mlp.W_in": (128, 512), "blocks.0.mlp.b_in": (512,),
+    "blocks.0.mlp.W_out": (512, 128), "blocks.0.mlp.b_out": (128,),
+    "unembed.W_U": (128, 114),
+}
+
+
+def test_nanda_model_names_shapes_and_parameter_count():
+    model = Transformer(TransformerConfig(**NANDA))
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == TL_SHAPES
+    assert sum(p.numel() for p in model.parameters()) == 226_816
+
+
+def test_nanda_init_scales_and_seeding():
+    model = Transformer(TransformerConfig(**NANDA), seed=0)
+    sd = model.state_dict()
+    for name in ("embed.W_E", "blocks.0.attn.W_Q", "blocks.0.mlp.W_in", "blocks.0.mlp.W_out"):
+        assert sd[name].std().item() == pytest.approx(1 / math.sqrt(128), rel=0.05), name
+    assert sd["unembed.W_U"].std().item() == pytest.approx(1 / math.sqrt(114), rel=0.05)
+    assert (sd["blocks.0.mlp.b_in"] == 0).all()
+    again, other = Transformer(TransformerConfig(**NANDA), seed=0), Transformer(TransformerConfig(**NANDA), seed=1)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in sd.items())
+    assert not torch.equal(sd["embed.W_E"], other.state_dict()["embed.W_E"])
+    scaled = Transformer(TransformerConfig(**NANDA, init_scale=3.0), seed=0)
+    assert torch.allclose(scaled.state_dict()["embed.W_E"], 3 * sd["embed.W_E"])
+
+
+def test_optional_biases_and_output_size():
+    cfg = TransformerConfig(**NANDA, biases=frozenset({"attn", "mlp", "unembed"}), d_vocab_out=113)
+    names = set(Transformer(cfg).state_dict())
+    assert {"blocks.0.attn.b_Q", "blocks.0.attn.b_O", "unembed.b_U"} <= names
+    assert Transformer(cfg)(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, 113)
+    assert "blocks.0.attn.b_Q" not in Transformer(TransformerConfig(**NANDA)).state_dict()
+
+
+VARIANTS = {
+    "nanda": {},
+    "two-layer pre-LN gelu sinusoidal": dict(n_layers=2, normalization="pre", act="gelu", positional="sinusoidal",
+                                              biases=frozenset({"attn", "mlp", "unembed"}), init="gpt2"),
+    "three-layer post-LN": dict(n_layers=3, normalization="post", biases=frozenset({"attn", "mlp"})),
+}
+
+
+def _randomize_biases(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.rsplit(".", 1)[-1].startswith("W_"):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("batch", [5, 3000])  # 3000 sequences take the input-table path, 5 do not
+def test_scored_positions_and_tables_equal_the_plain_forward(variant, batch):
+    """The fast paths (last-block queries at scored positions only; first layer from a table of
+    (position, token) pairs) give the plain full forward's logits and gradients."""
+    model = Transformer(TransformerConfig(d_vocab=31, n_ctx=4, d_model=32, n_heads=2, d_head=16, d_mlp=64,
+                                          **VARIANTS[variant]), seed=0).double()
+    _randomize_biases(model)
+    tokens = torch.randint(31, (batch, 4), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(31, (batch,), generator=torch.Generator().manual_seed(2))
+
+    def logits_and_grads(fast: bool, at):
+        model.zero_grad()
+        with model.hooks({}) if not fast else torch.enable_grad():  # any hook disables the table path
+            logits = model(tokens, at=at) if fast else model(tokens)[:, at]
+        torch.nn.functional.cross_entropy(logits.reshape(-1, 31), labels.repeat_interleave(
+            logits.shape[1] if logits.dim() == 3 else 1)).backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    for at in (-1, 2, slice(1, 3)):
+        plain, plain_grads = logits_and_grads(False, at)
+        fast, fast_grads = logits_and_grads(True, at)
+        assert fast.shape == plain.shape
+        assert torch.allclose(fast, plain, atol=1e-10), at
+        for name in plain_grads:
+            assert torch.allclose(fast_grads[name], plain_grads[name], atol=1e-10), (at, name)
+
+
+def test_causal_mask():
+    model = Transformer(TransformerConfig(d_vocab=10, n_ctx=5, d_model=16, n_heads=2, d_head=8, d_mlp=32), seed=0)
+    tokens = torch.randint(10, (4, 5), generator=torch.Generator().manual_seed(0))
+    changed = tokens.clone()
+    changed[:, 3:] = (changed[:, 3:] + 1) % 10
+    with torch.no_grad():  # changing later tokens leaves earlier positions' logits unchanged
+        assert torch.allclose(model(tokens)[:, :3], model(changed)[:, :3])
+        assert not torch.allclose(model(tokens)[:, 3], model(changed)[:, 3])
+    _, cache = model.run_with_cache(tokens)
+    pattern = cache["blocks.0.attn.hook_pattern"]  # (batch, head, q, k)
+    assert torch.all(pattern.triu(1) == 0) and torch.allclose(pattern.sum(-1), torch.ones(4, 2, 5))
+
+
+def test_run_with_cache_names_shapes_and_values():
+    model = Transformer(TransformerConfig(**NANDA), seed=0)
+    tokens = torch.tensor([[1, 2, 113], [5, 7, 113]])
+    logits, cache = model.run_with_cache(tokens)
+    shapes = {k: tuple(v.shape) for k, v in cache.items()}
+    assert shapes["blocks.0.hook_resid_pre"] == (2, 3, 128)
+    assert shapes["blocks.0.attn.hook_pattern"] == (2, 4, 3, 3)
+    assert shapes["blocks.0.mlp.hook_pre"] == shapes["blocks.0.mlp.hook_post"] == (2, 3, 512)
+    assert shapes["blocks.0.hook_resid_mid"] == shapes["blocks.0.hook_resid_post"] == (2, 3, 128)
+    W = model.state_dict()
+    assert torch.allclose(cache["blocks.0.hook_resid_pre"], W["embed.W_E"][tokens] + W["pos_embed.W_pos"])
+    assert torch.allclose(cache["blocks.0.mlp.hook_post"], torch.relu(cache["blocks.0.mlp.hook_pre"]))
+    assert torch.allclose(logits, cache["blocks.0.hook_resid_post"] @ W["unembed.W_U"], atol=1e-5)
+
+
+def test_hooks_patch_activations():
+    model = Transformer(TransformerConfig(**NANDA), seed=0)
+    tokens = torch.tensor([[1, 2, 113]])
+    with model.hooks({"blocks.0.mlp.hook_post": lambda post: torch.zeros_like(post)}):
+        _, cache = model.run_with_cache(tokens, at=-1)
+        patched = model(tokens, at=-1)
+    W = model.state_dict()
+    direct = (cache["blocks.0.hook_resid_mid"] + W["blocks.0.mlp.b_out"]) @ W["unembed.W_U"]
+    assert torch.allclose(patched, direct[:, -1], atol=1e-5)
+    with pytest.raises(KeyError, match="no hook point"):
+        with model.hooks({"blocks.0.mlp.hook_nope": print}):
+            pass
+
+
+def test_model_config_from_task_and_errors():
+    from groklab.errors import ConfigError
+
+    cfg = model_config(ModelConfig(outputs="answers", n_layers=2), d_vocab=114, n_ctx=3, n_classes=113)
+    assert (cfg.n_outputs, cfg.n_layers) == (113, 2)
+    with pytest.raises(ConfigError, match="unknown key 'model.n_layer'.*did you mean 'model.n_layers'"):
+        model_config(ModelConfig(n_layer=2), 114, 3, 113)
+    with pytest.raises(ConfigError, match="model.d_model"):
+        model_config(ModelConfig(d_model="wide"), 114, 3, 113)
+    with pytest.raises(ConfigError, match="set from the task"):
+        model_config(ModelConfig(d_vocab=5), 114, 3, 113)
+    assert build_model(cfg, seed=0).cfg.n_layers == 2
