@@ -94,18 +94,19 @@ class Attention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, q: slice, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, q: slice, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (batch, pos, d_model) -> output at the query positions x[:, q]: (batch, n_q, d_model).
 
-        With `rows` (batch, pos), x is instead a table (n_rows, d_model) of distinct inputs and the
-        input at (b, p) is x[rows[b, p]]: scores and value-output vectors are then computed once per
-        row (pair of rows) and gathered, which is exact and cheap when rows are few.
+        With `tokens` (batch, pos), x is instead a table (pos, d_vocab, d_model) of the input for every
+        (position, token) pair, and the input at (b, p) is x[p, tokens[b, p]]: scores and value-output
+        vectors are then computed once per pair (of pairs) and gathered per input: exact, and cheap
+        when pairs are few.
         """
         scale = 1 / math.sqrt(self.W_Q.shape[-1])
-        n_pos = (x if rows is None else rows).shape[1]
+        n_pos = (x if tokens is None else tokens).shape[1]
         q_pos = torch.arange(n_pos, device=x.device)[q]
         future = torch.arange(n_pos, device=x.device) > q_pos[:, None]                             # (q, pos) causal mask
-        if rows is None:
+        if tokens is None:
             qs = self.hook_q(_add(torch.einsum("bqd,hde->bqhe", x[:, q], self.W_Q), self.b_Q))     # (batch, q, head, d_head)
             k = self.hook_k(_add(torch.einsum("bkd,hde->bkhe", x, self.W_K), self.b_K))            # (batch, pos, head, d_head)
             v = self.hook_v(_add(torch.einsum("bkd,hde->bkhe", x, self.W_V), self.b_V))
@@ -113,13 +114,16 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(future, -torch.inf)), -1))
             z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", self.dropout(pattern), v))            # (batch, q, head, d_head)
             return _add(torch.einsum("bqhe,hed->bqd", z, self.W_O), self.b_O)
-        q_tab = _add(torch.einsum("nd,hde->nhe", x, self.W_Q), self.b_Q)                           # (n_rows, head, d_head)
-        k_tab = _add(torch.einsum("nd,hde->nhe", x, self.W_K), self.b_K)
-        s_tab = torch.einsum("nhe,mhe->nmh", q_tab, k_tab).flatten(0, 1) * scale                   # (n_rows * n_rows, head)
-        scores = F.embedding(rows[:, q, None] * len(x) + rows[:, None, :], s_tab)                  # (batch, q, pos, head)
+        n_vocab = x.shape[1]
+        rows = tokens + torch.arange(n_pos, device=x.device) * n_vocab                            # (batch, pos): row of x.flatten(0, 1)
+        q_rows = tokens[:, q] + torch.arange(len(q_pos), device=x.device) * n_vocab               # (batch, q): row of x[q].flatten(0, 1)
+        q_tab = _add(torch.einsum("nd,hde->nhe", x[q].flatten(0, 1), self.W_Q), self.b_Q)          # (q * d_vocab, head, d_head)
+        k_tab = _add(torch.einsum("nd,hde->nhe", x.flatten(0, 1), self.W_K), self.b_K)             # (pos * d_vocab, head, d_head)
+        s_tab = torch.einsum("nhe,mhe->nmh", q_tab, k_tab).flatten(0, 1) * scale                   # (q * d_vocab * pos * d_vocab, head)
+        scores = F.embedding(q_rows[:, :, None] * len(k_tab) + rows[:, None, :], s_tab)            # (batch, q, pos, head)
         pattern = torch.softmax(scores.masked_fill(future[..., None], -torch.inf), -2)
-        v_tab = _add(torch.einsum("nd,hde->nhe", x, self.W_V), self.b_V)                           # (n_rows, head, d_head)
-        vo_tab = torch.einsum("nhe,hed->nhd", v_tab, self.W_O).flatten(0, 1)                       # (n_rows * head, d_model)
+        v_tab = _add(torch.einsum("nd,hde->nhe", x.flatten(0, 1), self.W_V), self.b_V)             # (pos * d_vocab, head, d_head)
+        vo_tab = torch.einsum("nhe,hed->nhd", v_tab, self.W_O).flatten(0, 1)                       # (pos * d_vocab * head, d_model)
         heads = torch.arange(pattern.shape[-1], device=x.device)
         bags = (rows[:, None, :, None] * len(heads) + heads).expand(*pattern.shape).flatten(2)     # (batch, q, pos * head)
         out = F.embedding_bag(bags.flatten(0, 1), vo_tab, per_sample_weights=pattern.flatten(0, 1).flatten(1),
@@ -153,14 +157,18 @@ class Block(nn.Module):
 
     def forward(self, x: Optional[torch.Tensor], q: slice, table: Optional[tuple] = None) -> torch.Tensor:
         """x (batch, pos, d_model) -> (batch, n_q, d_model) at positions x[:, q].
-        Or x=None and `table` = (rows, X): the input is X[rows], used in table form (see module doc)."""
+        Or x=None and `table` = (tokens, X) with X (pos, d_vocab, d_model): the input at (b, p) is
+        X[p, tokens[b, p]], used in table form (see module doc)."""
         pre = self.norm == "pre"
         if table is None:
             x = self.hook_resid_pre(x)
             attn_out, resid = self.attn(self.ln1(x) if pre else x, q), x[:, q]
         else:
-            rows, X = table
-            attn_out, resid = self.attn(self.ln1(X) if pre else X, q, rows), F.embedding(rows[:, q], X)
+            tokens, X = table
+            n_q, n_vocab = X[q].shape[:2]
+            q_rows = tokens[:, q] + torch.arange(n_q, device=X.device) * n_vocab                 # (batch, q): row of X[q].flatten(0, 1)
+            attn_out = self.attn(self.ln1(X) if pre else X, q, tokens)
+            resid = F.embedding(q_rows, X[q].flatten(0, 1))
         x = resid + self.hook_attn_out(self.dropout(attn_out))
         x = self.hook_resid_mid(self.ln1(x) if self.norm == "post" else x)
         x = x + self.hook_mlp_out(self.dropout(self.mlp(self.ln2(x) if pre else x)))
@@ -196,8 +204,7 @@ class Transformer(nn.Module):
         W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[:n_pos]
         x, table = None, None
         if (n_pos * len(W_E)) ** 2 <= 16 * tokens.numel() and not self._hooked and not (self.training and self.cfg.dropout):
-            rows = tokens + torch.arange(n_pos, device=tokens.device) * len(W_E)   # (batch, pos) -> row of X
-            table = (rows, (W_pos[:, None] + W_E[None]).flatten(0, 1))              # X: (pos * d_vocab, d_model)
+            table = (tokens, W_pos[:, None] + W_E[None])  # X: (pos, d_vocab, d_model), every (position, token) input
         else:
             x = self.dropout(self.hook_embed(F.embedding(tokens, W_E)) + self.hook_pos_embed(W_pos))  # (batch, pos, d_model)
         for i, block in enumerate(self.blocks):
