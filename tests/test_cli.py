@@ -183,3 +183,15 @@ def test_sigterm_checkpoints_then_resume_equals_an_uninterrupted_run(uninterrupt
     assert (out / "checkpoints" / f"step_{summary['step']:07d}.safetensors").is_file()
     assert groklab_cli("run", "--resume", str(out), "-q").returncode == 0
     assert metrics_without_time(out) == uninterrupted
+
+
+def test_run_from_a_yaml_file(tmp_path):
+    from groklab.config import load_preset, to_yaml
+
+    text = to_yaml(load_preset("quick")).replace("max_steps: 10000", "max_steps: 20")
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    result = groklab_cli("run", str(path), "--set", "train.eval_every=10", "--out", str(tmp_path / "run"), "-q")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 10, 20]

@@ -38,6 +38,17 @@ def test_nanda_init_scales_and_seeding():
     assert torch.allclose(scaled.state_dict()["embed.W_E"], 3 * sd["embed.W_E"])
 
 
+def test_pytorch_init_matches_torch_nn_defaults():
+    """Power et al.'s code uses torch.nn defaults: Embedding N(0, 1), Linear U(+-1/sqrt(fan_in))."""
+    sd = Transformer(TransformerConfig(**NANDA, init="pytorch"), seed=0).state_dict()
+    assert sd["embed.W_E"].std().item() == pytest.approx(1.0, rel=0.05)
+    for name, fan_in in (("blocks.0.attn.W_Q", 128), ("blocks.0.attn.W_O", 128), ("blocks.0.mlp.W_in", 128),
+                         ("blocks.0.mlp.W_out", 512), ("unembed.W_U", 128)):
+        bound = 1 / math.sqrt(fan_in)
+        assert sd[name].abs().max().item() <= bound
+        assert sd[name].std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
+
+
 def test_optional_biases_and_output_size():
     cfg = TransformerConfig(**NANDA, biases=frozenset({"attn", "mlp", "unembed"}), d_vocab_out=113)
     names = set(Transformer(cfg).state_dict())

@@ -11,9 +11,10 @@ forward (tests/test_model.py):
 - `at`: only the scored positions leave the last block. Its queries, MLP and the unembedding run
   at those positions only; keys and values still see every position.
 - input tables: the first block's input, W_E[token] + W_pos[position], depends on (position,
-  token) only. When the table of such pairs is small next to the batch (n_pairs^2 <= 16 * batch
-  * pos: Nanda's full batch qualifies, a minibatch of 512 does not), the first attention layer
-  computes projections and attention scores once per pair and gathers them per input.
+  token) only. When there are no more tokens than sequences in the batch and at most 1024
+  (position, token) pairs (Nanda's full batch and Power's minibatches of 512 qualify, a language
+  model's batch of 8 long sequences does not), the first attention layer computes its scores and
+  value-output vectors once per pair and gathers them per input.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class TransformerConfig(BaseModel):
     positional: Literal["learned", "sinusoidal"] = "learned"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     biases: frozenset[Bias] = frozenset({"mlp"})
-    init: Literal["nanda", "gpt2"] = "nanda"
+    init: Literal["nanda", "gpt2", "pytorch"] = "nanda"
     init_scale: float = Field(1.0, gt=0.0)  # multiplies every initial weight (Omnigrok's alpha)
 
     @property
@@ -72,6 +73,11 @@ def _add(x: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
     return x if b is None else x + b
 
 
+def _pair_rows(tokens: torch.Tensor, n_vocab: int) -> torch.Tensor:
+    """tokens (batch, pos) -> their rows in a flattened (pos, d_vocab, ...) table of (position, token) pairs."""
+    return tokens + torch.arange(tokens.shape[1], device=tokens.device) * n_vocab
+
+
 class LayerNorm(nn.Module):
     def __init__(self, d: int):
         super().__init__()
@@ -95,39 +101,43 @@ class Attention(nn.Module):
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, q: slice, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (batch, pos, d_model) -> output at the query positions x[:, q]: (batch, n_q, d_model).
+        """x (batch, pos, d_model) -> the output at the query positions x[:, q]: (batch, n_q, d_model).
 
-        With `tokens` (batch, pos), x is instead a table (pos, d_vocab, d_model) of the input for every
-        (position, token) pair, and the input at (b, p) is x[p, tokens[b, p]]: scores and value-output
-        vectors are then computed once per pair (of pairs) and gathered per input: exact, and cheap
-        when pairs are few.
+        With `tokens` (batch, pos), x is instead the table (pos, d_vocab, d_model) of the input for
+        every (position, token) pair; the input at (b, p) is x[p, tokens[b, p]] (see `_from_table`).
         """
-        scale = 1 / math.sqrt(self.W_Q.shape[-1])
         n_pos = (x if tokens is None else tokens).shape[1]
-        q_pos = torch.arange(n_pos, device=x.device)[q]
-        future = torch.arange(n_pos, device=x.device) > q_pos[:, None]                             # (q, pos) causal mask
-        if tokens is None:
-            qs = self.hook_q(_add(torch.einsum("bqd,hde->bqhe", x[:, q], self.W_Q), self.b_Q))     # (batch, q, head, d_head)
-            k = self.hook_k(_add(torch.einsum("bkd,hde->bkhe", x, self.W_K), self.b_K))            # (batch, pos, head, d_head)
-            v = self.hook_v(_add(torch.einsum("bkd,hde->bkhe", x, self.W_V), self.b_V))
-            scores = torch.einsum("bqhe,bkhe->bhqk", qs, k) * scale                                # (batch, head, q, pos)
-            pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(future, -torch.inf)), -1))
-            z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", self.dropout(pattern), v))            # (batch, q, head, d_head)
-            return _add(torch.einsum("bqhe,hed->bqd", z, self.W_O), self.b_O)
-        n_vocab = x.shape[1]
-        rows = tokens + torch.arange(n_pos, device=x.device) * n_vocab                            # (batch, pos): row of x.flatten(0, 1)
-        q_rows = tokens[:, q] + torch.arange(len(q_pos), device=x.device) * n_vocab               # (batch, q): row of x[q].flatten(0, 1)
-        q_tab = _add(torch.einsum("nd,hde->nhe", x[q].flatten(0, 1), self.W_Q), self.b_Q)          # (q * d_vocab, head, d_head)
-        k_tab = _add(torch.einsum("nd,hde->nhe", x.flatten(0, 1), self.W_K), self.b_K)             # (pos * d_vocab, head, d_head)
-        s_tab = torch.einsum("nhe,mhe->nmh", q_tab, k_tab).flatten(0, 1) * scale                   # (q * d_vocab * pos * d_vocab, head)
-        scores = F.embedding(q_rows[:, :, None] * len(k_tab) + rows[:, None, :], s_tab)            # (batch, q, pos, head)
+        positions = torch.arange(n_pos, device=x.device)
+        future = positions > positions[q][:, None]  # (q, pos): the causal mask
+        if tokens is not None:
+            return self._from_table(x, q, tokens, future)
+        q_, k, v = (self.hook_q(self._project(x[:, q], self.W_Q, self.b_Q)),  # (batch, q, head, d_head)
+                    self.hook_k(self._project(x, self.W_K, self.b_K)),        # (batch, pos, head, d_head)
+                    self.hook_v(self._project(x, self.W_V, self.b_V)))
+        scores = torch.einsum("bqhe,bkhe->bhqk", q_, k) / math.sqrt(q_.shape[-1])   # (batch, head, q, pos)
+        pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(future, -torch.inf)), -1))
+        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", self.dropout(pattern), v))  # (batch, q, head, d_head)
+        return _add(torch.einsum("bqhe,hed->bqd", z, self.W_O), self.b_O)
+
+    @staticmethod
+    def _project(x: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return _add(torch.einsum("...d,hde->...he", x, W), b)  # (..., d_model) -> (..., head, d_head)
+
+    def _from_table(self, x: torch.Tensor, q: slice, tokens: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        """The same attention, computed once per (position, token) pair and gathered per input.
+        Exact; cheap when pairs are few (no dropout, no hooks: the plain path serves those)."""
+        keys, queries = x.flatten(0, 1), x[q].flatten(0, 1)                       # (pairs, d_model), (q pairs, d_model)
+        rows, q_rows = _pair_rows(tokens, x.shape[1]), _pair_rows(tokens[:, q], x.shape[1])  # (batch, pos), (batch, q)
+        q_tab, k_tab = self._project(queries, self.W_Q, self.b_Q), self._project(keys, self.W_K, self.b_K)
+        s_tab = torch.einsum("nhe,mhe->nmh", q_tab, k_tab).flatten(0, 1) / math.sqrt(q_tab.shape[-1])
+        scores = F.embedding(q_rows[:, :, None] * len(keys) + rows[:, None, :], s_tab)  # (batch, q, pos, head)
         pattern = torch.softmax(scores.masked_fill(future[..., None], -torch.inf), -2)
-        v_tab = _add(torch.einsum("nd,hde->nhe", x.flatten(0, 1), self.W_V), self.b_V)             # (pos * d_vocab, head, d_head)
-        vo_tab = torch.einsum("nhe,hed->nhd", v_tab, self.W_O).flatten(0, 1)                       # (pos * d_vocab * head, d_model)
-        heads = torch.arange(pattern.shape[-1], device=x.device)
-        bags = (rows[:, None, :, None] * len(heads) + heads).expand(*pattern.shape).flatten(2)     # (batch, q, pos * head)
-        out = F.embedding_bag(bags.flatten(0, 1), vo_tab, per_sample_weights=pattern.flatten(0, 1).flatten(1),
-                              mode="sum")                                                          # (batch * q, d_model)
+        # the output is a pattern-weighted sum of per-pair value-output vectors (v W_O): one embedding bag
+        vo_tab = torch.einsum("nhe,hed->nhd", self._project(keys, self.W_V, self.b_V), self.W_O)  # (pairs, head, d_model)
+        heads = torch.arange(vo_tab.shape[1], device=x.device)
+        bags = (rows[:, None, :, None] * len(heads) + heads).expand(pattern.shape)  # (batch, q, pos, head): row of vo_tab
+        out = F.embedding_bag(bags.flatten(2).flatten(0, 1), vo_tab.flatten(0, 1),
+                              per_sample_weights=pattern.flatten(2).flatten(0, 1), mode="sum")  # (batch * q, d_model)
         return _add(out.unflatten(0, pattern.shape[:2]), self.b_O)
 
 
@@ -165,10 +175,8 @@ class Block(nn.Module):
             attn_out, resid = self.attn(self.ln1(x) if pre else x, q), x[:, q]
         else:
             tokens, X = table
-            n_q, n_vocab = X[q].shape[:2]
-            q_rows = tokens[:, q] + torch.arange(n_q, device=X.device) * n_vocab                 # (batch, q): row of X[q].flatten(0, 1)
             attn_out = self.attn(self.ln1(X) if pre else X, q, tokens)
-            resid = F.embedding(q_rows, X[q].flatten(0, 1))
+            resid = F.embedding(_pair_rows(tokens[:, q], X.shape[1]), X[q].flatten(0, 1))  # (batch, q, d_model)
         x = resid + self.hook_attn_out(self.dropout(attn_out))
         x = self.hook_resid_mid(self.ln1(x) if self.norm == "post" else x)
         x = x + self.hook_mlp_out(self.dropout(self.mlp(self.ln2(x) if pre else x)))
@@ -203,7 +211,8 @@ class Transformer(nn.Module):
         q = slice(at, at + 1 or None) if isinstance(at, int) else at or slice(None)
         W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[:n_pos]
         x, table = None, None
-        if (n_pos * len(W_E)) ** 2 <= 16 * tokens.numel() and not self._hooked and not (self.training and self.cfg.dropout):
+        tabulate = len(W_E) <= len(tokens) and n_pos * len(W_E) <= 1024
+        if tabulate and not self._hooked and not (self.training and self.cfg.dropout):
             table = (tokens, W_pos[:, None] + W_E[None])  # X: (pos, d_vocab, d_model), every (position, token) input
         else:
             x = self.dropout(self.hook_embed(F.embedding(tokens, W_E)) + self.hook_pos_embed(W_pos))  # (batch, pos, d_model)
@@ -258,14 +267,24 @@ def init_weights(model: Transformer, gen: torch.Generator) -> None:
     - "nanda": N(0, 1) / sqrt(fan), with fan = d_model for every matrix except W_U (d_vocab),
       as in Nanda et al.'s released code (spec §1; W_out is / sqrt(d_model), not / sqrt(d_mlp)).
     - "gpt2": N(0, 0.02^2), with W_O and W_out scaled by 1 / sqrt(2 n_layers) (nanoGPT).
+    - "pytorch": torch.nn's defaults, as in Power et al.'s code: embeddings N(0, 1), every other
+      matrix U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with its logical fan-in (d_model; n_heads * d_head
+      for W_O; d_mlp for W_out).
     """
     cfg = model.cfg
+    fan_in = {"W_O": cfg.n_heads * cfg.d_head, "W_out": cfg.d_mlp}
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if not leaf.startswith("W_"):
             continue
-        if cfg.init == "nanda":
-            std = 1 / math.sqrt(cfg.d_vocab if leaf == "W_U" else cfg.d_model)
+        if cfg.init == "pytorch":
+            if leaf in ("W_E", "W_pos"):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                bound = 1 / math.sqrt(fan_in.get(leaf, cfg.d_model))
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
+        elif cfg.init == "nanda":
+            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(cfg.d_vocab if leaf == "W_U" else cfg.d_model))
         else:
-            std = 0.02 / (math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1)
-        p.copy_(torch.randn(p.shape, generator=gen) * std * cfg.init_scale)
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.02 / (math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1))
+        p.mul_(cfg.init_scale)

@@ -1,0 +1,47 @@
+"""Run presets end to end and check each against the outcome its YAML declares.
+
+The test suite checks `quick`; this checks the long ones (minutes each on a 2-core CPU):
+
+    python benchmarks/check_presets.py [PRESET ...] [--seed N] [--out DIR]
+
+Prints, per preset, the headline figures and "met" or what was not met; exits 1 if any preset
+missed its expected outcome.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import groklab
+from groklab.dynamics import check_outcome
+
+LONG = ["nanda-mod-add", "power-mod-div"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("presets", nargs="*", default=LONG)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--out", help="keep the runs here (default: a temporary directory)")
+    args = parser.parse_args()
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="groklab-presets-"))
+    missed = 0
+    for name in args.presets:
+        config = groklab.load_config(name, seed=args.seed)
+        run = groklab.run(config, root / f"{name}-s{config.seed}")
+        s = run.summary
+        failures = check_outcome(s, config.outcome)
+        missed += bool(failures)
+        print(f"{name} (seed {config.seed}): {s['status']} at step {s['last_step']} in {s['elapsed_s']:.0f} s "
+              f"({s['steps_per_s']} steps/s); train acc >= 99% at step {s['step_train_acc_99']}, "
+              f"test acc >= 99% at step {s['step_test_acc_99']}"
+              + (f" ({s['elapsed_s_test_acc_99']:.0f} s)" if s.get("elapsed_s_test_acc_99") is not None else ""))
+        print(f"  expected: {config.expected}")
+        print("  outcome: " + ("met" if not failures else "NOT met: " + "; ".join(failures)), flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
