@@ -95,6 +95,7 @@ class Trainer:
         self.loss_dtype = getattr(torch, cfg.loss_dtype)
         self.step, self.elapsed_s, self.streak = 0, 0.0, 0
         self.rng: Optional[dict[str, torch.Tensor]] = None  # generator states to resume from
+        self._epoch: tuple[int, Optional[torch.Tensor]] = (-1, None)  # (epoch, its example order)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> TrainState:
@@ -121,8 +122,10 @@ class Trainer:
         if size == "full" or size >= len(split):
             return split.tokens, split.labels
         epoch, i = divmod(step, math.ceil(len(split) / size))
-        order = torch.randperm(len(split), generator=torch.Generator().manual_seed((self.seed << 32) + epoch))
-        idx = order[i * size:(i + 1) * size].to(split.tokens.device)
+        if self._epoch[0] != epoch:
+            gen = torch.Generator().manual_seed((self.seed << 32) + epoch)
+            self._epoch = (epoch, torch.randperm(len(split), generator=gen).to(split.tokens.device))
+        idx = self._epoch[1][i * size:(i + 1) * size]
         return split.tokens[idx], split.labels[idx]
 
     def train_step(self) -> None:
