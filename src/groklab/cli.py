@@ -58,6 +58,25 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--key-freqs", help="final (the last checkpoint's), each (each checkpoint's) or K1,K2,... "
+                                  "(default: the run's config)")
+@click.option("--names", help="measure sets, comma-separated (default: the run's config; e.g. weights,fourier)")
+@click.option("--device", help="cpu (default), cuda or cuda:N.")
+def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device: Optional[str]) -> None:
+    """Recompute the measures over a run's saved checkpoints and rewrite those metrics columns."""
+    from groklab.experiment import measure as remeasure
+
+    if key_freqs not in (None, "final", "each"):
+        try:
+            key_freqs = [int(k) for k in key_freqs.split(",")]
+        except ValueError:
+            raise UserError(f"--key-freqs takes final, each or a list like 14,35,41; got '{key_freqs}'") from None
+    result = remeasure(run_dir, key_freqs, device=device, names=tuple(names.split(",")) if names else None)
+    _print_summary(result)
+
+
+@cli.command()
 def presets() -> None:
     """List presets with their source and expected outcome."""
     from groklab.config import load_preset, preset_names
@@ -79,7 +98,7 @@ def show(run_dir: str) -> None:
 
 
 def _print_summary(result, header: bool = False) -> None:
-    from groklab.dynamics import summarize
+    from groklab.dynamics import detect_phases, summarize
 
     summary = result.summary
     metrics = result.metrics
@@ -101,11 +120,20 @@ def _print_summary(result, header: bool = False) -> None:
         if live.get("last_good_step") != live["last_step"]:
             lines += [("last good step", str(live.get("last_good_step")))]
         lines += [("wall time", f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)")]
+        lines += _phase_lines(detect_phases(metrics))
     else:
         lines += [("metrics", "none yet")]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def _phase_lines(phases: dict) -> list[tuple[str, str]]:
+    if not phases:
+        return []
+    ends = [(name.replace("_", " "), phases.get(f"{name}_end")) for name in ("memorization", "circuit_formation", "cleanup")]
+    text = ", ".join(f"{name} ends at step {step}" if step is not None else f"no {name}" for name, step in ends)
+    return [("phases", text)] + ([("", phases["phase_note"])] if phases.get("phase_note") else [])
 
 
 def _alive(summary: dict) -> bool:

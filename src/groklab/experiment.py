@@ -18,15 +18,17 @@ from typing import Callable, Iterator, Optional, Union
 import pandas as pd
 import torch
 
-from groklab.config import ModelConfig, RunConfig, TaskConfig, to_yaml
-from groklab.dynamics import summarize
+from groklab.config import MeasuresConfig, ModelConfig, RunConfig, TaskConfig, to_yaml
+from groklab.dynamics import detect_phases, phase_evidence, summarize
 from groklab.errors import ConfigError, RunDirError
+from groklab.measures import check_measures, final_key_frequencies, make_measures
 from groklab.models import TransformerConfig, build_model, model_config, resolved_params
 from groklab.store import Run, RunDir
 from groklab.tasks import Task, build_task, task_params
-from groklab.training import Outcome, Trainer, TrainState
+from groklab.training import Outcome, Probe, Trainer, TrainState
 
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
+BASE_COLUMNS = ("step", *EVAL_COLUMNS, "elapsed_s")  # everything else in a metrics row is a measure
 Progress = Callable[[int, Optional[dict]], None]
 
 
@@ -63,6 +65,8 @@ def resolve(config: RunConfig, device: Optional[str] = None) -> Prepared:
     params = task_params(config.task)
     task = build_task(config.task, data_seed)
     model = model_config(config.model, task.d_vocab, task.n_ctx, task.n_classes)
+    if config.measures is not None:
+        check_measures(config.measures, task)
     stop = config.train.early_stop
     if stop is not None and stop.metric not in EVAL_COLUMNS:
         raise ConfigError(f"config: train.early_stop.metric '{stop.metric}' is not one of {', '.join(EVAL_COLUMNS)}")
@@ -112,12 +116,16 @@ class Recorder:
         self.write_summary("running", state.step)
 
     def write_summary(self, status: str, step: int) -> None:
-        cfg = self.prepared.config
-        self.run_dir.write_summary({
-            "status": status, "step": step, "name": cfg.name, "source": cfg.source, "expected": cfg.expected,
-            "device": str(self.prepared.device), "pid": os.getpid(), "host": os.uname().nodename,
-            **summarize(pd.DataFrame(self.rows)),
-        })
+        write_summary(self.run_dir, self.prepared.config, self.rows, status=status, step=step,
+                      device=str(self.prepared.device), pid=os.getpid(), host=os.uname().nodename)
+
+
+def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -> None:
+    """summary.json: the run's status and headline figures, and the phases found in its metrics."""
+    metrics = pd.DataFrame(rows)
+    phases = detect_phases(metrics)
+    run_dir.write_summary({**fields, "name": cfg.name, "source": cfg.source, "expected": cfg.expected,
+                           **summarize(metrics), **phases, **phase_evidence(metrics, phases)})
 
 
 def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], progress: Optional[Progress]) -> Run:
@@ -125,14 +133,55 @@ def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], pro
     with run_dir.lock():
         run_dir.truncate_metrics(state.step if state else -1)
         model = build_model(prepared.model, cfg.resolved_model_seed).to(prepared.device)
-        trainer = Trainer(prepared.task.to(prepared.device), model, cfg.train, seed=cfg.resolved_model_seed)
+        task = prepared.task.to(prepared.device)
+        probes = () if cfg.measures is None else (Probe(cfg.measures.every, make_measures(cfg.measures, task)),)
+        trainer = Trainer(task, model, cfg.train, seed=cfg.resolved_model_seed, probes=probes)
         if state is not None:
             trainer.load_state(state)
         recorder = Recorder(run_dir, prepared, run_dir.metric_rows())
         with graceful_stop() as should_stop:
             outcome: Outcome = trainer.run(recorder, should_stop, progress)
         recorder.write_summary(outcome.status, outcome.step)
-    return Run(run_dir.path)
+    run = Run(run_dir.path)
+    if cfg.measures is not None and cfg.measures.key_freqs == "final" and outcome.status in ("finished", "stopped_early"):
+        measure(run.path, "final", device=str(prepared.device))  # the paper's choice: the final model's frequencies
+    return run
+
+
+def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = None, *,
+            device: Optional[str] = None, names: Optional[tuple[str, ...]] = None) -> Run:
+    """Recompute the measure columns of a run's metrics from its saved checkpoints, leaving the
+    training columns as they are. `key_freqs`: "final" (found in the last checkpoint), "each"
+    (found in each checkpoint) or a list; default: the run's config."""
+    run = Run(path)
+    cfg = run.config.measures or MeasuresConfig()
+    if names:
+        cfg = cfg.model_copy(update={"names": tuple(names)})
+    key_freqs = key_freqs if key_freqs is not None else cfg.key_freqs
+    task = run.task
+    check_measures(cfg, task)
+    target = resolve_device(device or "cpu")
+    load = lambda step: run.model(step).to(target)  # noqa: E731
+    with run.dir.lock():
+        rows, steps = run.dir.metric_rows(), set(run.steps)
+        if not rows or not steps:
+            raise RunDirError(f"{run.path} has no metrics or checkpoints to measure yet")
+        freqs = None
+        if key_freqs == "final":
+            freqs = final_key_frequencies(cfg, load(max(steps)), task.to(target)) if "fourier" in cfg.names else None
+        elif key_freqs != "each":
+            freqs = list(key_freqs)
+        compute = make_measures(cfg, task.to(target), freqs)
+        for row in rows:
+            for column in [c for c in row if c not in BASE_COLUMNS]:
+                del row[column]
+            if row["step"] in steps:
+                row.update(compute(load(row["step"])))
+        run.dir.write_metrics(rows)
+        summary = run.summary
+        write_summary(run.dir, run.config, rows, **{k: summary[k] for k in ("status", "step", "device", "pid", "host")
+                                                    if k in summary})
+    return run
 
 
 @contextlib.contextmanager

@@ -9,10 +9,10 @@ from groklab.config.loading import (
     preset_names,
     to_yaml,
 )
-from groklab.config.schema import EarlyStop, ModelConfig, RunConfig, TaskConfig, TrainConfig
+from groklab.config.schema import EarlyStop, MeasuresConfig, ModelConfig, RunConfig, TaskConfig, TrainConfig
 
 __all__ = [
-    "PRESET_DIR", "EarlyStop", "ModelConfig", "RunConfig", "TaskConfig", "TrainConfig",
+    "PRESET_DIR", "EarlyStop", "MeasuresConfig", "ModelConfig", "RunConfig", "TaskConfig", "TrainConfig",
     "apply_overrides", "config_from_dict", "format_validation_error", "load_config",
     "load_preset", "preset_names", "to_yaml",
 ]

@@ -65,6 +65,22 @@ class TrainConfig(Strict):
     device: str = "auto"                         # auto | cpu | cuda | cuda:N
 
 
+class MeasuresConfig(Strict):
+    """Measures computed during training (`groklab.measures`), landing as metrics columns."""
+
+    every: PositiveInt = 100                      # steps between measurements
+    names: tuple[str, ...] = ("weights", "fourier")  # measure sets, see groklab.measures.MEASURES
+    # Fourier key frequencies: "final" (the paper): found in the final model, and every checkpoint's
+    # measures recomputed with them when the run ends (while training: found at each measurement);
+    # "each": found at each measurement; or a list given.
+    key_freqs: Union[Literal["final", "each"], tuple[PositiveInt, ...]] = "final"
+    key_method: Literal["neuron_argmax", "wl_norm"] = "neuron_argmax"
+    min_fve: float = Field(0.85, ge=0.0, le=1.0)        # neuron_argmax: neurons a frequency explains this well
+    min_share: float = Field(0.01, ge=0.0, le=1.0)      # ... and at least this fraction of neurons per frequency
+    rel_threshold: float = Field(0.1, gt=0.0, le=1.0)   # wl_norm: fraction of the largest frequency norm
+    per_frequency: bool = False                     # also excluded_loss_f1 .. f(p-1)/2
+
+
 class RunConfig(Strict):
     """Everything that determines a run. Same config (and machine) => bit-identical metrics."""
 
@@ -80,6 +96,7 @@ class RunConfig(Strict):
     task: TaskConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    measures: Optional[MeasuresConfig] = None
 
     @property
     def resolved_data_seed(self) -> int:

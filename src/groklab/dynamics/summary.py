@@ -42,9 +42,10 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
         "elapsed_s": elapsed,
         "steps_per_s": round(last["step"] / elapsed, 2) if elapsed > 0 else None,
     }
-    for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        if col in metrics:
-            out[f"final_{col}"] = float(last[col])
+    for col in ("train_loss", "train_acc", "test_loss", "test_acc", "n_key_freqs", "frac_neurons_explained",
+                "fourier_mult_fve", "key_freqs"):
+        if col in metrics and pd.notna(last.get(col)):
+            out[f"final_{col}"] = last[col] if col == "key_freqs" else float(last[col])
     return out
 
 

@@ -183,6 +183,9 @@ class Block(nn.Module):
         return self.hook_resid_post(self.ln2(x) if self.norm == "post" else x)
 
 
+TABLE_BLIND = ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.ln1.", "blocks.0.attn.hook_")
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig, seed: int = 0):
         super().__init__()
@@ -230,11 +233,12 @@ class Transformer(nn.Module):
         if unknown:
             raise KeyError(f"no hook point {unknown[0]!r}; see model.hook_names()")
         handles = [points[name].register_forward_hook(lambda m, i, out, fn=fn: fn(out)) for name, fn in fns.items()]
-        self._hooked += 1
+        blind = any(name.startswith(TABLE_BLIND) for name in fns)  # points the table path does not pass
+        self._hooked += blind
         try:
             yield
         finally:
-            self._hooked -= 1
+            self._hooked -= blind
             for handle in handles:
                 handle.remove()
 

@@ -101,10 +101,13 @@ class RunDir:
     def metrics(self) -> pd.DataFrame:
         return pd.DataFrame(self.metric_rows())
 
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Replace the whole table, atomically."""
+        _atomic_write(self.path / METRICS, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
     def truncate_metrics(self, last_step: int) -> None:
         """Keep the rows up to `last_step` (the resume point), atomically."""
-        rows = [row for row in self.metric_rows() if row["step"] <= last_step]
-        _atomic_write(self.path / METRICS, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+        self.write_metrics([row for row in self.metric_rows() if row["step"] <= last_step])
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_steps(self) -> list[int]:

@@ -41,6 +41,14 @@ class Sink(Protocol):
     def on_checkpoint(self, state: TrainState) -> None: ...
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A measure computed during training: every `every` steps, fn(model) -> metric columns."""
+
+    every: int
+    fn: Callable[[torch.nn.Module], dict]
+
+
 @dataclass
 class Outcome:
     status: str  # "finished" (max_steps), "stopped_early", "interrupted" or "diverged"
@@ -85,9 +93,11 @@ def met(value: float, metric: str, threshold: float) -> bool:
 
 
 class Trainer:
-    def __init__(self, task: Task, model: torch.nn.Module, cfg: TrainConfig, seed: int = 0):
-        """`seed` draws the minibatch order and seeds dropout; the model arrives initialised."""
-        self.task, self.model, self.cfg, self.seed = task, model, cfg, seed
+    def __init__(self, task: Task, model: torch.nn.Module, cfg: TrainConfig, seed: int = 0,
+                 probes: tuple[Probe, ...] = ()):
+        """`seed` draws the minibatch order and seeds dropout; the model arrives initialised. `probes`
+        add measure columns to the evaluation rows at their own intervals."""
+        self.task, self.model, self.cfg, self.seed, self.probes = task, model, cfg, seed, probes
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                            weight_decay=cfg.weight_decay, fused=True)
@@ -142,8 +152,9 @@ class Trainer:
 
     def run(self, sink: Sink, should_stop: Callable[[], bool] = lambda: False,
             on_step: Optional[Callable[[int, Optional[dict]], None]] = None) -> Outcome:
-        """Train until max_steps, an early stop, divergence or `should_stop()`. Evaluates at step 0 and
-        every eval_every steps; checkpoints at step 0, every checkpoint_every steps and at the end."""
+        """Train until max_steps, an early stop, divergence or `should_stop()`. Evaluates at step 0, every
+        eval_every steps and wherever a probe is due; checkpoints at step 0, every checkpoint_every
+        steps and at the end."""
         cfg, fresh = self.cfg, self.step == 0
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -162,7 +173,7 @@ class Trainer:
             while status is None and self.step < cfg.max_steps:
                 self.train_step()
                 self.elapsed_s = time.perf_counter() - start
-                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                if self.step == cfg.max_steps or any(self.step % every == 0 for every in self._intervals):
                     status = self._evaluate(sink, on_step)
                 elif on_step is not None:
                     on_step(self.step, None)
@@ -172,8 +183,17 @@ class Trainer:
                     sink.on_checkpoint(self.state())
             return Outcome(status or "finished", self.step, self.elapsed_s)
 
+    @property
+    def _intervals(self) -> list[int]:
+        return [self.cfg.eval_every, *(probe.every for probe in self.probes)]
+
     def _evaluate(self, sink: Sink, on_step) -> Optional[str]:
-        row = {"step": self.step, **evaluate(self.model, self.task), "elapsed_s": round(self.elapsed_s, 3)}
+        row = {"step": self.step, **evaluate(self.model, self.task)}
+        for probe in self.probes:
+            if self.step % probe.every == 0 or self.step == self.cfg.max_steps:
+                row.update(probe.fn(self.model))
+        self.model.train()
+        row["elapsed_s"] = round(self.elapsed_s, 3)
         sink.on_eval(row)
         if on_step is not None:
             on_step(self.step, row)

@@ -1,0 +1,118 @@
+"""The three phases of grokking — memorization, circuit formation, cleanup — from a metrics table.
+
+Nanda et al. 2023 (§5.2, Fig. 7) read the phases off their progress measures: memorization (train
+loss falls to its floor while test loss rises), circuit formation (test loss stays high while the
+restricted loss falls and the excluded loss rises: the Fourier circuit forms beside the
+memorizing one), cleanup (weight decay removes the memorizing solution: test loss collapses while
+the Gini coefficients of W_E and W_L rise sharply and the weight norm falls). Their mainline run:
+1.4k / 9.4k / 14k epochs. This module turns that reading into a rule on the table alone:
+
+- memorization ends at the first evaluation where the train loss is within `floor_factor` (10x)
+  of its floor, the lowest train loss before grokking (before test accuracy first reaches 50%);
+- circuit formation ends where the test loss starts to collapse: the first evaluation after
+  memorization where the test loss has fallen `collapse_decades` (1) below its peak;
+- cleanup ends when the collapse is over: the first evaluation after the steepest part of the
+  collapse where the test loss falls at less than `settle` (10%) of its steepest rate (log10 test
+  loss over the next `window` evaluations) and, where the table has `gini_W_L`, the Gini
+  coefficient of W_L has completed `gini_fraction` (90%) of its rise since circuit formation ended.
+
+The rule degrades rather than invents: a run that never memorizes, never collapses its test loss
+(never groks) or stops before the collapse is over gets None for the boundaries it lacks and a note
+saying why. Nothing here looks at the step of the accuracy jump, so "the test accuracy jumps inside
+cleanup" is a finding the measures can confirm or refute, not an assumption.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+
+def _first(metrics: pd.DataFrame, mask, after: Optional[int] = None) -> Optional[int]:
+    rows = metrics.loc[mask & (metrics["step"] >= (after if after is not None else -math.inf)), "step"]
+    return int(rows.iloc[0]) if len(rows) else None
+
+
+def detect_phases(metrics: pd.DataFrame, floor_factor: float = 10.0, collapse_decades: float = 1.0,
+                  settle: float = 0.1, window: int = 5, gini_fraction: float = 0.9) -> dict:
+    """{memorization_end, circuit_formation_end, cleanup_end: step or None, phase_note: why any is None}."""
+    need = {"step", "train_loss", "train_acc", "test_loss", "test_acc"}
+    if metrics.empty or not need <= set(metrics.columns):
+        return {}
+    m = metrics.sort_values("step").reset_index(drop=True)
+    out = {"memorization_end": None, "circuit_formation_end": None, "cleanup_end": None, "phase_note": ""}
+
+    half = _first(m, m["test_acc"] >= 0.5)
+    before = m if half is None else m[m["step"] < half]
+    floor = before["train_loss"].min() if len(before) else m["train_loss"].min()
+    memorized = (m["train_loss"] <= floor_factor * floor) & (m["train_acc"] >= 0.99)
+    t_mem = _first(m, memorized)
+    if t_mem is None:
+        out["phase_note"] = "no memorization: train accuracy never reached 99% at its loss floor"
+        return out
+    out["memorization_end"] = t_mem
+
+    after_mem = m[m["step"] >= t_mem]
+    peak = after_mem["test_loss"].max()
+    peak_step = int(after_mem.loc[after_mem["test_loss"].idxmax(), "step"])
+    collapsed = np.log10(m["test_loss"].clip(lower=1e-300)) <= math.log10(peak) - collapse_decades
+    t_circ = _first(m, collapsed, after=peak_step)
+    if t_circ is None:
+        out["phase_note"] = "no circuit formation end / no cleanup: the test loss never collapsed (no grokking)"
+        return out
+    out["circuit_formation_end"] = t_circ
+
+    rest = m[m["step"] >= t_circ].reset_index(drop=True)
+    log_loss = np.log10(rest["test_loss"].clip(lower=1e-300))
+    slope = (log_loss.shift(-window) - log_loss) / (rest["step"].shift(-window) - rest["step"])  # decades / step
+    steepest = slope.idxmin() if slope.notna().any() else None
+    done = (slope > settle * slope.min()) & (rest.index > (steepest if steepest is not None else len(rest)))
+    if "gini_W_L" in rest and rest["gini_W_L"].notna().any():
+        g = rest["gini_W_L"]
+        start = g.dropna().iloc[0]
+        done &= g >= start + gini_fraction * (g.max() - start)
+    t_clean = _first(rest, done)
+    if t_clean is None:
+        out["phase_note"] = "no cleanup end yet: the run stopped while the test loss was still collapsing"
+        return out
+    out["cleanup_end"] = t_clean
+    return out
+
+
+def phase_evidence(metrics: pd.DataFrame, phases: dict) -> dict:
+    """What the progress measures did in each phase (Nanda et al.'s qualitative claims, as numbers):
+
+    - grok_inside_cleanup: test accuracy first reached 99% after circuit formation ended and no later
+      than cleanup ended;
+    - excluded_over_train: the excluded loss at the end of circuit formation over the largest train
+      loss during it (>> 1: the model came to rely on the key frequencies while still fitting the
+      training set);
+    - restricted_lead_steps: how many steps before the test loss the restricted loss fell below 0.1
+      (> 0: the Fourier circuit alone generalised before the whole model did);
+    - gini_W_E_speedup, gini_W_L_speedup: the Gini coefficient's rate of rise per step during cleanup
+      over its rate during circuit formation (> 1: it rises sharply in cleanup);
+    - sum_sq_weights_drop: the fraction of the weight norm lost during cleanup.
+    """
+    t_mem, t_circ, t_clean = (phases.get(k) for k in ("memorization_end", "circuit_formation_end", "cleanup_end"))
+    if t_circ is None or t_clean is None:
+        return {}
+    m = metrics.sort_values("step").set_index("step")
+    grok = _first(metrics.sort_values("step"), metrics.sort_values("step")["test_acc"] >= 0.99)
+    out = {"grok_inside_cleanup": grok is not None and t_circ < grok <= t_clean}
+    forming = m.loc[t_mem:t_circ]
+    if "excluded_loss" in m:
+        out["excluded_over_train"] = float(m.loc[t_circ, "excluded_loss"] / forming["train_loss"].max())
+    if "restricted_loss" in m:
+        r = _first(metrics, metrics["restricted_loss"] < 0.1)
+        t = _first(metrics, metrics["test_loss"] < 0.1)
+        out["restricted_lead_steps"] = None if None in (r, t) else t - r
+    for name in ("gini_W_E", "gini_W_L"):
+        if name in m:
+            rate = lambda a, b: (m.loc[b, name] - m.loc[a, name]) / (b - a)  # noqa: E731
+            slow = rate(t_mem, t_circ)
+            out[f"{name}_speedup"] = float(rate(t_circ, t_clean) / slow) if slow > 0 else None
+    if "sum_sq_weights" in m:
+        out["sum_sq_weights_drop"] = float(1 - m.loc[t_clean, "sum_sq_weights"] / m.loc[t_circ, "sum_sq_weights"])
+    return out

@@ -1,0 +1,48 @@
+"""The measure sets a run can compute live or post hoc, by name. A new measure set is one entry here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from groklab.config import MeasuresConfig
+from groklab.errors import ConfigError
+from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
+from groklab.measures.weights import weight_norms
+
+
+@dataclass(frozen=True)
+class MeasureSet:
+    check: Callable  # task -> None, or a ConfigError saying why the set does not apply
+    compute: Callable  # (model, task, cfg, key_freqs) -> columns
+
+
+MEASURES: dict[str, MeasureSet] = {
+    "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
+    "fourier": MeasureSet(check_modular_addition, lambda model, task, cfg, freqs: progress_measures(
+        model, task, freqs, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold, cfg.per_frequency)),
+}
+
+
+def check_measures(cfg: MeasuresConfig, task) -> None:
+    for name in cfg.names:
+        if name not in MEASURES:
+            raise ConfigError(f"config: unknown measure set '{name}' in measures.names; known: {', '.join(MEASURES)}")
+        MEASURES[name].check(task)
+
+
+def make_measures(cfg: MeasuresConfig, task, key_freqs: Optional[Sequence[int]] = None) -> Callable:
+    """model -> every column of the configured measure sets. Key frequencies: `key_freqs` if given,
+    else the config's list, else found in each model measured."""
+    check_measures(cfg, task)
+    freqs = key_freqs if key_freqs is not None else cfg.key_freqs if isinstance(cfg.key_freqs, tuple) else "each"
+
+    def measure(model) -> dict:
+        row = {}
+        for name in cfg.names:
+            row.update(MEASURES[name].compute(model, task, cfg, freqs))
+        return row
+    return measure
+
+
+def final_key_frequencies(cfg: MeasuresConfig, model, task) -> list[int]:
+    return model_key_frequencies(model, task, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold)
