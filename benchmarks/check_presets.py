@@ -38,6 +38,11 @@ def main() -> int:
               f"({s['steps_per_s']} steps/s); train acc >= 99% at step {s['step_train_acc_99']}, "
               f"test acc >= 99% at step {s['step_test_acc_99']}"
               + (f" ({s['elapsed_s_test_acc_99']:.0f} s)" if s.get("elapsed_s_test_acc_99") is not None else ""))
+        if s.get("circuit_formation_end") is not None or s.get("phase_note"):
+            print(f"  phases: memorization ends {s.get('memorization_end')}, circuit formation ends "
+                  f"{s.get('circuit_formation_end')}, cleanup ends {s.get('cleanup_end')} {s.get('phase_note', '')}")
+        checked = [k for k in config.outcome if k not in ("grokked", "step_train_acc_99", "step_test_acc_99")]
+        print("  measured: " + ", ".join(f"{k} = {s.get(k)}" for k in checked))
         print(f"  expected: {config.expected}")
         print("  outcome: " + ("met" if not failures else "NOT met: " + "; ".join(failures)), flush=True)
     return 1 if missed else 0

@@ -4,8 +4,10 @@ Prints ms per optimizer step of groklab's trainer beside a baseline, measured in
 interleaved, that does each step what the released code of Nanda et al. 2023 does
 (progress-measures-paper `transformers.py`): the full forward over all 3 positions, the test loss
 computed with autograd every step, labels rebuilt in Python from the pairs. Also prints the time
-of the dense MLP alone at the scored position (the part no re-association removes) and, with
-`--grok`, runs the whole preset and reports the step and wall time at which test acc reached 99%.
+of the dense MLP alone at the scored position (the part no re-association removes), the cost of
+the live progress measures relative to the training steps between two measurements, and, with
+`--grok`, runs the whole preset (live measures included) and reports the step and wall time at
+which test acc reached 99%.
 
     python benchmarks/train_speed.py [--steps 40] [--rounds 5] [--grok]
 """
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 import groklab
 from groklab.experiment import resolve
+from groklab.measures import make_measures
 from groklab.models import build_model
 from groklab.training import Trainer
 
@@ -115,20 +118,35 @@ def main():
         ours.append(timed(trainer.train_step, args.steps))
         theirs.append(timed(b_step, max(2, args.steps // 10)))
         floor.append(timed(lambda: mlp_floor(trainer), args.steps))
+    measure = make_measures(cfg.measures, task)
+    live = [timed(lambda: measure(trainer.model), 1) for _ in range(args.rounds)]
     o, t, f = statistics.median(ours), statistics.median(theirs), statistics.median(floor)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, train batch {len(task.train)}")
     print(f"groklab step (nanda-mod-add):      {o:8.1f} ms  (rounds: {', '.join(f'{x:.1f}' for x in ours)})")
     print(f"released-code algorithm baseline:  {t:8.1f} ms  (rounds: {', '.join(f'{x:.1f}' for x in theirs)})")
     print(f"speed-up vs baseline:              {t / o:8.1f} x")
     print(f"dense MLP + unembed alone (floor): {f:8.1f} ms  = {f / o:.0%} of the groklab step")
+    m = statistics.median(live)
+    print(f"live measures ({', '.join(cfg.measures.names)}): {m:8.1f} ms per measurement, every {cfg.measures.every} "
+          f"steps = {m / (cfg.measures.every * o):.1%} on top of the training steps")
 
     if args.grok:
         with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
             run = groklab.run(groklab.load_preset("nanda-mod-add"), f"{tmp}/run")
+            total = time.perf_counter() - start
             s = run.summary
             print(f"canonical run: status {s['status']}, train acc >= 99% at step {s['step_train_acc_99']}, "
                   f"test acc >= 99% at step {s['step_test_acc_99']} after {s['elapsed_s_test_acc_99']:.1f} s "
-                  f"(run ended at step {s['last_step']}, {s['elapsed_s']:.1f} s, {s['steps_per_s']} steps/s)")
+                  f"(training ended at step {s['last_step']} after {s['elapsed_s']:.1f} s, {s['steps_per_s']} steps/s; "
+                  f"{total:.1f} s with the final key-frequency pass over every checkpoint)")
+            print(f"phases: memorization ends {s.get('memorization_end')}, circuit formation ends "
+                  f"{s.get('circuit_formation_end')}, cleanup ends {s.get('cleanup_end')} {s.get('phase_note', '')}")
+            print(f"key frequencies {s.get('final_key_freqs')}; {s.get('final_frac_neurons_explained', 0):.1%} of neurons "
+                  f"explained > 85% by one frequency; 3-D Fourier fit explains {s.get('final_fourier_mult_fve', 0):.1%} "
+                  f"of the logit variance; evidence: " + ", ".join(f"{k} {s[k]:.3g}" for k in (
+                      "excluded_over_train", "restricted_lead_steps", "gini_W_E_speedup", "gini_W_L_speedup",
+                      "sum_sq_weights_drop") if s.get(k) is not None))
             failures = groklab.dynamics.check_outcome(s, run.config.outcome)
             print("expected outcome:", "met" if not failures else "NOT met: " + "; ".join(failures))
 

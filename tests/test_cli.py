@@ -195,3 +195,21 @@ def test_run_from_a_yaml_file(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 10, 20]
+
+
+def test_measure_command(tmp_path):
+    out = tmp_path / "run"
+    assert groklab_cli("run", "quick", "--set", "train.max_steps=30", "--set", "train.eval_every=10",
+                       "--set", "train.checkpoint_every=10", "--out", str(out), "-q").returncode == 0
+    result = groklab_cli("measure", str(out), "--key-freqs", "3,5")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["key_freqs"] for r in rows] == ["3,5"] * 4 and all("gini_W_L" in r for r in rows)
+    bad(["measure", str(out), "--key-freqs", "three"], "--key-freqs takes final, each or a list")
+    bad(["measure", str(out), "--key-freqs", "99"], "key frequencies must lie in 1..15")
+    bad(["measure", str(out), "--names", "weights,entropy"], "unknown measure set 'entropy'")
+    bad(["measure", str(tmp_path / "nothing")], "no run directory")
+    other = tmp_path / "mul"
+    assert groklab_cli("run", "quick", "--set", "task.name=mul", "--set", "train.max_steps=10", "--set", "measures=null",
+                       "--out", str(other), "-q").returncode == 0
+    bad(["measure", str(other)], "modular addition", run_dir=other)
