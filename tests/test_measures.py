@@ -91,8 +91,10 @@ def test_hand_built_fourier_network_known_answers(p, freqs):
     assert m["fourier_mult_loss"] == pytest.approx(full, rel=1e-6)
     assert m["fourier_mult_fve"] == pytest.approx(1.0, abs=1e-9)
     assert m["fourier_mult_excluded_loss"] == pytest.approx(math.log(p), rel=1e-6)
-    # the W_L rule finds the same frequencies; a neuron cluster per frequency
+    assert m["fourier_mult_excluded_acc"] <= 2 / p
+    # the W_L and W_E rules find the same frequencies; a neuron cluster per frequency
     assert progress_measures(model, task, method="wl_norm")["key_freqs"] == m["key_freqs"]
+    assert progress_measures(model, task, method="we_norm")["key_freqs"] == m["key_freqs"]
     clusters = neuron_clusters(model, task)["clusters"]
     assert clusters == {k: 4 for k in freqs}
 

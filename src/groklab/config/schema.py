@@ -74,10 +74,10 @@ class MeasuresConfig(Strict):
     # measures recomputed with them when the run ends (while training: found at each measurement);
     # "each": found at each measurement; or a list given.
     key_freqs: Union[Literal["final", "each"], tuple[PositiveInt, ...]] = "final"
-    key_method: Literal["neuron_argmax", "wl_norm"] = "neuron_argmax"
+    key_method: Literal["neuron_argmax", "wl_norm", "we_norm"] = "neuron_argmax"
     min_fve: float = Field(0.85, ge=0.0, le=1.0)        # neuron_argmax: neurons a frequency explains this well
     min_share: float = Field(0.01, ge=0.0, le=1.0)      # ... and at least this fraction of neurons per frequency
-    rel_threshold: float = Field(0.1, gt=0.0, le=1.0)   # wl_norm: fraction of the largest frequency norm
+    rel_threshold: float = Field(0.1, gt=0.0, le=1.0)   # wl_norm / we_norm: fraction of the largest frequency norm
     per_frequency: bool = False                     # also excluded_loss_f1 .. f(p-1)/2
 
 

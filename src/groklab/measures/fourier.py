@@ -87,7 +87,8 @@ def gini(values: torch.Tensor) -> float:
 
 def key_frequencies(fve: Optional[torch.Tensor] = None, wl_norms: Optional[torch.Tensor] = None,
                     method: str = "neuron_argmax", min_fve: float = 0.85, min_share: float = 0.01,
-                    rel_threshold: float = 0.1, given: Optional[Sequence[int]] = None) -> list[int]:
+                    rel_threshold: float = 0.1, given: Optional[Sequence[int]] = None,
+                    we_norms: Optional[torch.Tensor] = None) -> list[int]:
     """The frequencies the model computes with, by one documented rule:
 
     - "neuron_argmax" (the released code, made robust): each MLP neuron's best frequency by variance
@@ -96,15 +97,16 @@ def key_frequencies(fve: Optional[torch.Tensor] = None, wl_norms: Optional[torch
       argmax with no threshold, which lets a single noisy neuron add a frequency.)
     - "wl_norm" (the paper, App. C.2: frequencies with "non-trivial" coefficients in W_L): frequencies
       whose norm in W_L = W_out W_U is at least `rel_threshold` of the largest.
+    - "we_norm" (the paper, §4.1: the embedding is sparse in the Fourier basis): the same on W_E.
     - "given": exactly `given`.
     """
     if method == "given":
         return sorted(set(int(k) for k in given or []))
-    if method == "wl_norm":
-        norms = wl_norms
+    if method in ("wl_norm", "we_norm"):
+        norms = wl_norms if method == "wl_norm" else we_norms
         return [int(k) + 1 for k in torch.nonzero(norms >= rel_threshold * norms.max()).flatten()]
     if method != "neuron_argmax":
-        raise ConfigError(f"unknown key-frequency method '{method}'; use neuron_argmax, wl_norm or given")
+        raise ConfigError(f"unknown key-frequency method '{method}'; use neuron_argmax, wl_norm, we_norm or given")
     best_fve, best = fve.max(1)
     clean = best[best_fve >= min_fve]
     counts = torch.bincount(clean, minlength=fve.shape[1])

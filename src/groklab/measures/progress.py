@@ -108,9 +108,10 @@ def model_key_frequencies(model, task, method: str = "neuron_argmax", min_fve: f
     _, _, _, acts, last = _grid(model, p)
     sd = model.state_dict()
     W_L = (sd[f"{last}.mlp.W_out"] @ sd["unembed.W_U"][:, :p]).T.double()
+    we_norms = frequency_norms(component_norms(sd["embed.W_E"][:p].double(), basis))
     model.train(was_training)
     return key_frequencies(frequency_fve(acts.cpu(), basis), frequency_norms(component_norms(W_L, basis)),
-                           method, min_fve, min_share, rel_threshold)
+                           method, min_fve, min_share, rel_threshold, we_norms=we_norms)
 
 
 @torch.no_grad()
@@ -133,8 +134,10 @@ def progress_measures(model, task, key_freqs: KeyFreqs = "each", method: str = "
     W_L = (sd[f"{last}.mlp.W_out"] @ sd["unembed.W_U"][:, :p]).T.double()        # (p, d_mlp)
     wl_norms = component_norms(W_L, basis)
     fve = frequency_fve(acts.cpu(), basis)                                        # (d_mlp, K)
+    we_norms = component_norms(sd["embed.W_E"][:p].double(), basis)
     if key_freqs == "each":
-        freqs = key_frequencies(fve, frequency_norms(wl_norms), method, min_fve, min_share, rel_threshold)
+        freqs = key_frequencies(fve, frequency_norms(wl_norms), method, min_fve, min_share, rel_threshold,
+                                we_norms=frequency_norms(we_norms))
     else:
         freqs = key_frequencies(method="given", given=key_freqs)
     if any(not 1 <= k <= (p - 1) // 2 for k in freqs):
@@ -158,7 +161,7 @@ def progress_measures(model, task, key_freqs: KeyFreqs = "each", method: str = "
             out = model(tokens[rows], at=-1)[:, :p]
         row[f"{name}_loss_mlp"], row[f"{name}_acc_mlp"] = score(out, labels[rows])
 
-    row["gini_W_E"] = gini(component_norms(sd["embed.W_E"][:p].double(), basis))
+    row["gini_W_E"] = gini(we_norms)
     row["gini_W_L"] = gini(wl_norms)
 
     alpha = cos3d_coefficients(L.cpu(), p)
@@ -166,7 +169,7 @@ def progress_measures(model, task, key_freqs: KeyFreqs = "each", method: str = "
     centred = L - L.mean(1, keepdim=True)
     row["fourier_mult_loss"], row["fourier_mult_acc"] = score(fit, labels)
     row["fourier_mult_fve"] = float((alpha[[k - 1 for k in freqs]] ** 2).sum() / (centred ** 2).sum())
-    row["fourier_mult_excluded_loss"], _ = score((L - fit)[train], labels[train])
+    row["fourier_mult_excluded_loss"], row["fourier_mult_excluded_acc"] = score((L - fit)[train], labels[train])
     if per_frequency:
         for k in range(1, (p - 1) // 2 + 1):
             row[f"excluded_loss_f{k}"], _ = score((L - project(L, directions, [k]))[train], labels[train])
@@ -176,7 +179,8 @@ def progress_measures(model, task, key_freqs: KeyFreqs = "each", method: str = "
 
 @torch.no_grad()
 def neuron_clusters(model, task, threshold: float = 0.85) -> dict:
-    """Each MLP neuron's best frequency and its variance explained; neurons below `threshold` form
+    """Each MLP neuron's best frequency and its variance explained (the R^2 of the degree-2
+    trigonometric polynomial of that frequency, see `frequency_fve`); neurons below `threshold` form
     cluster -1 ("unexplained"), as in the paper's App. D. Returns {'freq': (d_mlp,), 'fve': (d_mlp,),
     'clusters': {freq: n_neurons}}."""
     p = check_modular_addition(task)
