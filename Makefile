@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.*
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup browser bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/groklab run nanda-mod-add
 
-test: setup
+# The report test opens reports in Debian's chromium (driven by Playwright); install it if missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: could not install chromium (apt-get failed); the browser test will say so and be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import groklab
@@ -44,6 +45,9 @@ def main() -> int:
         checked = [k for k in config.outcome if k not in ("grokked", "step_train_acc_99", "step_test_acc_99")]
         print("  measured: " + ", ".join(f"{k} = {s.get(k)}" for k in checked))
         print(f"  expected: {config.expected}")
+        start = time.perf_counter()
+        report = groklab.write_report([run.path])
+        print(f"  report: {report.stat().st_size / 1e6:.1f} MB, written in {time.perf_counter() - start:.1f} s")
         print("  outcome: " + ("met" if not failures else "NOT met: " + "; ".join(failures)), flush=True)
     return 1 if missed else 0
 

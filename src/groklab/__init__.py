@@ -7,9 +7,16 @@
 """
 from groklab.config import RunConfig, load_config, load_preset, preset_names
 from groklab.errors import ConfigError, RunDirError, UserError
-from groklab.experiment import resume, run
+from groklab.experiment import measure, resume, run
 from groklab.store import Run, load_run
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "Run", "RunConfig", "RunDirError", "UserError", "load_config", "load_preset",
-           "load_run", "preset_names", "resume", "run"]
+           "load_run", "measure", "preset_names", "resume", "run", "write_report"]
+
+
+def write_report(*args, **kwargs):
+    """groklab.report.write_report (imported on first use: plotly is heavy)."""
+    from groklab.report import write_report as write
+
+    return write(*args, **kwargs)

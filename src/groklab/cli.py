@@ -29,8 +29,9 @@ def cli() -> None:
 @click.option("--device", help="auto (default: CUDA if available), cpu, cuda or cuda:N.")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue the run in this directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report.html at the end.")
 def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], out: Optional[str],
-        device: Optional[str], resume_dir: Optional[str], quiet: bool) -> None:
+        device: Optional[str], resume_dir: Optional[str], quiet: bool, no_report: bool) -> None:
     """Train PRESET or FILE.yaml into a new run directory, or --resume RUN_DIR."""
     import groklab
     from groklab.config import load_config
@@ -44,14 +45,16 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
             return
         total = existing.config.train.max_steps
         with _progress(total, quiet) as on_step:
-            result = groklab.resume(resume_dir, device=device, progress=on_step)
+            result = groklab.resume(resume_dir, device=device, progress=on_step, report=not no_report)
     else:
         if not spec:
             raise UserError("give a PRESET or FILE.yaml to run (`groklab presets` lists presets), or --resume RUN_DIR")
         config = load_config(spec, overrides, seed)
         with _progress(config.train.max_steps, quiet) as on_step:
-            result = groklab.run(config, out, device=device, progress=on_step)
+            result = groklab.run(config, out, device=device, progress=on_step, report=not no_report)
     _print_summary(result)
+    if result.dir.report_path.is_file():
+        click.echo(f"report: {result.dir.report_path}")
     if result.summary.get("status") == "interrupted":
         click.echo(f"interrupted; continue with: groklab run --resume {result.path}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -74,6 +77,18 @@ def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device
             raise UserError(f"--key-freqs takes final, each or a list like 14,35,41; got '{key_freqs}'") from None
     result = remeasure(run_dir, key_freqs, device=device, names=tuple(names.split(",")) if names else None)
     _print_summary(result)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", type=click.Path(), help="HTML file (default: RUN_DIR/report.html; several runs: "
+                                                     "./groklab-comparison.html).")
+@click.option("--png", type=click.Path(), help="Also write each figure as PNG (and SVG) into this directory.")
+def report(run_dirs: tuple[str, ...], out: Optional[str], png: Optional[str]) -> None:
+    """Write the interactive HTML report of a run, or overlay several runs' curves."""
+    from groklab.report import write_report
+
+    click.echo(f"report: {write_report(list(run_dirs), out, png)}")
 
 
 @cli.command()
@@ -103,9 +118,8 @@ def _print_summary(result, header: bool = False) -> None:
     summary = result.summary
     metrics = result.metrics
     live = summarize(metrics) if not metrics.empty else {}
-    status = summary.get("status", "no checkpoint yet")
-    if status == "running" and not _alive(summary):
-        status = "stopped without finishing (killed?); resume with --resume"
+    status = {"new": "no checkpoint yet", "killed": "stopped without finishing (killed?); resume with --resume"}.get(
+        result.status, result.status)
     cfg = result.config
     lines = [("run", str(result.path)), ("preset", cfg.name), ("source", cfg.source), ("status", status)]
     if live:
@@ -134,20 +148,6 @@ def _phase_lines(phases: dict) -> list[tuple[str, str]]:
     ends = [(name.replace("_", " "), phases.get(f"{name}_end")) for name in ("memorization", "circuit_formation", "cleanup")]
     text = ", ".join(f"{name} ends at step {step}" if step is not None else f"no {name}" for name, step in ends)
     return [("phases", text)] + ([("", phases["phase_note"])] if phases.get("phase_note") else [])
-
-
-def _alive(summary: dict) -> bool:
-    import os
-    import socket
-
-    pid = summary.get("pid")
-    if not pid or summary.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 class _progress:

@@ -83,14 +83,16 @@ def default_out(config: RunConfig) -> Path:
 
 
 def run(config: RunConfig, out: Union[str, Path, None] = None, *, device: Optional[str] = None,
-        progress: Optional[Progress] = None) -> Run:
-    """Train `config` into a new run directory (default runs/NAME-sSEED-TIME) and return the run."""
+        progress: Optional[Progress] = None, report: bool = True) -> Run:
+    """Train `config` into a new run directory (default runs/NAME-sSEED-TIME) and return the run;
+    with `report`, end by writing RUN_DIR/report.html."""
     prepared = resolve(config, device)
     run_dir = RunDir.create(Path(out) if out else default_out(config), to_yaml(prepared.config))
-    return _train(run_dir, prepared, None, progress)
+    return _finish(_train(run_dir, prepared, None, progress), report)
 
 
-def resume(path: Union[str, Path], *, device: Optional[str] = None, progress: Optional[Progress] = None) -> Run:
+def resume(path: Union[str, Path], *, device: Optional[str] = None, progress: Optional[Progress] = None,
+           report: bool = True) -> Run:
     """Continue an interrupted or killed run from its last checkpoint; a finished run is left as is.
     The finished metrics equal those of an uninterrupted run."""
     existing = Run(path)
@@ -98,7 +100,15 @@ def resume(path: Union[str, Path], *, device: Optional[str] = None, progress: Op
         return existing
     prepared = resolve(existing.config, device)
     state = existing.dir.load_state() if existing.dir.has_state() else None
-    return _train(existing.dir, prepared, state, progress)
+    return _finish(_train(existing.dir, prepared, state, progress), report)
+
+
+def _finish(run: Run, report: bool) -> Run:
+    if report:
+        from groklab.report import write_report  # plotly loads only when a report is written
+
+        write_report([run.path])
+    return run
 
 
 class Recorder:

@@ -51,12 +51,22 @@ class Run:
         """Steps with saved weights."""
         return self.dir.checkpoint_steps()
 
-    def checkpoint(self, step: Optional[int] = None) -> dict[str, torch.Tensor]:
-        """The model's state dict at `step` (default: the last checkpoint)."""
+    def checkpoint(self, step: Optional[int] = None, names: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+        """The model's state dict at `step` (default: the last checkpoint); only `names` if given."""
         steps = self.steps
         if not steps:
             raise RunDirError(f"{self.path} has no checkpoints yet")
-        return self.dir.load_weights(steps[-1] if step is None else step)
+        return self.dir.load_weights(steps[-1] if step is None else step, names)
+
+    @property
+    def status(self) -> str:
+        """running | finished | stopped_early | interrupted | diverged | killed (a 'running' run whose
+        process is gone) | new (no checkpoint yet)."""
+        summary = self.summary
+        status = summary.get("status", "new")
+        if status == "running" and not _alive(summary):
+            return "killed"
+        return status
 
     @cached_property
     def task(self) -> Task:
@@ -73,3 +83,18 @@ class Run:
 
 def load_run(path: Union[str, Path]) -> Run:
     return Run(path)
+
+
+def _alive(summary: dict) -> bool:
+    """Whether the process that wrote a 'running' summary still runs (same host, pid alive)."""
+    import os
+    import socket
+
+    pid = summary.get("pid")
+    if not pid or summary.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -6,6 +6,7 @@
       checkpoints/step_0000100.safetensors  model weights at that step (TransformerLens names)
       state.safetensors                   latest resume point: weights, optimizer, RNG, step (atomic)
       summary.json                        status and headline figures (atomic)
+      report.html                         the run's interactive report (groklab.report; atomic)
       .lock                               held while a process trains the run
 
 Crash safety: metrics are appended and flushed line by line (a torn last line from a kill is
@@ -29,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from groklab.errors import RunDirError
 from groklab.training import TrainState
 
-CONFIG, METRICS, STATE, SUMMARY, LOCK, CHECKPOINTS = (
-    "config.yaml", "metrics.jsonl", "state.safetensors", "summary.json", ".lock", "checkpoints")
+CONFIG, METRICS, STATE, SUMMARY, REPORT, LOCK, CHECKPOINTS = (
+    "config.yaml", "metrics.jsonl", "state.safetensors", "summary.json", "report.html", ".lock", "checkpoints")
 _STEP_FILE = re.compile(r"step_(\d+)\.safetensors$")
 
 
@@ -126,12 +127,16 @@ class RunDir:
         tensors, meta = _flatten_state(state)
         _atomic_write(self.path / STATE, lambda tmp: save_file(tensors, str(tmp), meta))
 
-    def load_weights(self, step: int) -> dict[str, torch.Tensor]:
+    def load_weights(self, step: int, names: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+        """The weights at `step` (only `names` if given: read lazily from the file)."""
         path = self._checkpoint_path(step)
         if not path.is_file():
             raise RunDirError(f"no checkpoint at step {step} in {self.path}; available: {self.checkpoint_steps()[-5:]} ...")
         try:
-            return load_file(str(path))
+            if names is None:
+                return load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                return {name: f.get_tensor(name) for name in names}
         except (SafetensorError, OSError, ValueError) as err:
             raise RunDirError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to another") from None
 
@@ -159,6 +164,14 @@ class RunDir:
             return json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError:
             return {}
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    def write_report(self, html: str) -> Path:
+        _atomic_write(self.report_path, lambda tmp: tmp.write_text(html))
+        return self.report_path
 
     def lock(self) -> "Lock":
         return Lock(self.path / LOCK)

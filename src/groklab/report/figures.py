@@ -1,0 +1,244 @@
+"""What a report shows: figures described as plain data, built from runs on disk.
+
+A `Figure` is a row of `Panel`s (lines, bars, a heatmap or a slider across checkpoints); the HTML
+renderer (plotly) and the static one (matplotlib) draw the same descriptions, so a figure is
+defined once. Each builder returns only the figures the run has data for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from groklab.errors import ConfigError
+from groklab.measures import component_norms, fourier_basis, frequency_fve, frequency_norms
+from groklab.store import Run
+
+PHASE_COLORS = {"memorization": "#f4d4a8", "circuit formation": "#c9dcf0", "cleanup": "#cdeac0"}
+MAX_SNAPSHOTS = 100  # checkpoints drawn in the step x frequency heatmap and the slider
+
+
+@dataclass
+class Trace:
+    name: str
+    x: Sequence
+    y: Sequence
+    kind: str = "line"          # line | bar
+    dash: bool = False
+    color: Optional[str] = None
+
+
+@dataclass
+class Panel:
+    title: str
+    traces: list[Trace] = field(default_factory=list)
+    xlabel: str = "step"
+    ylabel: str = ""
+    logy: bool = False
+    bands: list[tuple[float, float, str]] = field(default_factory=list)  # shaded x ranges (phases)
+    heatmap: Optional[dict] = None   # {"z": (rows, cols), "x": cols, "y": rows, "colorbar": title}
+    frames: Optional[dict] = None    # {"x": bins, "steps": [...], "y": (steps, bins)}: a slider over steps
+
+
+@dataclass
+class Figure:
+    key: str                       # file stem of its PNG/SVG and id in the page
+    title: str
+    caption: str
+    panels: list[Panel]
+
+
+def phase_bands(summary: dict, last_step: int) -> list[tuple[float, float, str]]:
+    """Shaded x ranges for the phases found in the run's summary."""
+    ends = [summary.get(k) for k in ("memorization_end", "circuit_formation_end", "cleanup_end")]
+    bands, start = [], 0
+    for name, end in zip(PHASE_COLORS, ends):
+        if end is None:
+            break
+        bands.append((start, end, name))
+        start = end
+    return bands
+
+
+def curve_figures(runs: list[Run]) -> list[Figure]:
+    """Loss (log scale) and accuracy, train and test; one run's phases shaded, several runs overlaid."""
+    single = len(runs) == 1
+    loss, acc = Panel("loss", ylabel="cross-entropy", logy=True), Panel("accuracy", ylabel="accuracy")
+    for run in runs:
+        m = run.metrics
+        label = "" if single else f"{run_label(run)}: "
+        for split, dash in (("train", False), ("test", True)):
+            loss.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_loss"], dash=dash))
+            acc.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_acc"], dash=dash))
+    if single:
+        loss.bands = acc.bands = phase_bands(runs[0].summary, int(runs[0].metrics["step"].iloc[-1]))
+    caption = ("Train (solid) and test (dashed) loss and accuracy at every evaluation."
+               + (" Shaded: the phases found in the metrics (memorization, circuit formation, cleanup)." if single else ""))
+    return [Figure("curves", "Loss and accuracy", caption, [loss, acc])]
+
+
+MEASURE_PANELS = [
+    ("restricted and excluded loss", "cross-entropy", True,
+     [("restricted_loss", "restricted (logits)", False), ("excluded_loss", "excluded (logits)", False),
+      ("restricted_loss_mlp", "restricted (neurons)", True), ("excluded_loss_mlp", "excluded (neurons)", True),
+      ("train_loss", "train loss", True), ("test_loss", "test loss", True)]),
+    ("Gini coefficient of Fourier norms", "Gini", False, [("gini_W_E", "W_E", False), ("gini_W_L", "W_L", False)]),
+    ("sum of squared weights", "sum of squares", False, [("sum_sq_weights", "all weights", False)]),
+]
+
+
+def measure_figures(runs: list[Run]) -> list[Figure]:
+    """Nanda et al.'s progress measures over training, where the metrics have them."""
+    single = len(runs) == 1
+    panels = []
+    for title, ylabel, logy, columns in MEASURE_PANELS:
+        panel = Panel(title, ylabel=ylabel, logy=logy)
+        for run in runs:
+            m = run.metrics
+            for column, name, dash in columns:
+                if column in m and m[column].notna().any() and (single or not column.endswith(("train_loss", "test_loss"))):
+                    rows = m.dropna(subset=[column])
+                    panel.traces.append(Trace(name if single else f"{run_label(run)}: {name}", rows["step"], rows[column], dash=dash))
+        if panel.traces:
+            panel.bands = phase_bands(runs[0].summary, 0) if single else []
+            panels.append(panel)
+    if not panels:
+        return []
+    freqs = runs[0].metrics.get("key_freqs")
+    used = f" Key frequencies used: {freqs.dropna().iloc[-1]}." if single and freqs is not None and freqs.notna().any() else ""
+    caption = ("Restricted loss keeps only the key frequencies' cos/sin(w(a+b)) directions; excluded loss removes them "
+               "(on the training pairs), at the logits and at the MLP neurons. The Gini coefficients of the Fourier-"
+               "component norms of W_E and W_L measure how sparse the embedding and the neuron-logit map are in the "
+               "Fourier basis." + used)
+    return [Figure("measures", "Progress measures (Nanda et al. 2023)", caption, panels)]
+
+
+def fourier_figures(run: Run) -> list[Figure]:
+    """The Fourier picture of a modular-addition run: how the embedding's spectrum sharpens over
+    training, which frequencies the neurons use, how the heads attend."""
+    task = run.task
+    p = task.params.get("p")
+    if task.name != "add" or not p or p % 2 == 0 or not run.steps:
+        return []
+    basis = fourier_basis(p)
+    freqs = np.arange(1, (p - 1) // 2 + 1)
+    steps = run.steps
+    shown = [steps[i] for i in np.unique(np.linspace(0, len(steps) - 1, min(MAX_SNAPSHOTS, len(steps))).astype(int))]
+    spectra = np.stack([frequency_norms(component_norms(run.checkpoint(s, ["embed.W_E"])["embed.W_E"][:p].double(), basis))
+                        .numpy() for s in shown])                                   # (snapshots, frequencies)
+    key = _key_freqs(run)
+    figures = [
+        Figure("embedding_spectrum", "Embedding in the Fourier basis",
+               "Norm of each frequency's cos and sin components of W_E, at every checkpoint (left) and at the last "
+               f"one (right; key frequencies {', '.join(map(str, key)) or 'none found'} in orange). A circuit that "
+               "uses a few frequencies leaves a few bright rows.",
+               [Panel("W_E frequency norms over training", xlabel="step", ylabel="frequency",
+                      heatmap={"z": spectra.T, "x": shown, "y": freqs, "colorbar": "norm"}),
+                Panel(f"W_E at step {shown[-1]}", xlabel="frequency", ylabel="norm",
+                      traces=[Trace("norm", freqs, spectra[-1], kind="bar",
+                                    color=None), *([Trace("key frequencies", key, spectra[-1][np.array(key) - 1], kind="bar",
+                                                          color="#ff7f0e")] if key else [])])]),
+        Figure("spectrum_slider", "How the circuit forms",
+               "The embedding's frequency norms at each checkpoint: drag the slider (or press play) to watch the "
+               "spectrum go from noise to a few key frequencies.",
+               [Panel("W_E frequency norms", xlabel="frequency", ylabel="norm",
+                      frames={"x": freqs, "steps": shown, "y": spectra})]),
+    ]
+    model = run.model()
+    figures.append(_neuron_figure(run, model, basis, key))
+    figures.append(_attention_figure(model, p))
+    return figures
+
+
+def _key_freqs(run: Run) -> list[int]:
+    m = run.metrics
+    if "key_freqs" in m and m["key_freqs"].notna().any():
+        text = str(m["key_freqs"].dropna().iloc[-1])
+        return [int(k) for k in text.split(",") if k]
+    return []
+
+
+@torch.no_grad()
+def _neuron_figure(run: Run, model, basis, key: list[int]) -> Figure:
+    p = basis.shape[0]
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T
+    last = f"blocks.{len(model.blocks) - 1}"
+    _, cache = model.run_with_cache(torch.stack([a, b, torch.full_like(a, p)], 1), at=-1, names=[f"{last}.mlp.hook_post"])
+    fve = frequency_fve(cache[f"{last}.mlp.hook_post"][:, -1], basis)     # (neurons, frequencies)
+    best_fve, best = fve.max(1)
+    explained = best_fve > 0.85
+    counts = torch.bincount(best[explained], minlength=fve.shape[1]).numpy()
+    shown = [k for k in range(1, fve.shape[1] + 1) if counts[k - 1] > 0]
+    hist, edges = np.histogram(best_fve.numpy(), bins=20, range=(0, 1))
+    return Figure(
+        "neurons", "Neurons by frequency",
+        f"Left: MLP neurons whose activations have > 85% of their variance explained by one frequency, by that "
+        f"frequency ({int(explained.sum())} of {len(best)} neurons; key frequencies {', '.join(map(str, key)) or 'none'}). "
+        "Right: histogram of each neuron's largest fraction of variance explained by a single frequency.",
+        [Panel("neurons per frequency", xlabel="frequency", ylabel="neurons",
+               traces=[Trace("neurons", [str(k) for k in shown], counts[np.array(shown, dtype=int) - 1] if shown else [],
+                             kind="bar")]),
+         Panel("variance explained by the best frequency", xlabel="fraction of variance", ylabel="neurons",
+               traces=[Trace("neurons", (edges[:-1] + edges[1:]) / 2, hist, kind="bar")])])
+
+
+@torch.no_grad()
+def _attention_figure(model, p: int) -> Figure:
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T
+    _, cache = model.run_with_cache(torch.stack([a, b, torch.full_like(a, p)], 1), names=["blocks.0.attn.hook_pattern"])
+    pattern = cache["blocks.0.attn.hook_pattern"][:, :, -1, 0]             # (p*p, head): from `=` to a
+    panels = [Panel(f"head {h}", xlabel="b", ylabel="a",
+                    heatmap={"z": pattern[:, h].reshape(p, p).numpy(), "x": np.arange(p), "y": np.arange(p),
+                             "colorbar": "attention", "zrange": (0.0, 1.0)})
+              for h in range(pattern.shape[1])]
+    return Figure("attention", "Attention from = to a, per head",
+                  "Attention weight from the `=` position to the first operand a, for every input (a, b). Heads that "
+                  "attend by a periodic function of a and b show stripes.", panels)
+
+
+def run_label(run: Run) -> str:
+    return run.path.name
+
+
+def header(run: Run) -> dict:
+    """What the report's header says: task, model, optimizer, source, verdict, phases, status."""
+    cfg, summary, m = run.config, run.summary, run.metrics
+    model = cfg.model.params()
+    train = cfg.train
+    task = ", ".join(f"{k}={v}" for k, v in cfg.task.params().items())
+    status = run.status
+    banner = None
+    if status == "diverged" or (summary.get("last_good_step") not in (None, summary.get("last_step"))):
+        banner = f"This run diverged: the losses became non-finite; the last good step is {summary.get('last_good_step')}."
+    elif status == "killed":
+        banner = "This run stopped without finishing (killed?); `groklab run --resume` continues it."
+    elif status == "interrupted":
+        banner = f"This run was interrupted at step {summary.get('step')}; `groklab run --resume` continues it."
+    elif status == "running":
+        banner = f"This run is in progress (step {int(m['step'].iloc[-1])} of {train.max_steps}); the report shows it so far."
+    grok = summary.get("step_test_acc_99")
+    verdict = (f"grokked: test accuracy reached 99% at step {grok}"
+               + (f" ({summary['elapsed_s_test_acc_99']:.0f} s)" if summary.get("elapsed_s_test_acc_99") is not None else "")
+               if grok is not None else f"did not grok: best test accuracy {m['test_acc'].max():.3f}")
+    phases = [(name, summary.get(f"{key}_end")) for name, key in
+              (("memorization", "memorization"), ("circuit formation", "circuit_formation"), ("cleanup", "cleanup"))]
+    return {
+        "title": f"{cfg.name} (seed {cfg.seed})", "status": status, "banner": banner, "verdict": verdict,
+        "rows": [
+            ("task", f"{cfg.task.name} ({task})"),
+            ("model", ", ".join(f"{k} {model[k]}" for k in ("arch", "n_layers", "d_model", "n_heads", "d_head", "d_mlp",
+                                                            "act", "normalization") if k in model)),
+            ("optimizer", f"AdamW lr {train.lr:g}, weight decay {train.weight_decay:g}, betas {tuple(train.betas)}, "
+                          f"warmup {train.warmup_steps} steps, batch {train.batch_size}, {train.loss_dtype} loss"),
+            ("source", cfg.source or "(no preset source)"),
+            ("expected", cfg.expected or "(not stated)"),
+            ("train acc >= 99%", f"step {summary.get('step_train_acc_99')}"),
+            ("steps", f"{int(m['step'].iloc[-1])} of {train.max_steps}, {summary.get('elapsed_s', float('nan')):.0f} s "
+                      f"({summary.get('steps_per_s')} steps/s)"),
+            ("phases", ", ".join(f"{n} ends at step {s}" if s is not None else f"no {n}" for n, s in phases)
+             + (f" ({summary['phase_note']})" if summary.get("phase_note") else "")),
+        ],
+    }
