@@ -18,6 +18,7 @@ from groklab.measures import component_norms, fourier_basis, frequency_fve, freq
 from groklab.store import Run
 
 PHASE_COLORS = {"memorization": "#f4d4a8", "circuit formation": "#c9dcf0", "cleanup": "#cdeac0"}
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MAX_SNAPSHOTS = 100  # checkpoints drawn in the step x frequency heatmap and the slider
 
 
@@ -67,12 +68,12 @@ def curve_figures(runs: list[Run]) -> list[Figure]:
     """Loss (log scale) and accuracy, train and test; one run's phases shaded, several runs overlaid."""
     single = len(runs) == 1
     loss, acc = Panel("loss", ylabel="cross-entropy", logy=True), Panel("accuracy", ylabel="accuracy")
-    for run in runs:
+    for i, run in enumerate(runs):
         m = run.metrics
-        label = "" if single else f"{run_label(run)}: "
+        label, color = ("", None) if single else (f"{run_label(run)}: ", PALETTE[i % len(PALETTE)])  # one colour per run
         for split, dash in (("train", False), ("test", True)):
-            loss.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_loss"], dash=dash))
-            acc.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_acc"], dash=dash))
+            loss.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_loss"], dash=dash, color=color))
+            acc.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_acc"], dash=dash, color=color))
     if single:
         loss.bands = acc.bands = phase_bands(runs[0].summary, int(runs[0].metrics["step"].iloc[-1]))
     caption = ("Train (solid) and test (dashed) loss and accuracy at every evaluation."
@@ -96,12 +97,13 @@ def measure_figures(runs: list[Run]) -> list[Figure]:
     panels = []
     for title, ylabel, logy, columns in MEASURE_PANELS:
         panel = Panel(title, ylabel=ylabel, logy=logy)
-        for run in runs:
+        for i, run in enumerate(runs):
             m = run.metrics
             for column, name, dash in columns:
                 if column in m and m[column].notna().any() and (single or not column.endswith(("train_loss", "test_loss"))):
                     rows = m.dropna(subset=[column])
-                    panel.traces.append(Trace(name if single else f"{run_label(run)}: {name}", rows["step"], rows[column], dash=dash))
+                    panel.traces.append(Trace(name if single else f"{run_label(run)}: {name}", rows["step"], rows[column],
+                                              dash=dash, color=None if single else PALETTE[i % len(PALETTE)]))
         if panel.traces:
             panel.bands = phase_bands(runs[0].summary, 0) if single else []
             panels.append(panel)

@@ -9,9 +9,8 @@ import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from groklab.report.figures import PHASE_COLORS, Figure
+from groklab.report.figures import PALETTE, PHASE_COLORS, Figure
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 
 STYLE = """

@@ -9,8 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from groklab.report.figures import PHASE_COLORS, Figure  # noqa: E402
-from groklab.report.html import PALETTE  # noqa: E402
+from groklab.report.figures import PALETTE, PHASE_COLORS, Figure  # noqa: E402
 
 
 def save_static(fig: Figure, directory: Path) -> list[Path]:
