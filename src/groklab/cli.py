@@ -109,13 +109,13 @@ def show(run_dir: str) -> None:
     """Print a run's summary."""
     import groklab
 
-    _print_summary(groklab.load_run(run_dir), header=True)
+    _print_summary(groklab.load_run(run_dir))
 
 
-def _print_summary(result, header: bool = False) -> None:
+def _print_summary(result) -> None:
+    """The run's summary, computed from its metrics now (so a run in progress or killed shows too)."""
     from groklab.dynamics import detect_phases, summarize
 
-    summary = result.summary
     metrics = result.metrics
     live = summarize(metrics) if not metrics.empty else {}
     status = {"new": "no checkpoint yet", "killed": "stopped without finishing (killed?); resume with --resume"}.get(
