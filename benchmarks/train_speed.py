@@ -110,7 +110,7 @@ def main():
     b_opt = torch.optim.AdamW(baseline.parameters(), lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98))
     b_sched = torch.optim.lr_scheduler.LambdaLR(b_opt, lambda step: min(step / 10, 1))
     task = prepared.task
-    b_step = lambda: released_code_step(baseline, b_opt, b_sched, task.train.tokens, task.test.tokens, 113)  # noqa: E731
+    b_step = lambda: released_code_step(baseline, b_opt, b_sched, task.train.inputs, task.test.inputs, 113)  # noqa: E731
     for fn in (trainer.train_step, b_step, lambda: mlp_floor(trainer)):  # warm up
         timed(fn, 3)
     ours, theirs, floor = [], [], []

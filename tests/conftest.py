@@ -27,3 +27,50 @@ TINY = ["--set", "task.p=13", "--set", "task.frac_train=0.5", "--set", "model.d_
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+def write_idx(path: Path, array, gz: bool = False) -> None:
+    """An IDX file as MNIST ships it: 0, 0x08 (uint8), ndim, big-endian dims, data."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    data = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    (gzip.open if gz else open)(str(path) + (".gz" if gz else ""), "wb").write(data)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A tiny MNIST in the original IDX format (train files gzipped, test files not): the label is the
+    brightest of ten image columns, so a model can learn it."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    for split, n, gz in (("train", 600, True), ("t10k", 200, False)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        images[np.arange(n), :, labels * 2 + 4] = 250
+        write_idx(root / f"{split}-images-idx3-ubyte", images, gz)
+        write_idx(root / f"{split}-labels-idx1-ubyte", labels, gz)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory):
+    """A tiny CIFAR-100 in the python-pickle format (cifar-100-python/train, test)."""
+    import pickle
+
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("cifar")
+    (root / "cifar-100-python").mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 64), ("test", 32)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": rng.integers(0, 100, n).tolist(), b"coarse_labels": [0] * n}
+        with open(root / "cifar-100-python" / split, "wb") as f:
+            pickle.dump(batch, f)
+    return root

@@ -104,7 +104,7 @@ def test_excluding_frequencies_the_model_does_not_use_changes_nothing(p, freqs):
     model, task = fourier_network(p, freqs), task_for(p)
     unused = [k for k in range(1, (p - 1) // 2 + 1) if k not in freqs][:1]
     m = progress_measures(model, task, key_freqs=unused)
-    logits = model(task.train.tokens, at=-1)[:, :p].double()
+    logits = model(task.train.inputs, at=-1)[:, :p].double()
     train_loss = torch.nn.functional.cross_entropy(logits, task.train.labels).item()
     assert m["key_freqs"] == str(unused[0])
     assert m["excluded_loss"] == pytest.approx(train_loss, rel=1e-9)

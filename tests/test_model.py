@@ -143,14 +143,19 @@ def test_hooks_patch_activations():
 
 
 def test_model_config_from_task_and_errors():
+    from groklab.config import TaskConfig
     from groklab.errors import ConfigError
+    from groklab.tasks import build_task
 
-    cfg = model_config(ModelConfig(outputs="answers", n_layers=2), d_vocab=114, n_ctx=3, n_classes=113)
-    assert (cfg.n_outputs, cfg.n_layers) == (113, 2)
+    task = build_task(TaskConfig(name="add", p=113), seed=0)
+    cfg = model_config(ModelConfig(outputs="answers", n_layers=2), task)
+    assert (cfg.d_vocab, cfg.n_ctx, cfg.n_outputs, cfg.n_layers) == (114, 3, 113, 2)
     with pytest.raises(ConfigError, match="unknown key 'model.n_layer'.*did you mean 'model.n_layers'"):
-        model_config(ModelConfig(n_layer=2), 114, 3, 113)
+        model_config(ModelConfig(n_layer=2), task)
     with pytest.raises(ConfigError, match="model.d_model"):
-        model_config(ModelConfig(d_model="wide"), 114, 3, 113)
+        model_config(ModelConfig(d_model="wide"), task)
     with pytest.raises(ConfigError, match="set from the task"):
-        model_config(ModelConfig(d_vocab=5), 114, 3, 113)
+        model_config(ModelConfig(d_vocab=5), task)
+    with pytest.raises(ConfigError, match="takes vectors or images"):
+        model_config(ModelConfig(arch="mlp"), task)
     assert build_model(cfg, seed=0).cfg.n_layers == 2

@@ -23,7 +23,7 @@ def all_examples(task):
     """(tokens, labels) of train and test together, in enumeration order."""
     index = torch.cat([task.train.index, task.test.index])
     order = torch.argsort(index)
-    tokens = torch.cat([task.train.tokens, task.test.tokens])[order]
+    tokens = torch.cat([task.train.inputs, task.test.inputs])[order]
     labels = torch.cat([task.train.labels, task.test.labels])[order]
     return tokens, labels
 
@@ -94,13 +94,13 @@ def test_s5_tasks(op):
 def test_nanda_split_reproduces_the_released_code():
     task = build_task(TaskConfig(name="add", p=113, frac_train=0.3, split="nanda"), seed=0)
     assert (len(task.train), len(task.test)) == (3830, 8939)
-    assert task.train.tokens[:3, :2].tolist() == [[18, 34], [10, 83], [55, 28]]
+    assert task.train.inputs[:3, :2].tolist() == [[18, 34], [10, 83], [55, 28]]
     # Python's random.seed(0); random.shuffle over the lexicographic pairs, as in the released code
     pairs = [(i, j, 113) for i in range(113) for j in range(113)]
     random.seed(0)
     random.shuffle(pairs)
-    assert task.train.tokens.tolist() == [list(t) for t in pairs[:3830]]
-    assert task.test.tokens.tolist() == [list(t) for t in pairs[3830:]]
+    assert task.train.inputs.tolist() == [list(t) for t in pairs[:3830]]
+    assert task.test.inputs.tolist() == [list(t) for t in pairs[3830:]]
 
 
 @pytest.mark.parametrize("split", ["random", "nanda"])

@@ -95,7 +95,7 @@ def test_evaluate_scores_answer_classes_only():
     model = build_model(prepared.model, 0)
     row = evaluate(model, prepared.task)
     assert set(row) == {"train_loss", "train_acc", "test_loss", "test_acc"}
-    logits = model(prepared.task.test.tokens, at=-1).detach()
+    logits = model(prepared.task.test.inputs, at=-1).detach()
     assert logits.shape[-1] == 14  # model outputs: p + 1 (with `=`)
     manual = torch.nn.functional.cross_entropy(logits[:, :13].double(), prepared.task.test.labels).item()
     assert row["test_loss"] == pytest.approx(manual)

@@ -61,6 +61,72 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
 
 
 @cli.command()
+@click.argument("spec")
+@click.option("--seeds", default="0-4", show_default=True, help="Seeds to run: a range and/or list, e.g. 0-39 or 0,3,5-7.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Runs trained at the same time (processes).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
+@click.option("--out", type=click.Path(), help="Sweep directory (default sweeps/NAME; the same command resumes it).")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--threshold", type=float, default=0.9, show_default=True,
+              help="Test accuracy at which a run counts as converged (the sweep table).")
+def sweep(spec: str, seeds: str, workers: int, overrides: tuple[str, ...], out: Optional[str], device: Optional[str],
+          threshold: float) -> None:
+    """Train PRESET or FILE.yaml once per seed, in parallel worker processes; resumable."""
+    from groklab.config import load_config
+    from groklab.sweep import parse_seeds, sweep as run_sweep
+
+    config = load_config(spec, overrides)
+    result = run_sweep(config, parse_seeds(seeds), out, workers=workers, device=device, threshold=threshold,
+                       progress=lambda line: click.echo(line, err=True))
+    _print_sweep(result)
+
+
+@cli.command("map")
+@click.argument("sweep_dir", type=click.Path())
+@click.option("--features", default="base", show_default=True,
+              help="A feature set (base, ablation, modular_best, parities_best, ...) or metrics columns, comma-separated.")
+@click.option("--states", default="bic", show_default=True, help="Number of latent states K, or bic / aic to choose K in 1..8.")
+@click.option("--threshold", type=float, help="Test accuracy at which a run has converged (default: the sweep's).")
+@click.option("--zscore", type=click.Choice(["per_run", "global"]), default="per_run", show_default=True,
+              help="Standardise each run's features within the run (the paper) or with the training runs' statistics.")
+@click.option("--restarts", type=int, default=5, show_default=True, help="Seeded EM restarts per K.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the restarts (random_state).")
+@click.option("--jobs", type=int, default=-1, show_default=True, help="Processes for the fits (-1: all cores).")
+def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float], zscore: str, restarts: int,
+         seed: int, jobs: int) -> None:
+    """Fit the HMM training map of a sweep; write SWEEP_DIR/map/ (map SVG/PNG, CSV tables, report.html)."""
+    from groklab.store import SweepDir
+    from groklab.sweep.maps import map_sweep
+
+    if states not in ("bic", "aic"):
+        try:
+            states = int(states)
+            assert 1 <= states <= 50
+        except (ValueError, AssertionError):
+            raise UserError(f"--states takes a number of states (1-50), bic or aic; got '{states}'") from None
+    if restarts < 1:
+        raise UserError(f"--restarts must be at least 1, got {restarts}")
+    sweep = SweepDir.open(sweep_dir)
+    threshold = sweep.threshold if threshold is None else threshold
+    result = map_sweep(sweep, features if "," not in features else features.split(","), states, threshold,
+                       zscore=zscore, n_restarts=restarts, random_state=seed, n_jobs=jobs,
+                       progress=lambda line: click.echo(line, err=True))
+    model, detours = result.model, result.detours
+    click.echo(f"training map: {result.path}  (report: {result.path / 'report.html'})")
+    click.echo(model.selection_[["n_states", "test_ll_best", "aic", "bic", "converged", "n_failed"]]
+               .to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    click.echo(f"states: K = {model.n_states_}" + (f" (held-out {states.upper()})" if isinstance(states, str) else ""))
+    cols = ["state", "occupancy", "n_runs", "test_acc", "mean_conv_visit", "mean_conv_not", "r", "p", "p_holm", "detour"]
+    click.echo(result.states[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
+    conv = result.convergence
+    click.echo(f"converged (test acc >= {threshold}): {int(conv['converged'].sum())} of {len(conv)}; "
+               f"censored: {int(conv['censored'].sum())}")
+    found = detours[detours["detour"]]
+    click.echo("detours: " + (", ".join(f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
+                                         for r in found.itertuples()) or "none at Holm-adjusted p < 0.05"))
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--key-freqs", help="final (the last checkpoint's), each (each checkpoint's) or K1,K2,... "
                                   "(default: the run's config)")
@@ -106,10 +172,32 @@ def presets() -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 def show(run_dir: str) -> None:
-    """Print a run's summary."""
+    """Print a run's or a sweep's summary."""
     import groklab
+    from groklab.store import SweepDir
 
-    _print_summary(groklab.load_run(run_dir))
+    if SweepDir.is_sweep(run_dir):
+        _print_sweep(SweepDir.open(run_dir))
+    else:
+        _print_summary(groklab.load_run(run_dir))
+
+
+def _print_sweep(sweep_dir) -> None:
+    """The sweep table: one line per seed, then how many converged and when."""
+    from groklab.sweep import sweep_table
+
+    table = sweep_table(sweep_dir)
+    sweep_dir.write_table(table)
+    click.echo(f"sweep {sweep_dir.path}: {len(table)} seeds; table: {sweep_dir.path / 'table.csv'}")
+    cols = [c for c in ("seed", "status", "converged", "convergence_step", "step_train_acc_99", "final_train_acc",
+                        "final_test_acc", "elapsed_s") if c in table]
+    click.echo(table[cols].to_string(index=False, na_rep="-"))
+    if "converged" in table and table["converged"].notna().any():
+        done = table[table["converged"] == True]  # noqa: E712
+        steps = done["convergence_step"]
+        click.echo(f"converged (test acc >= {table.attrs['threshold']}): {len(done)} of {len(table)}"
+                   + (f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
+                      if len(done) > 1 else ""))
 
 
 def _print_summary(result) -> None:

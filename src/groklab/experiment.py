@@ -22,7 +22,9 @@ from groklab.config import MeasuresConfig, ModelConfig, RunConfig, TaskConfig, t
 from groklab.dynamics import detect_phases, phase_evidence, summarize
 from groklab.errors import ConfigError, RunDirError
 from groklab.measures import check_measures, final_key_frequencies, make_measures
-from groklab.models import TransformerConfig, build_model, model_config, resolved_params
+from pydantic import BaseModel
+
+from groklab.models import build_model, model_config, resolved_params
 from groklab.store import Run, RunDir
 from groklab.tasks import Task, build_task, task_params
 from groklab.training import Outcome, Probe, Trainer, TrainState
@@ -36,7 +38,7 @@ Progress = Callable[[int, Optional[dict]], None]
 class Prepared:
     config: RunConfig  # resolved: seeds, task and model parameters with every default filled in
     task: Task
-    model: TransformerConfig
+    model: BaseModel  # the model's validated config
     device: torch.device
 
 
@@ -64,7 +66,7 @@ def resolve(config: RunConfig, device: Optional[str] = None) -> Prepared:
     data_seed, model_seed = config.resolved_data_seed, config.resolved_model_seed
     params = task_params(config.task)
     task = build_task(config.task, data_seed)
-    model = model_config(config.model, task.d_vocab, task.n_ctx, task.n_classes)
+    model = model_config(config.model, task)
     if config.measures is not None:
         check_measures(config.measures, task)
     stop = config.train.early_stop
@@ -153,8 +155,10 @@ def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], pro
             outcome: Outcome = trainer.run(recorder, should_stop, progress)
         recorder.write_summary(outcome.status, outcome.step)
     run = Run(run_dir.path)
-    if cfg.measures is not None and cfg.measures.key_freqs == "final" and outcome.status in ("finished", "stopped_early"):
-        measure(run.path, "final", device=str(prepared.device))  # the paper's choice: the final model's frequencies
+    if (cfg.measures is not None and "fourier" in cfg.measures.names and cfg.measures.key_freqs == "final"
+            and outcome.status in ("finished", "stopped_early")):
+        # the paper's choice: the final model's frequencies (the measures at checkpoints only are recomputed)
+        measure(run.path, "final", device=str(prepared.device))
     return run
 
 

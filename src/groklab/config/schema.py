@@ -49,17 +49,19 @@ class EarlyStop(Strict):
 class TrainConfig(Strict):
     """The optimisation loop (`groklab.training`)."""
 
-    optimizer: Literal["adamw"] = "adamw"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: PositiveFloat = 1e-3
-    weight_decay: NonNegativeFloat = 1.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 1.0           # AdamW: decoupled; SGD: added to the gradient (L2)
+    betas: tuple[float, float] = (0.9, 0.98)       # AdamW
+    eps: PositiveFloat = 1e-8                      # AdamW
+    momentum: NonNegativeFloat = 0.0               # SGD
     warmup_steps: NonNegativeInt = 10           # lr factor min(step / warmup_steps, 1); step 0 has lr 0
     batch_size: Union[Literal["full"], PositiveInt] = "full"
     grad_clip: Optional[PositiveFloat] = None    # max global grad norm
     loss_dtype: Literal["float32", "float64"] = "float64"
     max_steps: PositiveInt = 10_000
     eval_every: PositiveInt = 100
+    eval_train_size: Optional[PositiveInt] = None  # train metrics on the first N training examples (large datasets)
     checkpoint_every: PositiveInt = 100
     early_stop: Optional[EarlyStop] = None
     device: str = "auto"                         # auto | cpu | cuda | cuda:N

@@ -1,5 +1,17 @@
 """Dynamics layer: pure numpy/pandas over metric tables (no torch): summaries, phases, training maps."""
+from groklab.dynamics.detours import (
+    convergence_times,
+    detour_test,
+    state_occupancy,
+    training_map_graph,
+    transition_features,
+    transition_table,
+    visited,
+)
+from groklab.dynamics.hmm import FEATURE_SETS, TrainingMap
 from groklab.dynamics.phases import detect_phases, phase_evidence
 from groklab.dynamics.summary import GROK_THRESHOLD, check_outcome, first_step, summarize
 
-__all__ = ["GROK_THRESHOLD", "detect_phases", "phase_evidence", "check_outcome", "first_step", "summarize"]
+__all__ = ["FEATURE_SETS", "GROK_THRESHOLD", "TrainingMap", "check_outcome", "convergence_times", "detect_phases",
+           "detour_test", "first_step", "phase_evidence", "state_occupancy", "summarize", "training_map_graph",
+           "transition_features", "transition_table", "visited"]

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 from groklab.config import MeasuresConfig
 from groklab.errors import ConfigError
 from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
+from groklab.measures.weight_stats import weight_statistics
 from groklab.measures.weights import weight_norms
 
 
@@ -18,6 +19,7 @@ class MeasureSet:
 
 MEASURES: dict[str, MeasureSet] = {
     "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
+    "weight_stats": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_statistics(model)),
     "fourier": MeasureSet(check_modular_addition, lambda model, task, cfg, freqs: progress_measures(
         model, task, freqs, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold, cfg.per_frequency)),
 }

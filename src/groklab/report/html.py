@@ -39,7 +39,7 @@ def plotly_figure(fig: Figure) -> go.Figure:
             h = panel.heatmap
             zmin, zmax = h.get("zrange", (None, None))
             out.add_trace(go.Heatmap(z=np.asarray(h["z"]), x=np.asarray(h["x"]), y=np.asarray(h["y"]), zmin=zmin, zmax=zmax,
-                                     colorscale="Viridis", showscale=col == n, colorbar={"title": {"text": h["colorbar"]}},
+                                     colorscale=h.get("colorscale", "Viridis"), showscale=col == n, colorbar={"title": {"text": h["colorbar"]}},
                                      hovertemplate=f"{panel.xlabel} %{{x}}<br>{panel.ylabel} %{{y}}<br>%{{z:.3g}}<extra></extra>"),
                           row=1, col=col)
         if panel.frames is not None:

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 
 from groklab.report.figures import PALETTE, PHASE_COLORS, Figure  # noqa: E402
 
@@ -23,8 +24,15 @@ def save_static(fig: Figure, directory: Path) -> list[Path]:
         if panel.heatmap is not None:
             h = panel.heatmap
             zmin, zmax = h.get("zrange", (None, None))
-            mesh = ax.pcolormesh(np.asarray(h["x"]), np.asarray(h["y"]), np.asarray(h["z"]), shading="nearest",
-                                 cmap="viridis", vmin=zmin, vmax=zmax)
+            cmap = "viridis"
+            if "colorscale" in h:  # plotly's [[fraction, colour], ...] pairs, two per category
+                cmap = ListedColormap([colour for _, colour in h["colorscale"][::2]])
+            x, y = (np.arange(len(h[a])) if isinstance(h[a][0], str) else np.asarray(h[a]) for a in ("x", "y"))
+            mesh = ax.pcolormesh(x, y, np.asarray(h["z"]), shading="nearest", cmap=cmap, vmin=zmin, vmax=zmax)
+            if isinstance(h["y"][0], str):  # named rows (seeds, states) and columns (features)
+                ax.set_yticks(y, h["y"], fontsize=6 if len(y) > 20 else 8)
+            if isinstance(h["x"][0], str):
+                ax.set_xticks(x, h["x"], fontsize=7, rotation=60, ha="right")
             out.colorbar(mesh, ax=ax, label=h["colorbar"])
         if panel.frames is not None:  # a slider in the page; here a few checkpoints overlaid
             f = panel.frames

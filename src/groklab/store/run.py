@@ -11,7 +11,7 @@ import yaml
 
 from groklab.config import RunConfig, config_from_dict
 from groklab.errors import ConfigError, RunDirError
-from groklab.models import Transformer, build_model, model_config
+from groklab.models import build_model, model_config
 from groklab.store.run_dir import RunDir
 from groklab.tasks import Task, build_task
 
@@ -72,11 +72,10 @@ class Run:
     def task(self) -> Task:
         return build_task(self.config.task, self.config.resolved_data_seed)
 
-    def model(self, step: Optional[int] = None) -> Transformer:
+    def model(self, step: Optional[int] = None) -> torch.nn.Module:
         """The model with its weights at `step` (default: the last checkpoint), in eval mode."""
         task = self.task
-        model = build_model(model_config(self.config.model, task.d_vocab, task.n_ctx, task.n_classes),
-                            self.config.resolved_model_seed)
+        model = build_model(model_config(self.config.model, task), self.config.resolved_model_seed)
         model.load_state_dict(self.checkpoint(step))
         return model.eval()
 

@@ -1,5 +1,5 @@
 """Tasks layer: a task builds its data (vocabulary, train/test splits) and says how answers are scored."""
-from groklab.tasks import modular, permutations  # noqa: F401  (register the tasks)
+from groklab.tasks import images, modular, parity, permutations  # noqa: F401  (register the tasks)
 from groklab.tasks.base import Split, Task, split_indices
 from groklab.tasks.registry import TASKS, build_task, register, task_params
 

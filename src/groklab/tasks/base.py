@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -16,8 +16,8 @@ from groklab.errors import ConfigError
 
 @dataclass(frozen=True)
 class Split:
-    tokens: torch.Tensor  # (n, n_ctx) int64
-    labels: torch.Tensor  # (n,) int64: the answer token
+    inputs: torch.Tensor  # (n, n_ctx) int64 tokens, or (n, ...) float features / images
+    labels: torch.Tensor  # (n,) the answers: class ids (int64), or +-1 (float) for a hinge loss
     index: torch.Tensor   # (n,) int64: position of each example in the task's enumeration order
 
     def __len__(self) -> int:
@@ -26,23 +26,28 @@ class Split:
 
 @dataclass(frozen=True)
 class Task:
-    """A sequence-classification task: the answer to `tokens` is read from the logits at `answer_pos`.
+    """A supervised task: inputs, answers, and how the model's outputs are scored.
 
-    Answers are the token ids 0 .. n_classes-1. The training objective is cross-entropy over every
-    logit the model emits (`objective`); reported losses and accuracies use the answer classes only
-    (`score`), so a model with extra outputs (Nanda's 114 with `=`) is scored on the same 113.
+    Sequence tasks (a vocabulary is given) read the answer from the logits at `answer_pos`; the
+    answers are the token ids 0 .. n_classes-1. Other tasks feed their inputs (vectors, images) to
+    the model whole. The training objective (`objective`) is cross-entropy over every output the
+    model emits, or the hinge loss mean(max(0, 1 - y f(x))) for +-1 labels; reported losses and
+    accuracies (`score`) use the answer classes only, so a model with extra outputs (Nanda's 114
+    with `=`) is scored on the same 113.
     """
 
     name: str
-    vocab: tuple[str, ...]
-    n_classes: int
     train: Split
     test: Split
+    n_classes: int
+    vocab: tuple[str, ...] = ()
     answer_pos: int = -1
+    loss: Literal["cross_entropy", "hinge"] = "cross_entropy"
     params: dict = field(default_factory=dict)
+    augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None  # training batches only
 
     def to(self, device: torch.device) -> "Task":
-        move = lambda s: Split(s.tokens.to(device), s.labels.to(device), s.index)  # noqa: E731
+        move = lambda s: Split(s.inputs.to(device), s.labels.to(device), s.index)  # noqa: E731
         return dataclasses.replace(self, train=move(self.train), test=move(self.test))
 
     @property
@@ -51,14 +56,32 @@ class Task:
 
     @property
     def n_ctx(self) -> int:
-        return self.train.tokens.shape[1]
+        return self.train.inputs.shape[1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.inputs.shape[1:])
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs a model needs: one per class, or a single score for a hinge loss."""
+        return 1 if self.loss == "hinge" else self.n_classes
+
+    def outputs(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's answer logits (batch, n_outputs): at `answer_pos` for a sequence task."""
+        return model(inputs, at=self.answer_pos) if self.vocab else model(inputs)
 
     def objective(self, logits: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Mean cross-entropy over all output logits (batch, d_vocab_out), computed in `dtype`."""
+        """The training loss, computed in `dtype`: mean cross-entropy over all outputs, or hinge."""
+        if self.loss == "hinge":
+            return torch.clamp_min(1 - labels.to(dtype) * logits.to(dtype).squeeze(-1), 0).mean()
         return F.cross_entropy(logits.to(dtype), labels)
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Loss (float64 cross-entropy) and accuracy over the answer classes."""
+        """Loss (float64) and accuracy over the answer classes (hinge: the sign of the output)."""
+        if self.loss == "hinge":
+            out = logits.double().squeeze(-1)
+            return {"loss": self.objective(out, labels).item(), "acc": (torch.sign(out) == labels).double().mean().item()}
         logits = logits[..., : self.n_classes].double()
         return {
             "loss": F.cross_entropy(logits, labels).item(),
@@ -104,10 +127,10 @@ def split_indices(n: int, frac_train: float, seed: int, method: str) -> tuple[to
 
 def make_task(name: str, vocab: list[str], n_classes: int, tokens: torch.Tensor, labels: torch.Tensor,
               params: SplitParams, seed: int, **extra) -> Task:
-    """Split an enumerated task into train/test."""
+    """Split an enumerated sequence task into train/test."""
     train_idx, test_idx = split_indices(len(labels), params.frac_train, seed, params.split)
     split = lambda idx: Split(tokens[idx], labels[idx], idx)  # noqa: E731
-    return Task(name, tuple(vocab), n_classes, split(train_idx), split(test_idx),
+    return Task(name, split(train_idx), split(test_idx), n_classes, vocab=tuple(vocab),
                 params=params.model_dump(), **extra)
 
 

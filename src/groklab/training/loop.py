@@ -57,14 +57,16 @@ class Outcome:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: Task) -> dict[str, float]:
-    """Loss and accuracy on the train and test splits (no autograd, eval mode, float64 loss)."""
+def evaluate(model: torch.nn.Module, task: Task, train_size: Optional[int] = None) -> dict[str, float]:
+    """Loss and accuracy on the train split (its first `train_size` examples if given) and the test
+    split (no autograd, eval mode, float64 loss)."""
     was_training = model.training
     model.eval()
     row = {}
     for name, split in (("train", task.train), ("test", task.test)):
-        logits = torch.cat([model(tokens, at=task.answer_pos) for tokens in split.tokens.split(EVAL_CHUNK)])
-        for key, value in task.score(logits, split.labels).items():
+        n = train_size if name == "train" and train_size else len(split)
+        logits = torch.cat([task.outputs(model, inputs) for inputs in split.inputs[:n].split(EVAL_CHUNK)])
+        for key, value in task.score(logits, split.labels[:n]).items():
             row[f"{name}_{key}"] = value
     model.train(was_training)
     return row
@@ -99,8 +101,12 @@ class Trainer:
         add measure columns to the evaluation rows at their own intervals."""
         self.task, self.model, self.cfg, self.seed, self.probes = task, model, cfg, seed, probes
         self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                           weight_decay=cfg.weight_decay, fused=True)
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                             weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                               weight_decay=cfg.weight_decay, fused=True)
         keep_freed_memory()
         self.loss_dtype = getattr(torch, cfg.loss_dtype)
         self.step, self.elapsed_s, self.streak = 0, 0.0, 0
@@ -130,17 +136,20 @@ class Trainer:
         """The training batch of `step`: everything, or slice i of epoch e's seeded permutation."""
         split, size = self.task.train, self.cfg.batch_size
         if size == "full" or size >= len(split):
-            return split.tokens, split.labels
+            return split.inputs, split.labels
         epoch, i = divmod(step, math.ceil(len(split) / size))
         if self._epoch[0] != epoch:
             gen = torch.Generator().manual_seed((self.seed << 32) + epoch)
-            self._epoch = (epoch, torch.randperm(len(split), generator=gen).to(split.tokens.device))
+            self._epoch = (epoch, torch.randperm(len(split), generator=gen).to(split.inputs.device))
         idx = self._epoch[1][i * size:(i + 1) * size]
-        return split.tokens[idx], split.labels[idx]
+        inputs = split.inputs[idx]
+        if self.task.augment is not None:  # seeded per step, so a resumed run sees the same batches
+            inputs = self.task.augment(inputs, torch.Generator().manual_seed((self.seed << 32) + (1 << 31) + step))
+        return inputs, split.labels[idx]
 
     def train_step(self) -> None:
-        tokens, labels = self.batch(self.step)
-        loss = self.task.objective(self.model(tokens, at=self.task.answer_pos), labels, self.loss_dtype)
+        inputs, labels = self.batch(self.step)
+        loss = self.task.objective(self.task.outputs(self.model, inputs), labels, self.loss_dtype)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip is not None:
@@ -188,7 +197,7 @@ class Trainer:
         return [self.cfg.eval_every, *(probe.every for probe in self.probes)]
 
     def _evaluate(self, sink: Sink, on_step) -> Optional[str]:
-        row = {"step": self.step, **evaluate(self.model, self.task)}
+        row = {"step": self.step, **evaluate(self.model, self.task, self.cfg.eval_train_size)}
         for probe in self.probes:
             if self.step % probe.every == 0 or self.step == self.cfg.max_steps:
                 row.update(probe.fn(self.model))

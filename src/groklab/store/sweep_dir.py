@@ -1,0 +1,124 @@
+"""The sweep directory: many runs of one config that differ in their seed.
+
+    SWEEP_DIR/
+      sweep.yaml            the base config and the seeds (what `groklab sweep` was asked)
+      runs/seed_0007/       one run directory per seed (see run_dir.py)
+      logs/seed_0007.log    each worker's output
+      table.csv             one row per seed: status, convergence, final accuracies (atomic)
+      map/                  the training map of the sweep (`groklab map`)
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import yaml
+
+from groklab.errors import RunDirError
+from groklab.store.run_dir import _atomic_write
+
+SWEEP, RUNS, LOGS, TABLE, MAP = "sweep.yaml", "runs", "logs", "table.csv", "map"
+
+
+class SweepDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def is_sweep(cls, path: Path) -> bool:
+        return (Path(path) / SWEEP).is_file()
+
+    @classmethod
+    def create_or_open(cls, path: Path, config: dict, seeds: list[int], threshold: float = 0.9) -> "SweepDir":
+        """A new sweep directory, or the existing one when it holds the same config (to resume it).
+        `threshold` (the test accuracy at which a run counts as converged) is the latest one asked."""
+        path = Path(path)
+        spec = {"config": config, "seeds": sorted(seeds), "threshold": threshold}
+        if path.exists():
+            if not cls.is_sweep(path):
+                if path.is_dir() and not any(path.iterdir()):
+                    pass
+                else:
+                    raise RunDirError(f"{path} exists and is not a groklab sweep; choose another --out")
+            else:
+                old = cls.open(path).spec
+                if old["config"] != config:
+                    raise RunDirError(f"{path} holds a sweep of another config; resume it with its own command "
+                                      "or choose another --out")
+                spec["seeds"] = sorted(set(old["seeds"]) | set(seeds))
+        try:
+            (path / RUNS).mkdir(parents=True, exist_ok=True)
+            (path / LOGS).mkdir(exist_ok=True)
+            _atomic_write(path / SWEEP, lambda tmp: tmp.write_text(yaml.safe_dump(spec, sort_keys=False)))
+        except OSError as err:
+            raise RunDirError(f"cannot create sweep directory {path}: {err.strerror}; choose another --out") from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> "SweepDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"no sweep directory at {path}")
+        if not cls.is_sweep(path):
+            raise RunDirError(f"{path} is not a groklab sweep (no {SWEEP})")
+        return cls(path)
+
+    @property
+    def spec(self) -> dict:
+        try:
+            spec = yaml.safe_load((self.path / SWEEP).read_text())
+            assert isinstance(spec, dict) and "config" in spec and "seeds" in spec
+            return spec
+        except (yaml.YAMLError, AssertionError):
+            raise RunDirError(f"{self.path}/{SWEEP} is corrupt; the sweep cannot be read") from None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.spec.get("threshold", 0.9))
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.spec["seeds"])
+
+    def run_path(self, seed: int) -> Path:
+        return self.path / RUNS / f"seed_{seed:04d}"
+
+    def log_path(self, seed: int) -> Path:
+        return self.path / LOGS / f"seed_{seed:04d}.log"
+
+    @property
+    def map_dir(self) -> Path:
+        return self.path / MAP
+
+    def write_map(self, tables: dict[str, pd.DataFrame], page: str, save_map, save_model) -> Path:
+        """Replace MAP/ with the new training map: CSV tables, report.html, the drawings written by
+        `save_map(dir)` and the fitted model by `save_model(path)`. Written next to it first and swapped in,
+        so an interrupted `groklab map` leaves the previous map whole."""
+        tmp = self.path / f".{MAP}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, table in tables.items():
+            table.to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "report.html").write_text(page)
+        save_map(tmp)
+        save_model(tmp / "training_map.json")
+        old = self.path / f".{MAP}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.map_dir.exists():
+            self.map_dir.rename(old)
+        tmp.rename(self.map_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.map_dir
+
+    def write_table(self, table: pd.DataFrame) -> None:
+        _atomic_write(self.path / TABLE, lambda tmp: table.to_csv(tmp, index=False))
+
+    def read_table(self) -> Optional[pd.DataFrame]:
+        """The stored sweep table, or None when there is none or it cannot be read (it is rebuilt from the runs)."""
+        path = self.path / TABLE
+        try:
+            return pd.read_csv(path) if path.is_file() else None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            return None

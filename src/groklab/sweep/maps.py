@@ -1,0 +1,195 @@
+"""The training map of a sweep (Hu et al. 2023): fit the HMM over the runs' weight statistics, find the
+detours, and write the map, its tables and an HTML report into SWEEP_DIR/map/.
+
+    result = groklab.map_sweep("sweeps/hu-sparse-parity")      # == groklab map sweeps/hu-sparse-parity
+    result.model.n_states_, result.detours, result.path
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from groklab.dynamics import (FEATURE_SETS, TrainingMap, convergence_times, detour_test, state_occupancy,
+                              transition_features, transition_table)
+from groklab.errors import ConfigError, UserError
+from groklab.store import SweepDir
+
+USABLE = ("finished", "stopped_early", "diverged")  # a diverged run has a path up to its divergence
+MIN_RUNS = 3
+
+
+@dataclass
+class MapResult:
+    path: Path                      # SWEEP_DIR/map
+    model: TrainingMap
+    convergence: pd.DataFrame       # convergence_times of the runs used
+    detours: pd.DataFrame           # detour_test
+    states: pd.DataFrame            # one row per state: occupancy, accuracy, timing, detour statistics, means
+    skipped: dict                   # seed -> why the run was left out
+
+
+def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequence[str]] = "base",
+              n_states: Union[int, str] = "bic", threshold: float = 0.9, column: str = "test_acc",
+              zscore: str = "per_run", n_restarts: int = 5, random_state: int = 0, alpha: float = 0.05,
+              n_jobs: int = 1, png: bool = True, progress: Callable[[str], None] = lambda line: None) -> MapResult:
+    """Fit a TrainingMap over the sweep's finished runs and write SWEEP_DIR/map/: training_map.png/.svg,
+    report.html, training_map.json (the fitted model) and the CSV tables selection, restarts, states,
+    detours, transitions, transition_features, paths and convergence."""
+    sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
+    runs, skipped = _usable_runs(sweep_dir)
+    names = _check_features(features, runs)
+    progress(f"map {sweep_dir.path}: {len(runs)} runs x {int(np.mean([len(t) for t in runs.values()]))} "
+             f"checkpoints x {len(names)} features; skipped {len(skipped)}; fitting "
+             f"{'K = ' + str(n_states) if isinstance(n_states, int) else 'K = 1..8 by ' + n_states.upper()}, "
+             f"{n_restarts} restarts each")
+    model = TrainingMap(n_states=n_states, features=features, zscore=zscore, n_restarts=n_restarts,
+                        random_state=random_state, n_jobs=n_jobs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.fit(runs)
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"cannot fit the training map: {err}") from None
+    for warning in caught:
+        progress(f"warning: {warning.message}")
+    used = {seed: table for seed, table in runs.items() if seed in model.paths_}
+    convergence = convergence_times(used, column, threshold)
+    detours = detour_test(model.paths_, convergence, alpha=alpha)
+    states = _state_table(model, used, detours)
+    transitions = transition_table(model.paths_, model)
+    tables = {"selection": model.selection_, "restarts": model.restarts_, "states": states, "detours": detours,
+              "transitions": transitions, "transition_features": _transition_features(model, used, transitions),
+              "paths": _paths_table(model, used), "convergence": convergence}
+    page, save_drawings = _report(sweep_dir, model, tables, threshold, column, skipped, png)
+    path = sweep_dir.write_map(tables, page, save_drawings, model.save)
+    return MapResult(path, model, convergence, detours, states, skipped)
+
+
+def _usable_runs(sweep_dir: SweepDir) -> tuple[dict[int, pd.DataFrame], dict[int, str]]:
+    from groklab.sweep import sweep_runs
+
+    runs, skipped = {}, {}
+    started = sweep_runs(sweep_dir)
+    for seed in sweep_dir.seeds:
+        run = started.get(seed)
+        status = run.status if run is not None else "not started"
+        if status not in USABLE:
+            skipped[seed] = status
+        elif run.metrics.empty:
+            skipped[seed] = "no metrics"
+        else:
+            runs[seed] = run.metrics
+    if len(runs) < MIN_RUNS:
+        raise UserError(f"{sweep_dir.path}: {len(runs)} finished run(s); a training map needs at least {MIN_RUNS}. "
+                        "Finish the sweep first (run the same `groklab sweep` command again)")
+    return runs, skipped
+
+
+def _check_features(features, runs: dict[int, pd.DataFrame]) -> tuple[str, ...]:
+    if isinstance(features, str):
+        if features not in FEATURE_SETS:
+            raise ConfigError(f"unknown feature set '{features}'; use one of {', '.join(FEATURE_SETS)} "
+                              "or a comma-separated list of metrics columns")
+        names = FEATURE_SETS[features]
+    else:
+        names = tuple(features)
+    missing = sorted({name for table in runs.values() for name in names if name not in table})
+    if missing:
+        raise UserError(f"the runs' metrics have no column(s) {', '.join(missing)}; train with the weight_stats "
+                        "measures (measures.names) or add them with `groklab measure RUN_DIR --names weight_stats`")
+    return names
+
+
+def _state_table(model: TrainingMap, runs: dict, detours: pd.DataFrame) -> pd.DataFrame:
+    """Per state: occupancy, runs visiting, mean test acc, mean time (fraction of the run), the detour
+    statistics and the raw feature means."""
+    k = model.n_states_
+    counts = state_occupancy(model.paths_, k, normalize=False)
+    times, accs, states = [], [], []
+    for seed, path in model.paths_.items():
+        n = len(path)
+        times.append(np.arange(n) / max(n - 1, 1))
+        accs.append(runs[seed]["test_acc"].to_numpy(dtype=float)[:n] if "test_acc" in runs[seed] else np.full(n, np.nan))
+        states.append(path)
+    states = np.concatenate(states)
+    mean_time = pd.Series(np.concatenate(times)).groupby(states).mean().reindex(range(k))
+    test_acc = pd.Series(np.concatenate(accs)).groupby(states).mean().reindex(range(k))
+    table = pd.DataFrame({"state": range(k), "occupancy": counts.sum().to_numpy() / counts.to_numpy().sum(),
+                          "n_runs": (counts > 0).sum().to_numpy(), "mean_time": mean_time.to_numpy(),
+                          "test_acc": test_acc.to_numpy()})
+    table = table.merge(detours[["state", "detour", "obligatory", "r", "p", "p_holm", "mean_conv_visit",
+                                 "mean_conv_not"]], on="state")
+    means = model.means_original_.add_prefix("mean_").reset_index(drop=True)
+    return pd.concat([table, means], axis=1)
+
+
+def _transition_features(model: TrainingMap, runs: dict, transitions: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for i, j in transitions.loc[transitions["from"] != transitions["to"], ["from", "to"]].itertuples(index=False):
+        table = transition_features(model, runs, int(i), int(j))
+        table.insert(0, "to", int(j))
+        table.insert(0, "from", int(i))
+        table["n_occurrences"] = table.attrs["n_occurrences"]
+        frames.append(table)
+    columns = ["from", "to", "feature", "mean_gradient", "abs_rank", "mean_shift", "n_occurrences"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def _paths_table(model: TrainingMap, runs: dict) -> pd.DataFrame:
+    frames = []
+    for seed, path in model.paths_.items():
+        table = runs[seed].sort_values("step").reset_index(drop=True).head(len(path))
+        frame = pd.DataFrame({"seed": seed, "checkpoint": np.arange(len(path)), "step": table["step"].to_numpy(),
+                              "state": path})
+        if "test_acc" in table:
+            frame["test_acc"] = table["test_acc"].to_numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _report(sweep_dir: SweepDir, model: TrainingMap, tables: dict, threshold: float, column: str,
+            skipped: dict, png: bool):
+    """The HTML page and a function that draws the map (and the figures) into a directory."""
+    from groklab.report.maps import map_layout, render_map_page, save_figures_static, save_map_static, sweep_figures
+
+    states, detours, convergence = tables["states"], tables["detours"], tables["convergence"]
+    layout = map_layout(states, tables["transitions"], len(model.paths_))
+    figures = sweep_figures(model.selection_, tables["paths"], convergence, detours, model.means_original_)
+    chosen = model.selection_.set_index("n_states").loc[model.n_states_]
+    found = detours[detours["detour"]]
+    conv = convergence[~convergence["censored"]]["index"]
+    config = sweep_dir.spec["config"]
+    rows = [("sweep", f"{sweep_dir.path} ({config.get('name')}; {config.get('source', '')})"),
+            ("runs", f"{len(model.paths_)} used (train {len(model.train_runs_)}, held out {len(model.test_runs_)})"
+                     + (f"; skipped {', '.join(f'{s} ({why})' for s, why in skipped.items())}" if skipped else "")),
+            ("features", ", ".join(model.features_) + (f" (dropped as constant: {', '.join(model.dropped_features_)})"
+                                                       if model.dropped_features_ else "")),
+            ("states", f"K = {model.n_states_}" + (f", chosen by held-out {model.n_states.upper()}"
+                                                    if isinstance(model.n_states, str) else "")
+             + f"; EM {'converged' if chosen['converged'] else 'did NOT converge (hit n_iter)'}"),
+            ("convergence", f"{column} >= {threshold}: {len(conv)} of {len(convergence)} runs, median checkpoint "
+                            f"{conv.median():.0f}" if len(conv) else f"no run reached {column} >= {threshold}"),
+            ("detours", "; ".join(f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
+                                  for r in found.itertuples()) or "none at Holm-adjusted p < 0.05"),
+            ("hmmlearn", model.hmmlearn_version_)]
+    shown = detours[["state", "n_visit", "n_not", "mean_conv_visit", "mean_conv_not", "r", "p", "p_holm", "detour",
+                     "coef_time", "p_time"]]
+    top = tables["transition_features"]
+    top = top[top["abs_rank"] <= 3] if len(top) else top
+    page = render_map_page(f"groklab training map: {config.get('name')}", rows, layout, figures,
+                           [("Detour test (per state; Holm-adjusted; joint time-in-state regression)", shown),
+                            ("Transitions (trimmed map)", tables["transitions"]),
+                            ("Features that drive each transition (top 3 by |gradient|)", top),
+                            ("Model selection", model.selection_)])
+
+    def save_drawings(directory: Path) -> None:
+        save_map_static(layout, directory)
+        if png:
+            save_figures_static(figures, directory / "figures")
+
+    return page, save_drawings

@@ -1,0 +1,185 @@
+"""Seed sweeps (`groklab sweep`) and training maps of sweeps (`groklab map`), end to end on tiny runs."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import groklab_cli
+from test_cli import bad, snapshot
+
+from groklab.config import load_preset
+from groklab.errors import ConfigError
+from groklab.store import Run, SweepDir
+from groklab.sweep import parse_seeds, sweep
+
+# A sparse-parity MLP small enough to train in about a second per seed.
+PARITY = ["--set", "task.n_bits=12", "--set", "task.n_train=200", "--set", "task.n_test=50",
+          "--set", "model.hidden=[64]", "--set", "train.max_steps=240", "--set", "train.eval_every=8",
+          "--set", "measures.every=8", "--set", "train.checkpoint_every=40"]
+
+
+def parity_config(**train):
+    config = load_preset("hu-sparse-parity")
+    task = config.task.model_copy(update={"n_bits": 12, "n_train": 200, "n_test": 50})
+    model = config.model.model_copy(update={"hidden": [64]})
+    train = config.train.model_copy(update={"max_steps": 240, "eval_every": 8, "checkpoint_every": 40, **train})
+    measures = config.measures.model_copy(update={"every": 8})
+    return config.model_copy(update={"task": task, "model": model, "train": train, "measures": measures})
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("5, 0-1,1") == [0, 1, 5]
+    for text in ("3-1", "a", "1-", ""):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(text)
+
+
+@pytest.fixture(scope="module")
+def parity_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweeps") / "parity"
+    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--seeds", "0-5", "--workers", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_sweep_runs_every_seed_and_tabulates(parity_sweep):
+    out, result = parity_sweep
+    table = pd.read_csv(out / "table.csv")
+    assert table["seed"].tolist() == list(range(6))
+    assert (table["status"] == "finished").all()
+    assert table["final_train_acc"].min() > 0.7  # learning (chance is 0.5)
+    for seed in range(6):
+        run = Run(out / "runs" / f"seed_{seed:04d}")
+        assert run.config.seed == seed and run.metrics["step"].iloc[-1] == 240
+        assert {"l1", "spectral", "code_sparsity", "var_b"} <= set(run.metrics.columns)
+    # the seeds differ (data, init, batch order), and convergence is reported per seed
+    finals = [Run(out / "runs" / f"seed_{s:04d}").metrics["l2"].iloc[-1] for s in range(6)]
+    assert len(set(finals)) == 6
+    assert set(table["converged"]) <= {True, False}
+    censored = table[~table["converged"]]
+    assert censored["censored"].all() and (censored["convergence_step"] == 240).all()
+    assert "seed" in result.stdout and "converged (test acc >= 0.9)" in result.stdout
+    show = groklab_cli("show", str(out))
+    assert show.returncode == 0 and show.stdout.count("finished") == 6
+
+
+def test_sweep_rerun_skips_finished_runs(parity_sweep):
+    out, _ = parity_sweep
+    before = snapshot(out / "runs")
+    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--seeds", "0-5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "6 of 6 runs already done; 0 to run" in result.stderr
+    assert snapshot(out / "runs") == before
+
+
+def test_sweep_same_seed_same_numbers(parity_sweep, tmp_path):
+    out, _ = parity_sweep
+    config = parity_config()
+    again = sweep(config, [3], tmp_path / "again", threads=1)  # as each of the fixture's 2 workers
+    mine = Run(again.run_path(3)).metrics.drop(columns="elapsed_s")
+    theirs = Run(out / "runs" / "seed_0003").metrics.drop(columns="elapsed_s")
+    pd.testing.assert_frame_equal(mine, theirs)
+
+
+def test_sweep_resumes_a_killed_worker(tmp_path):
+    """A worker killed (SIGKILL) mid-run leaves a run the next `groklab sweep` resumes from its last
+    checkpoint; the resumed run's metrics equal an uninterrupted run's."""
+    config = parity_config(max_steps=2000, checkpoint_every=40)
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0])
+    env = {**os.environ, "GROKLAB_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "groklab.sweep.worker", str(sweep_dir.path), "0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = sweep_dir.run_path(0) / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(checkpoints.glob("*"))) < 3:
+        time.sleep(0.05)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    killed = Run(sweep_dir.run_path(0))
+    assert killed.status == "killed", killed.status
+    steps_before = killed.metrics["step"].iloc[-1]
+    assert 0 < steps_before < 2000
+
+    resumed = sweep(config, [0], sweep_dir.path, threads=1)
+    run = Run(resumed.run_path(0))
+    assert run.status == "finished" and run.metrics["step"].iloc[-1] == 2000
+    assert run.metrics["step"].is_unique and run.metrics["step"].is_monotonic_increasing
+
+    straight = sweep(config, [0], tmp_path / "straight", threads=1)
+    a = Run(straight.run_path(0)).metrics.drop(columns="elapsed_s")
+    b = run.metrics.drop(columns="elapsed_s")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_failed_seed_is_recorded_and_the_others_finish(tmp_path):
+    config = parity_config(max_steps=16)
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0, 1, 2])
+    broken = sweep_dir.run_path(1)
+    broken.mkdir(parents=True)
+    (broken / "config.yaml").write_text("this: [is not a run config")
+    result = sweep(config, [0, 1, 2], sweep_dir.path, workers=2)
+    table = pd.read_csv(result.path / "table.csv").set_index("seed")
+    assert table.loc[0, "status"] == table.loc[2, "status"] == "finished"
+    assert table.loc[1, "status"] != "finished"
+    assert "exit code 2" in table.loc[1, "error"] and "seed_0001.log" in table.loc[1, "error"]
+    assert "error" in (result.path / "logs" / "seed_0001.log").read_text()
+    # `groklab show` keeps the recorded error
+    show = groklab_cli("show", str(result.path))
+    assert show.returncode == 0 and "seed" in show.stdout
+    assert "exit code 2" in pd.read_csv(result.path / "table.csv").set_index("seed").loc[1, "error"]
+
+
+def test_sweep_errors(parity_sweep, tmp_path):
+    out, _ = parity_sweep
+    bad(["sweep", "hu-sparse-parity", "--seeds", "9-1"], "--seeds takes ranges")
+    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--workers", "0", "--out", str(tmp_path / "w")],
+        "--workers must be at least 1")
+    bad(["sweep", "hu-sparse-parity", *PARITY, "--set", "train.lr=0.2", "--seeds", "0-5", "--out", str(out)],
+        "holds a sweep of another config", run_dir=out)
+    bad(["sweep", "hu-sparse-parity", "--set", "task.k=50", "--seeds", "0", "--out", str(tmp_path / "k")], "task")
+    (tmp_path / "file").write_text("x")
+    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--out", str(tmp_path / "file")], "not a groklab sweep")
+    bad(["sweep", "hu-mnist-mlp", "--seeds", "0", "--out", str(tmp_path / "m")], "task.path")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "k").exists() and not (tmp_path / "m").exists()
+
+
+def test_map_of_a_sweep(parity_sweep):
+    out, _ = parity_sweep
+    result = groklab_cli("map", str(out), "--states", "2", "--restarts", "2", "--jobs", "1")
+    assert result.returncode == 0, result.stderr
+    assert "states: K = 2" in result.stdout and "detours:" in result.stdout
+    map_dir = out / "map"
+    for name in ("training_map.png", "training_map.svg", "report.html", "training_map.json", "selection.csv",
+                 "states.csv", "detours.csv", "transitions.csv", "transition_features.csv", "paths.csv",
+                 "convergence.csv", "figures/state_paths.png"):
+        assert (map_dir / name).is_file(), name
+    paths = pd.read_csv(map_dir / "paths.csv")
+    assert sorted(paths["seed"].unique()) == list(range(6)) and set(paths["state"]) <= {0, 1}
+    assert len(paths) == 6 * 31  # 31 evaluations per run (steps 0, 8, ..., 240)
+    states = pd.read_csv(map_dir / "states.csv")
+    assert states["occupancy"].sum() == pytest.approx(1)
+    assert (map_dir / "training_map.svg").read_text().lstrip().startswith("<?xml")
+    page = (map_dir / "report.html").read_text()
+    assert "Training map" in page and "Detour test" in page and "training_map" in page
+
+    from groklab.dynamics import TrainingMap
+    model = TrainingMap.load(map_dir / "training_map.json")
+    table = Run(out / "runs" / "seed_0002").metrics
+    assert (model.predict(table) == paths[paths["seed"] == 2]["state"].to_numpy()).all()
+
+
+def test_map_errors(parity_sweep, tmp_path):
+    out, _ = parity_sweep
+    bad(["map", str(tmp_path)], "not a groklab sweep")
+    bad(["map", str(tmp_path / "nowhere")], "no sweep directory")
+    bad(["map", str(out), "--states", "many"], "--states takes")
+    bad(["map", str(out), "--features", "l1,accuracy"], "no column(s) accuracy")
+    bad(["map", str(out), "--features", "best"], "unknown feature set 'best'")
+    empty = SweepDir.create_or_open(tmp_path / "empty", parity_config().model_dump(mode="json"), [0, 1])
+    bad(["map", str(empty.path)], "needs at least 3")
