@@ -70,8 +70,9 @@ def resolve(config: RunConfig, device: Optional[str] = None) -> Prepared:
     if config.measures is not None:
         check_measures(config.measures, task)
     stop = config.train.early_stop
-    if stop is not None and stop.metric not in EVAL_COLUMNS:
-        raise ConfigError(f"config: train.early_stop.metric '{stop.metric}' is not one of {', '.join(EVAL_COLUMNS)}")
+    if stop is not None and stop.metric not in EVAL_COLUMNS + task.eval_columns:
+        raise ConfigError(f"config: train.early_stop.metric '{stop.metric}' is not one of "
+                          f"{', '.join(EVAL_COLUMNS + task.eval_columns)}")
     resolved = config.model_copy(update={
         "data_seed": data_seed, "model_seed": model_seed,
         "task": TaskConfig(name=config.task.name, **params.model_dump(mode="json")),
@@ -187,7 +188,7 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
             freqs = list(key_freqs)
         compute = make_measures(cfg, task.to(target), freqs)
         for row in rows:
-            for column in [c for c in row if c not in BASE_COLUMNS]:
+            for column in [c for c in row if c not in BASE_COLUMNS and c not in task.eval_columns]:
                 del row[column]
             if row["step"] in steps:
                 row.update(compute(load(row["step"])))

@@ -56,6 +56,7 @@ class TrainConfig(Strict):
     eps: PositiveFloat = 1e-8                      # AdamW
     momentum: NonNegativeFloat = 0.0               # SGD
     warmup_steps: NonNegativeInt = 10           # lr factor min(step / warmup_steps, 1); step 0 has lr 0
+    decay_steps: Optional[PositiveInt] = None   # then linear decay to 0 at this step (Murty et al.'s code: 2M)
     batch_size: Union[Literal["full"], PositiveInt] = "full"
     grad_clip: Optional[PositiveFloat] = None    # max global grad norm
     loss_dtype: Literal["float32", "float64"] = "float64"

@@ -46,6 +46,27 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
                 "fourier_mult_fve", "key_freqs"):
         if col in metrics and pd.notna(last.get(col)):
             out[f"final_{col}"] = last[col] if col == "key_freqs" else float(last[col])
+    out.update(_heldout_summary(metrics))
+    return out
+
+
+def _heldout_summary(metrics: pd.DataFrame) -> dict:
+    """For the task metrics of in-distribution (id_*) and generalization (gen_*) sets (structural
+    grokking, Murty et al. 2023): final and best values; and, for each gen_X with an id_X, its value at
+    the first evaluation where id_X peaks (early stopping on in-distribution accuracy) and the first
+    step at which it reaches 0.8."""
+    out = {}
+    for col in [c for c in metrics.columns if c.startswith(("id_", "gen_"))]:
+        values = metrics[col].dropna()
+        if values.empty:
+            continue
+        out[f"final_{col}"], out[f"max_{col}"] = float(values.iloc[-1]), float(values.max())
+        partner = "id_" + col[len("gen_"):]
+        if col.startswith("gen_") and partner in metrics and metrics[partner].notna().any():
+            peak = metrics[partner].idxmax()
+            out[f"early_stop_{col}"] = float(metrics.loc[peak, col])
+            out[f"early_stop_step_{col}"] = int(metrics.loc[peak, "step"])
+            out[f"step_{col}_80"] = first_step(metrics, col, 0.8)
     return out
 
 

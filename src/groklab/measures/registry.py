@@ -6,6 +6,7 @@ from typing import Callable, Optional, Sequence
 
 from groklab.config import MeasuresConfig
 from groklab.errors import ConfigError
+from groklab.measures.lm import attention_entropy, weight_norm
 from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
 from groklab.measures.weight_stats import weight_statistics
 from groklab.measures.weights import weight_norms
@@ -17,7 +18,25 @@ class MeasureSet:
     compute: Callable  # (model, task, cfg, key_freqs) -> columns
 
 
+ANALYSIS_SAMPLE = 500  # training sequences whose attention is measured (spec §5.3: 500 Dyck strings)
+
+
+def _check_lm(task) -> None:
+    if task.loss != "lm":
+        raise ConfigError(f"config: measure set 'lm' needs a language-model task (dyck, question_formation, "
+                          f"tense_inflection); task '{task.name}' is not one")
+
+
+def _lm_measures(model, task) -> dict:
+    """Weight norm (total and per layer) and attention entropy of the real forward pass, on the first
+    ANALYSIS_SAMPLE training sequences (a fixed sample for every checkpoint; spec §6 #18)."""
+    labels = task.train.labels[:ANALYSIS_SAMPLE]
+    lengths = (labels != -100).sum(1)  # [SOS] w1..wn: as many inputs as targets
+    return {**weight_norm(model), **attention_entropy(model, task.train.inputs[:ANALYSIS_SAMPLE], lengths)}
+
+
 MEASURES: dict[str, MeasureSet] = {
+    "lm": MeasureSet(_check_lm, lambda model, task, cfg, freqs: _lm_measures(model, task)),
     "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
     "weight_stats": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_statistics(model)),
     "fourier": MeasureSet(check_modular_addition, lambda model, task, cfg, freqs: progress_measures(

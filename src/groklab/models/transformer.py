@@ -46,7 +46,8 @@ class TransformerConfig(BaseModel):
     positional: Literal["learned", "sinusoidal"] = "learned"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     biases: frozenset[Bias] = frozenset({"mlp"})
-    init: Literal["nanda", "gpt2", "pytorch"] = "nanda"
+    init: Literal["nanda", "gpt2", "pytorch", "xavier"] = "nanda"
+    embed_scale: bool = False               # multiply token embeddings by sqrt(d_model) (Vaswani; Murty et al.)
     init_scale: float = Field(1.0, gt=0.0)  # multiplies every initial weight (Omnigrok's alpha)
 
     @property
@@ -148,11 +149,12 @@ class MLP(nn.Module):
         on = "mlp" in cfg.biases
         self.b_in, self.b_out = _bias(on, cfg.d_mlp), _bias(on, cfg.d_model)
         self.act = {"relu": F.relu, "gelu": F.gelu}[cfg.act]
+        self.dropout = nn.Dropout(cfg.dropout)
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         post = self.hook_post(self.act(self.hook_pre(F.linear(x, self.W_in.T, self.b_in))))  # (batch, q, d_mlp)
-        return F.linear(post, self.W_out.T, self.b_out)
+        return F.linear(self.dropout(post), self.W_out.T, self.b_out)
 
 
 class Block(nn.Module):
@@ -214,6 +216,8 @@ class Transformer(nn.Module):
         q = slice(at, at + 1 or None) if isinstance(at, int) else at or slice(None)
         W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[:n_pos]
         x, table = None, None
+        if self.cfg.embed_scale:
+            W_E = W_E * math.sqrt(self.cfg.d_model)
         tabulate = len(W_E) <= len(tokens) and n_pos * len(W_E) <= 1024
         if tabulate and not self._hooked and not (self.training and self.cfg.dropout):
             table = (tokens, W_pos[:, None] + W_E[None])  # X: (pos, d_vocab, d_model), every (position, token) input
@@ -274,6 +278,9 @@ def init_weights(model: Transformer, gen: torch.Generator) -> None:
     - "pytorch": torch.nn's defaults, as in Power et al.'s code: embeddings N(0, 1), every other
       matrix U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with its logical fan-in (d_model; n_heads * d_head
       for W_O; d_mlp for W_out).
+    - "xavier": Xavier-uniform U(-b, b), b = gain sqrt(6 / (fan_in + fan_out)) over each matrix's
+      logical shape (all heads together), gain sqrt(2) for W_in (ReLU) and 1 elsewhere, as in Murty
+      et al.'s TransformerLM (spec structural-grokking.md §3).
     """
     cfg = model.cfg
     fan_in = {"W_O": cfg.n_heads * cfg.d_head, "W_out": cfg.d_mlp}
@@ -281,7 +288,12 @@ def init_weights(model: Transformer, gen: torch.Generator) -> None:
         leaf = name.rsplit(".", 1)[-1]
         if not leaf.startswith("W_"):
             continue
-        if cfg.init == "pytorch":
+        if cfg.init == "xavier":
+            fans = {"W_E": cfg.d_vocab + cfg.d_model, "W_pos": cfg.n_ctx + cfg.d_model, "W_U": cfg.d_model + cfg.n_outputs,
+                    "W_in": cfg.d_model + cfg.d_mlp, "W_out": cfg.d_mlp + cfg.d_model}.get(leaf, cfg.d_model + cfg.n_heads * cfg.d_head)
+            bound = (math.sqrt(2) if leaf == "W_in" else 1.0) * math.sqrt(6 / fans)
+            p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
+        elif cfg.init == "pytorch":
             if leaf in ("W_E", "W_pos"):
                 p.copy_(torch.randn(p.shape, generator=gen))
             else:

@@ -14,10 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from groklab.errors import ConfigError
 
 
+IGNORE = -100  # a language model's target at a padding position (F.cross_entropy's ignore_index)
+
+
 @dataclass(frozen=True)
 class Split:
     inputs: torch.Tensor  # (n, n_ctx) int64 tokens, or (n, ...) float features / images
-    labels: torch.Tensor  # (n,) the answers: class ids (int64), or +-1 (float) for a hinge loss
+    labels: torch.Tensor  # (n,) the answers: class ids (int64), or +-1 (float) for a hinge loss;
+    #                       (n, n_ctx) next tokens for a language model, IGNORE at padding
     index: torch.Tensor   # (n,) int64: position of each example in the task's enumeration order
 
     def __len__(self) -> int:
@@ -34,6 +38,12 @@ class Task:
     model emits, or the hinge loss mean(max(0, 1 - y f(x))) for +-1 labels; reported losses and
     accuracies (`score`) use the answer classes only, so a model with extra outputs (Nanda's 114
     with `=`) is scored on the same 113.
+
+    A language-model task (loss "lm") predicts every next token: inputs [SOS] w1..wn, labels
+    w1..wn [EOS], right-padded (IGNORE in the labels); loss and accuracy are over the non-padding
+    tokens. Its `splits` add held-out sets scored the same way (e.g. "gen": the generalization set),
+    and `evaluate(model)` the task's own metrics (greedy decoding, closing-bracket accuracy, ...),
+    whose column names `eval_columns` lists.
     """
 
     name: str
@@ -42,13 +52,18 @@ class Task:
     n_classes: int
     vocab: tuple[str, ...] = ()
     answer_pos: int = -1
-    loss: Literal["cross_entropy", "hinge"] = "cross_entropy"
+    loss: Literal["cross_entropy", "hinge", "lm"] = "cross_entropy"
     params: dict = field(default_factory=dict)
     augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None  # training batches only
+    splits: dict[str, Split] = field(default_factory=dict)  # further held-out sets: NAME_loss, NAME_acc
+    evaluate: Optional[Callable[[torch.nn.Module], dict[str, float]]] = None  # the task's own metrics
+    eval_columns: tuple[str, ...] = ()  # every metrics column the evaluation writes besides train_/test_
+    context: Optional[int] = None  # positions a model must handle (default: the inputs' length), e.g. to decode
 
     def to(self, device: torch.device) -> "Task":
         move = lambda s: Split(s.inputs.to(device), s.labels.to(device), s.index)  # noqa: E731
-        return dataclasses.replace(self, train=move(self.train), test=move(self.test))
+        return dataclasses.replace(self, train=move(self.train), test=move(self.test),
+                                   splits={name: move(split) for name, split in self.splits.items()})
 
     @property
     def d_vocab(self) -> int:
@@ -56,7 +71,7 @@ class Task:
 
     @property
     def n_ctx(self) -> int:
-        return self.train.inputs.shape[1]
+        return self.context or self.train.inputs.shape[1]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -69,12 +84,16 @@ class Task:
 
     def outputs(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """The model's answer logits (batch, n_outputs): at `answer_pos` for a sequence task."""
+        if self.loss == "lm":
+            return model(inputs)  # (batch, pos, d_vocab)
         return model(inputs, at=self.answer_pos) if self.vocab else model(inputs)
 
     def objective(self, logits: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The training loss, computed in `dtype`: mean cross-entropy over all outputs, or hinge."""
         if self.loss == "hinge":
             return torch.clamp_min(1 - labels.to(dtype) * logits.to(dtype).squeeze(-1), 0).mean()
+        if self.loss == "lm":  # mean over the non-padding targets
+            return F.cross_entropy(logits.flatten(0, 1).to(dtype), labels.flatten(), ignore_index=IGNORE)
         return F.cross_entropy(logits.to(dtype), labels)
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -82,6 +101,10 @@ class Task:
         if self.loss == "hinge":
             out = logits.double().squeeze(-1)
             return {"loss": self.objective(out, labels).item(), "acc": (torch.sign(out) == labels).double().mean().item()}
+        if self.loss == "lm":  # next-token loss and accuracy over the non-padding targets
+            real = labels != IGNORE
+            return {"loss": self.objective(logits, labels).item(),
+                    "acc": (logits.argmax(-1)[real] == labels[real]).double().mean().item()}
         logits = logits[..., : self.n_classes].double()
         return {
             "loss": F.cross_entropy(logits, labels).item(),

@@ -63,13 +63,31 @@ def evaluate(model: torch.nn.Module, task: Task, train_size: Optional[int] = Non
     was_training = model.training
     model.eval()
     row = {}
-    for name, split in (("train", task.train), ("test", task.test)):
+    for name, split in (("train", task.train), ("test", task.test), *task.splits.items()):
         n = train_size if name == "train" and train_size else len(split)
-        logits = torch.cat([task.outputs(model, inputs) for inputs in split.inputs[:n].split(EVAL_CHUNK)])
-        for key, value in task.score(logits, split.labels[:n]).items():
-            row[f"{name}_{key}"] = value
+        scores = _score_lm(model, task, split, n) if task.loss == "lm" else task.score(
+            torch.cat([task.outputs(model, inputs) for inputs in split.inputs[:n].split(EVAL_CHUNK)]), split.labels[:n])
+        row.update({f"{name}_{key}": value for key, value in scores.items()})
+    if task.evaluate is not None:
+        row.update(task.evaluate(model))
     model.train(was_training)
     return row
+
+
+def _score_lm(model: torch.nn.Module, task: Task, split, n: int) -> dict[str, float]:
+    """A language model's scores over the first n sequences, in chunks of EVAL_CHUNK tokens: the
+    chunks' means weighted by their numbers of (non-padding) target tokens."""
+    size = max(1, EVAL_CHUNK // split.inputs.shape[1])
+    totals: dict[str, float] = {}
+    count = 0
+    for inputs, labels in zip(split.inputs[:n].split(size), split.labels[:n].split(size)):
+        width = int((labels != -100).any(0).nonzero().max()) + 1
+        inputs, labels = inputs[:, :width], labels[:, :width]
+        tokens = int((labels != -100).sum())
+        for key, value in task.score(task.outputs(model, inputs), labels).items():
+            totals[key] = totals.get(key, 0.0) + value * tokens
+        count += tokens
+    return {key: value / max(count, 1) for key, value in totals.items()}
 
 
 def keep_freed_memory() -> None:
@@ -128,9 +146,13 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warmup as in Nanda et al.'s code: factor min(step / warmup, 1), so step 0 has lr 0."""
-        warmup = self.cfg.warmup_steps
-        return self.cfg.lr * (min(step / warmup, 1.0) if warmup else 1.0)
+        """Linear warmup as in Nanda et al.'s code: factor min(step / warmup, 1), so step 0 has lr 0;
+        with decay_steps, then linear decay to 0 at that step (Murty et al.'s code)."""
+        warmup, decay = self.cfg.warmup_steps, self.cfg.decay_steps
+        factor = min(step / warmup, 1.0) if warmup else 1.0
+        if decay is not None and step > warmup:
+            factor *= max(0.0, (decay - step) / max(decay - warmup, 1))
+        return self.cfg.lr * factor
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch of `step`: everything, or slice i of epoch e's seeded permutation."""
@@ -143,6 +165,10 @@ class Trainer:
             self._epoch = (epoch, torch.randperm(len(split), generator=gen).to(split.inputs.device))
         idx = self._epoch[1][i * size:(i + 1) * size]
         inputs = split.inputs[idx]
+        if self.task.loss == "lm":  # right padding: drop the columns no sequence of the batch reaches
+            labels = split.labels[idx]
+            width = int((labels != -100).any(0).nonzero().max()) + 1
+            return inputs[:, :width], labels[:, :width]
         if self.task.augment is not None:  # seeded per step, so a resumed run sees the same batches
             inputs = self.task.augment(inputs, torch.Generator().manual_seed((self.seed << 32) + (1 << 31) + step))
         return inputs, split.labels[idx]

@@ -1,0 +1,149 @@
+"""Structural grokking tasks (Murty et al. 2023; spec structural-grokking.md): Dyck-(k, d), question
+formation and tense inflection, as causal language modelling over whole sequences (spec §2).
+
+Each task generates its data (seeded; `dyck.py`, `mccoy.py`) or reads the original files from a
+directory (`path`): train = the training set, test = the in-distribution set (val), and the extra
+split "gen" = the generalization set (the OOD Dyck strings; the relative-clause items). Tokens
+(spec §2): `<pad>` = 0, the sorted word types, then `<eos>`, `<sos>`; a sequence is the whole line
+(source, marker and output, all trained on): input [SOS] w1..wn, target w1..wn [EOS].
+
+Besides token loss and accuracy (train_, test_, gen_), every evaluation logs the paper's metrics on
+the first `eval_items` items of the in-distribution (id_) and generalization (gen_) sets:
+- dyck: closing-bracket accuracy over all closers and over closers >= 10 tokens from their opener
+  (`*_closing_acc`, `*_closing_acc_far10`; spec §5.1, decision 5);
+- question_formation: the released code's four-auxiliary ranking (`*_aux_rank_acc`), the first word
+  of the greedy decode (`*_first_word_acc`, the paper's) and exact match of the decode (`gen_exact_match`);
+- tense_inflection: main-verb accuracy of the greedy decode (`*_main_verb_acc`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Literal, Optional, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from groklab.errors import ConfigError
+from groklab.tasks import dyck, lm_eval, mccoy
+from groklab.tasks.base import IGNORE, Split, Task
+from groklab.tasks.lm_eval import lm_vocabulary, model_logits_fn
+from groklab.tasks.registry import register
+
+DECODE_ROOM = 50  # tokens a greedy decode may add after the source (spec §5.1)
+
+
+class DyckParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(20, ge=1, le=52, description="bracket types")
+    depth: int = Field(10, ge=1, description="maximum nesting depth")
+    n_train: int = Field(200_000, ge=1)
+    n_val: int = Field(20_000, ge=1)
+    n_test: int = Field(20_000, ge=1)
+    split: Literal["segment", "string"] = "segment"
+    path: Optional[str] = Field(None, description="directory with k-K_d-D_{train,val,test}.txt (the released format)")
+    eval_items: int = Field(2000, ge=1, description="items of each held-out set scored by the task metrics")
+
+
+class McCoyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_train: int = Field(100_000, ge=1)
+    n_val: int = Field(1_000, ge=1)
+    n_test: int = Field(10_000, ge=1)
+    weights: Literal["pcfg", "released"] = "pcfg"
+    path: Optional[str] = Field(None, description="directory with TASK.train, TASK.val, TASK.test (McCoy's format)")
+    eval_items: int = Field(2000, ge=1, description="items of each held-out set scored by the task metrics")
+
+
+def lm_split(sequences: Sequence[Sequence[str]], vocab: tuple[str, ...], width: int) -> Split:
+    """Sequences -> inputs [SOS] w1..wn and targets w1..wn [EOS], right-padded to `width`."""
+    ids = {word: i for i, word in enumerate(vocab)}
+    sos, eos = ids["<sos>"], ids["<eos>"]
+    inputs = torch.zeros(len(sequences), width, dtype=torch.int64)
+    labels = torch.full((len(sequences), width), IGNORE, dtype=torch.int64)
+    for row, words in enumerate(sequences):
+        try:
+            tokens = [ids[w] for w in words]
+        except KeyError as err:
+            raise ConfigError(f"token {err.args[0]!r} is not in the task's vocabulary") from None
+        inputs[row, : len(tokens) + 1] = torch.tensor([sos, *tokens])
+        labels[row, : len(tokens) + 1] = torch.tensor([*tokens, eos])
+    return Split(inputs, labels, torch.arange(len(sequences)))
+
+
+def _lm_task(name: str, words: Sequence[str], sets: dict[str, list], as_sequence: Callable, params: BaseModel,
+             evaluate: Callable, eval_columns: tuple[str, ...], room: int = 0) -> Task:
+    vocab = lm_vocabulary(words)
+    sequences = {key: [tuple(as_sequence(item)) for item in items] for key, items in sets.items()}
+    width = max(len(s) for seqs in sequences.values() for s in seqs) + 1
+    split = {key: lm_split(seqs, vocab, width) for key, seqs in sequences.items()}
+    return Task(name, split["train"], split["val"], n_classes=len(vocab), vocab=vocab, loss="lm",
+                params=params.model_dump(), splits={"gen": split["test"]}, evaluate=evaluate,
+                eval_columns=("gen_loss", "gen_acc", *eval_columns), context=width + room)
+
+
+@register("dyck", DyckParams)
+def build_dyck(params: DyckParams, seed: int) -> Task:
+    if params.path is not None:
+        stem = Path(params.path) / f"k-{params.k}_d-{params.depth}"
+        sets = {key: dyck.load(f"{stem}_{key}.txt", params.k, params.depth) for key in ("train", "val", "test")}
+    else:
+        sets = dict(zip(("train", "val", "test"), dyck.generate(seed, params.n_train, params.n_val, params.n_test,
+                                                                  params.k, params.depth, split=params.split)))
+    vocab = lm_vocabulary(dyck.vocabulary(params.k))
+    held = {"id": sets["val"][: params.eval_items], "gen": sets["test"][: params.eval_items]}
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        fn, row = model_logits_fn(model), {}
+        for key, strings in held.items():
+            acc = lm_eval.dyck_accuracies(fn, vocab, strings)
+            row[f"{key}_closing_acc"], row[f"{key}_closing_acc_far10"] = acc["dyck_acc_all"], acc["dyck_acc_far10"]
+        return row
+
+    columns = ("id_closing_acc", "id_closing_acc_far10", "gen_closing_acc", "gen_closing_acc_far10")
+    return _lm_task("dyck", dyck.vocabulary(params.k), sets, lambda s: s, params, evaluate, columns)
+
+
+def _mccoy_sets(task: str, params: McCoyParams, seed: int) -> dict[str, list]:
+    if params.path is None:
+        return dict(zip(("train", "val", "test"), mccoy.generate(task, seed, params.n_train, params.n_val,
+                                                                   params.n_test, params.weights)))
+    folder = Path(params.path)
+    return {key: mccoy.load(folder / f"{task}.{key}", task) for key in ("train", "val", "test")}
+
+
+@register("question_formation", McCoyParams)
+def build_question_formation(params: McCoyParams, seed: int) -> Task:
+    sets = _mccoy_sets("question", params, seed)
+    vocab = lm_vocabulary(mccoy.vocabulary("question"))
+    quest = lambda items: [it for it in items if it.marker == "quest"][: params.eval_items]  # noqa: E731
+    held = {"id": quest(sets["val"]), "gen": quest(sets["test"])}
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        fn, row = model_logits_fn(model), {}
+        for key, items in held.items():
+            acc = lm_eval.qf_accuracies(fn, vocab, items)
+            row[f"{key}_aux_rank_acc"], row[f"{key}_first_word_acc"] = acc["qf_aux_rank_acc"], acc["qf_first_word_greedy_acc"]
+            if key == "gen":
+                row["gen_exact_match"] = acc["qf_exact_match"]
+        return row
+
+    columns = ("id_aux_rank_acc", "id_first_word_acc", "gen_aux_rank_acc", "gen_first_word_acc", "gen_exact_match")
+    return _lm_task("question_formation", mccoy.vocabulary("question"), sets, lambda it: it.source + it.target,
+                    params, evaluate, columns, room=DECODE_ROOM)
+
+
+@register("tense_inflection", McCoyParams)
+def build_tense_inflection(params: McCoyParams, seed: int) -> Task:
+    sets = _mccoy_sets("tense", params, seed)
+    vocab = lm_vocabulary(mccoy.vocabulary("tense"))
+    held = {"id": sets["val"][: params.eval_items], "gen": sets["test"][: params.eval_items]}  # all val items (§5.1)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        fn = model_logits_fn(model)
+        return {f"{key}_main_verb_acc": lm_eval.tense_main_verb_accuracy(fn, vocab, items, mccoy.POS)
+                for key, items in held.items()}
+
+    return _lm_task("tense_inflection", mccoy.vocabulary("tense"), sets, lambda it: it.source + it.target,
+                    params, evaluate, ("id_main_verb_acc", "gen_main_verb_acc"), room=DECODE_ROOM)

@@ -1,0 +1,101 @@
+"""Structural-grokking tasks as language models: tokens, presets at the paper's scale, a tiny run end to end."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from groklab.config import load_preset
+from groklab.experiment import resolve, run
+from groklab.models import build_model
+from groklab.tasks import IGNORE, build_task
+from groklab.config import TaskConfig
+
+SMALL = {"n_train": 300, "n_val": 60, "n_test": 60, "eval_items": 40}
+
+
+@pytest.mark.parametrize("name, size", [("question_formation", 71), ("tense_inflection", 101), ("dyck", 43)])
+def test_vocabulary_and_sequences(name, size):
+    """Spec §2: <pad> = 0, sorted word types, <eos>, <sos>; input [SOS] w1..wn, target w1..wn [EOS]."""
+    task = build_task(TaskConfig(name=name, **SMALL), seed=0)
+    vocab = task.vocab
+    assert len(vocab) == size and vocab[0] == "<pad>" and vocab[-2:] == ("<eos>", "<sos>")
+    assert list(vocab[1:-2]) == sorted(vocab[1:-2])
+    inputs, labels = task.train.inputs, task.train.labels
+    assert (inputs[:, 0] == len(vocab) - 1).all()
+    real = labels != IGNORE
+    lengths = real.sum(1)
+    assert (inputs[:, 1:][real[:, 1:]] == labels[:, :-1][real[:, 1:]]).all()  # shifted by one
+    assert (labels[torch.arange(len(labels)), lengths - 1] == len(vocab) - 2).all()  # ends in EOS
+    assert (inputs[~real] == 0).all()  # right padding
+    assert set(task.splits) == {"gen"} and len(task.test) == 60 and len(task.splits["gen"]) == 60
+    if name == "question_formation":  # a line: source (sentence . quest|decl) then the output
+        words = [vocab[i] for i in inputs[0, 1:lengths[0]]]
+        assert words[words.index(".") + 1] in ("quest", "decl")
+
+
+@pytest.mark.parametrize("preset, millions", [("structural-qf", 9.53), ("structural-tense", 6.38)])
+def test_paper_scale_parameter_counts(preset, millions):
+    """Spec §3: untied QF 6L = 9.53M parameters, 4L = 6.38M (the 4L figure is QF's; tense's vocabulary
+    of 101 adds 2 x 30 x 512 + 30)."""
+    config = load_preset(preset).model_copy(update={"task": TaskConfig(name="question_formation", **SMALL)})
+    prepared = resolve(config)
+    model = build_model(prepared.model, 0)
+    n = sum(p.numel() for p in model.parameters())
+    assert round(n / 1e6, 2) == millions
+
+
+def test_lr_schedule_of_the_released_code():
+    """Spec §4: 10k-step warmup then linear decay to 0 at 2M: factor 0.854 at 300k, 0.804 at 400k, 0.503 at 1M."""
+    from groklab.training import Trainer
+
+    config = load_preset("structural-qf")
+    task = build_task(TaskConfig(name="question_formation", **SMALL), 0)
+    model = torch.nn.Linear(1, 1)
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = config.train
+    for step, factor in ((0, 0.0), (5000, 0.5), (10_000, 1.0), (300_000, 0.854), (400_000, 0.804), (1_000_000, 0.503)):
+        assert trainer.lr_at(step) / config.train.lr == pytest.approx(factor, abs=1e-3)
+    del task, model
+
+
+@pytest.fixture(scope="module")
+def tiny_qf(tmp_path_factory):
+    config = load_preset("structural-qf")
+    config = config.model_copy(update={
+        "task": TaskConfig(name="question_formation", **SMALL),
+        "model": config.model.model_copy(update={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_head": 16,
+                                                 "d_mlp": 64}),
+        "train": config.train.model_copy(update={"max_steps": 40, "eval_every": 20, "checkpoint_every": 20,
+                                                 "warmup_steps": 5, "lr": 1e-3}),
+        "measures": config.measures.model_copy(update={"every": 20}),
+    })
+    return config, run(config, tmp_path_factory.mktemp("lm") / "qf", report=False)
+
+
+def test_tiny_language_model_run(tiny_qf):
+    config, result = tiny_qf
+    metrics = result.metrics
+    assert metrics["step"].tolist() == [0, 20, 40]
+    for column in ("train_loss", "test_loss", "gen_loss", "gen_acc", "id_aux_rank_acc", "gen_aux_rank_acc",
+                   "id_first_word_acc", "gen_first_word_acc", "gen_exact_match", "weight_norm",
+                   "weight_norm_per_layer", "attention_entropy"):
+        assert column in metrics and metrics[column].notna().all(), column
+    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]  # it learns
+    assert math.log(71) * 0.5 < metrics["train_loss"].iloc[0] < math.log(71) * 2
+    for column in ("id_aux_rank_acc", "gen_first_word_acc", "gen_exact_match"):
+        assert metrics[column].between(0, 1).all()
+    summary = result.summary
+    assert "final_gen_first_word_acc" in summary and "early_stop_gen_first_word_acc" in summary
+
+
+def test_tiny_run_is_reproducible_and_resumable(tiny_qf, tmp_path):
+    """Dropout is on: the same seed gives the same numbers, and `groklab measure` keeps the task metrics."""
+    config, first = tiny_qf
+    again = run(config, tmp_path / "again", report=False)
+    cols = [c for c in first.metrics.columns if c != "elapsed_s"]
+    pd.testing.assert_frame_equal(first.metrics[cols], again.metrics[cols])
+    from groklab.experiment import measure
+
+    remeasured = measure(again.path).metrics
+    pd.testing.assert_frame_equal(remeasured[cols], again.metrics[cols], check_exact=False, rtol=1e-6)
