@@ -2,9 +2,9 @@
 plotly) and the figures of the sweep's HTML report (model selection, state paths, detours, state means).
 
 The layout reads left to right in training time: a state's x is the mean fraction of its run that has
-passed when a checkpoint sits in it. States are stacked vertically in order of occupancy, the most
-visited on the middle line, so the common route runs straight across and the rarer routes (detours)
-branch off above and below it. Nodes are sized by occupancy and coloured by mean test accuracy; edges
+passed when a checkpoint sits in it. The states every run visits lie on the middle line; the states
+some runs skip branch off above and below it (in order of occupancy), so the common route runs
+straight across and the optional ones (detours, shortcuts) stand apart. Nodes are sized by occupancy and coloured by mean test accuracy; edges
 are the transitions that occur in the decoded paths (trimmed map, Hu et al. §5.1), as wide as the number
 of runs that take them. Self-loops are left out of the drawing (their probabilities are in the tables).
 """
@@ -39,9 +39,13 @@ def map_layout(states: pd.DataFrame, transitions: pd.DataFrame, n_runs: int) -> 
     states["x"] = states["mean_time"].fillna(1.0)
     states["y"] = 0.0
     taken: dict[int, list[float]] = {}  # lane -> x of the states placed on it
-    for state in states.sort_values(["occupancy", "state"], ascending=[False, True])["state"]:
-        x = float(states.loc[states["state"] == state, "x"].iloc[0])
+    states["everyone"] = states["n_runs"] >= n_runs  # states every run visits form the main line
+    for state in states.sort_values(["everyone", "occupancy", "state"], ascending=[False, False, True])["state"]:
+        row = states.loc[states["state"] == state].iloc[0]
+        x = float(row["x"])
         for lane in _lanes():
+            if lane == 0 and not row["everyone"]:  # a state some runs skip branches off it
+                continue
             if all(abs(x - other) > 0.12 for other in taken.get(lane, [])):
                 taken.setdefault(lane, []).append(x)
                 states.loc[states["state"] == state, "y"] = float(lane)
