@@ -183,3 +183,38 @@ def test_map_errors(parity_sweep, tmp_path):
     bad(["map", str(out), "--features", "best"], "unknown feature set 'best'")
     empty = SweepDir.create_or_open(tmp_path / "empty", parity_config().model_dump(mode="json"), [0, 1])
     bad(["map", str(empty.path)], "needs at least 3")
+
+
+def test_grid_sweep(tmp_path):
+    """--grid runs every point for every seed, each in its own directory with its own config."""
+    out = tmp_path / "grid"
+    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-1",
+                         "--grid", "train.lr=0.05,0.1", "--workers", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out / "table.csv")
+    assert len(table) == 4 and sorted(zip(table["train.lr"], table["seed"])) == [(0.05, 0), (0.05, 1), (0.1, 0), (0.1, 1)]
+    assert (table["status"] == "finished").all()
+    for lr in (0.05, 0.1):
+        run = Run(out / "runs" / f"train.lr={lr}" / "seed_0001")
+        assert run.config.train.lr == lr and run.config.seed == 1
+    assert "per grid point" in result.stdout
+    again = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-1",
+                        "--grid", "train.lr=0.05,0.1", "--out", str(out))
+    assert again.returncode == 0 and "4 of 4 runs already done" in again.stderr
+    bad(["sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-1", "--grid",
+         "train.lr=0.05,0.2", "--out", str(out)], "another config or grid", run_dir=out)
+    bad(["sweep", "hu-sparse-parity", "--grid", "train.lr", "--seeds", "0"], "--grid takes")
+    bad(["sweep", "hu-sparse-parity", "--grid", "train.lrr=1,2", "--seeds", "0", "--out", str(tmp_path / "x")],
+        "unknown key 'train.lrr'")
+    bad(["map", str(out)], "sweeps a grid")
+
+
+def test_grid_summary_counts_seeds_that_cross():
+    from groklab.sweep import grid_summary
+
+    table = pd.DataFrame({"model.n_layers": [2, 2, 4, 4], "seed": [0, 1, 0, 1], "status": ["finished"] * 4,
+                          "max_gen_acc": [0.5, 0.85, 0.9, 0.95], "final_gen_acc": [0.4, 0.7, 0.9, 0.8]})
+    summary = grid_summary(table, ["model.n_layers"]).set_index("model.n_layers")
+    assert summary.loc[2, "gen_acc_crossed_0.8"] == 0.5 and summary.loc[4, "gen_acc_crossed_0.8"] == 1.0
+    assert summary.loc[4, "gen_acc_final_mean"] == pytest.approx(0.85)
+    assert summary.loc[2, "gen_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())

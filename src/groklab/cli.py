@@ -69,15 +69,19 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--threshold", type=float, default=0.9, show_default=True,
               help="Test accuracy at which a run counts as converged (the sweep table).")
+@click.option("--grid", multiple=True, metavar="KEY.PATH=V1,V2,...",
+              help="Also sweep a config field over these values (repeatable: every combination).")
+@click.option("--depths", help="Shorthand for --grid model.n_layers=D1,D2,... (e.g. 2,4,6,8,10).")
 def sweep(spec: str, seeds: str, workers: int, overrides: tuple[str, ...], out: Optional[str], device: Optional[str],
-          threshold: float) -> None:
-    """Train PRESET or FILE.yaml once per seed, in parallel worker processes; resumable."""
+          threshold: float, grid: tuple[str, ...], depths: Optional[str]) -> None:
+    """Train PRESET or FILE.yaml once per seed (and grid point), in parallel worker processes; resumable."""
     from groklab.config import load_config
-    from groklab.sweep import parse_seeds, sweep as run_sweep
+    from groklab.sweep import parse_grid, parse_seeds, sweep as run_sweep
 
     config = load_config(spec, overrides)
-    result = run_sweep(config, parse_seeds(seeds), out, workers=workers, device=device, threshold=threshold,
-                       progress=lambda line: click.echo(line, err=True))
+    points = parse_grid(list(grid) + ([f"model.n_layers={depths}"] if depths else []))
+    result = run_sweep(config, parse_seeds(seeds), out, workers=workers, grid=points, device=device,
+                       threshold=threshold, progress=lambda line: click.echo(line, err=True))
     _print_sweep(result)
 
 
@@ -186,11 +190,14 @@ def _print_sweep(sweep_dir) -> None:
     """The sweep table: one line per seed, then how many converged and when."""
     from groklab.sweep import sweep_table
 
+    from groklab.sweep import grid_summary
+
     table = sweep_table(sweep_dir)
     sweep_dir.write_table(table)
-    click.echo(f"sweep {sweep_dir.path}: {len(table)} seeds; table: {sweep_dir.path / 'table.csv'}")
-    cols = [c for c in ("seed", "status", "converged", "convergence_step", "step_train_acc_99", "final_train_acc",
-                        "final_test_acc", "elapsed_s") if c in table]
+    grid = list(sweep_dir.points[0])
+    click.echo(f"sweep {sweep_dir.path}: {len(table)} runs; table: {sweep_dir.path / 'table.csv'}")
+    cols = [c for c in (*grid, "seed", "status", "converged", "convergence_step", "step_train_acc_99", "final_train_acc",
+                        "final_test_acc", *[c for c in table if c.startswith("final_gen_")], "elapsed_s") if c in table]
     click.echo(table[cols].to_string(index=False, na_rep="-"))
     if "converged" in table and table["converged"].notna().any():
         done = table[table["converged"] == True]  # noqa: E712
@@ -198,6 +205,9 @@ def _print_sweep(sweep_dir) -> None:
         click.echo(f"converged (test acc >= {table.attrs['threshold']}): {len(done)} of {len(table)}"
                    + (f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
                       if len(done) > 1 else ""))
+    if grid or any(c.startswith("max_gen_") for c in table):
+        click.echo("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):")
+        click.echo(grid_summary(table, grid).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def _print_summary(result) -> None:

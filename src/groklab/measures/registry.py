@@ -8,6 +8,7 @@ from groklab.config import MeasuresConfig
 from groklab.errors import ConfigError
 from groklab.measures.lm import attention_entropy, weight_norm
 from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
+from groklab.measures.tree_projection import TASKS as TREE_TASKS, analysis_sample, tree_projection
 from groklab.measures.weight_stats import weight_statistics
 from groklab.measures.weights import weight_norms
 
@@ -35,8 +36,25 @@ def _lm_measures(model, task) -> dict:
     return {**weight_norm(model), **attention_entropy(model, task.train.inputs[:ANALYSIS_SAMPLE], lengths)}
 
 
+TREE_SAMPLE = 200  # training sentences of the tree projections (spec §5.4 scores 10,000 / 500 Dyck; §6 #18)
+
+
+def _check_tree_projection(task) -> None:
+    if task.loss != "lm" or task.name not in TREE_TASKS:
+        raise ConfigError(f"config: measure set 'tree_projection' needs a structural LM task ({', '.join(TREE_TASKS)}); "
+                          f"task '{task.name}' is not one")
+
+
+def _tree_projection(model, task) -> dict:
+    """t_score, parseval, ... (measures.tree_projection) on the first TREE_SAMPLE training sentences (QF:
+    quest lines' declaratives; tense: sources; Dyck: strings < 200 tokens), greedy trees, seed 0."""
+    sentences, gold = analysis_sample(task, TREE_SAMPLE)
+    return tree_projection(model, sentences, gold, seed=0)
+
+
 MEASURES: dict[str, MeasureSet] = {
     "lm": MeasureSet(_check_lm, lambda model, task, cfg, freqs: _lm_measures(model, task)),
+    "tree_projection": MeasureSet(_check_tree_projection, lambda model, task, cfg, freqs: _tree_projection(model, task)),
     "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
     "weight_stats": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_statistics(model)),
     "fourier": MeasureSet(check_modular_addition, lambda model, task, cfg, freqs: progress_measures(

@@ -101,22 +101,25 @@ class Attention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, q: slice, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, q: slice, tokens: Optional[torch.Tensor] = None,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (batch, pos, d_model) -> the output at the query positions x[:, q]: (batch, n_q, d_model).
 
         With `tokens` (batch, pos), x is instead the table (pos, d_vocab, d_model) of the input for
         every (position, token) pair; the input at (b, p) is x[p, tokens[b, p]] (see `_from_table`).
+        key_mask (batch, pos, pos) bool, True: that query may not attend to that key (plain path only).
         """
         n_pos = (x if tokens is None else tokens).shape[1]
         positions = torch.arange(n_pos, device=x.device)
         future = positions > positions[q][:, None]  # (q, pos): the causal mask
         if tokens is not None:
             return self._from_table(x, q, tokens, future)
+        blocked = future if key_mask is None else future | key_mask[:, None, q]  # (q, pos) or (batch, 1, q, pos)
         q_, k, v = (self.hook_q(self._project(x[:, q], self.W_Q, self.b_Q)),  # (batch, q, head, d_head)
                     self.hook_k(self._project(x, self.W_K, self.b_K)),        # (batch, pos, head, d_head)
                     self.hook_v(self._project(x, self.W_V, self.b_V)))
         scores = torch.einsum("bqhe,bkhe->bhqk", q_, k) / math.sqrt(q_.shape[-1])   # (batch, head, q, pos)
-        pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(future, -torch.inf)), -1))
+        pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(blocked, -torch.inf)), -1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", self.dropout(pattern), v))  # (batch, q, head, d_head)
         return _add(torch.einsum("bqhe,hed->bqd", z, self.W_O), self.b_O)
 
@@ -167,14 +170,15 @@ class Block(nn.Module):
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
-    def forward(self, x: Optional[torch.Tensor], q: slice, table: Optional[tuple] = None) -> torch.Tensor:
+    def forward(self, x: Optional[torch.Tensor], q: slice, table: Optional[tuple] = None,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (batch, pos, d_model) -> (batch, n_q, d_model) at positions x[:, q].
         Or x=None and `table` = (tokens, X) with X (pos, d_vocab, d_model): the input at (b, p) is
-        X[p, tokens[b, p]], used in table form (see module doc)."""
+        X[p, tokens[b, p]], used in table form (see module doc). key_mask: see `Transformer.forward`."""
         pre = self.norm == "pre"
         if table is None:
             x = self.hook_resid_pre(x)
-            attn_out, resid = self.attn(self.ln1(x) if pre else x, q), x[:, q]
+            attn_out, resid = self.attn(self.ln1(x) if pre else x, q, key_mask=key_mask), x[:, q]
         else:
             tokens, X = table
             attn_out = self.attn(self.ln1(X) if pre else X, q, tokens)
@@ -209,22 +213,29 @@ class Transformer(nn.Module):
         self._hooked = 0
         init_weights(self, torch.Generator().manual_seed(seed))
 
-    def forward(self, tokens: torch.Tensor, at: Union[int, slice, None] = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, at: Union[int, slice, None] = None,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens (batch, pos) -> logits (batch, pos, d_vocab_out); with an int `at`, the logits at
-        that position only (batch, d_vocab_out); with a slice, at those positions."""
+        that position only (batch, d_vocab_out); with a slice, at those positions.
+
+        key_mask: bool (batch, pos_q, pos_k), or (batch, pos_k) for every query; True = that query may
+        NOT attend to that key, at every layer, on top of the causal mask (tree projections block the
+        keys outside a span). Each query must keep a key (e.g. SOS). Runs the plain path (no tables)."""
         n_pos = tokens.shape[1]
+        if key_mask is not None:
+            key_mask = key_mask[:, None].expand(-1, n_pos, -1) if key_mask.ndim == 2 else key_mask  # (batch, pos, pos)
         q = slice(at, at + 1 or None) if isinstance(at, int) else at or slice(None)
         W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[:n_pos]
         x, table = None, None
         if self.cfg.embed_scale:
             W_E = W_E * math.sqrt(self.cfg.d_model)
-        tabulate = len(W_E) <= len(tokens) and n_pos * len(W_E) <= 1024
+        tabulate = key_mask is None and len(W_E) <= len(tokens) and n_pos * len(W_E) <= 1024
         if tabulate and not self._hooked and not (self.training and self.cfg.dropout):
             table = (tokens, W_pos[:, None] + W_E[None])  # X: (pos, d_vocab, d_model), every (position, token) input
         else:
             x = self.dropout(self.hook_embed(F.embedding(tokens, W_E)) + self.hook_pos_embed(W_pos))  # (batch, pos, d_model)
         for i, block in enumerate(self.blocks):
-            x = block(x, q if i == len(self.blocks) - 1 else slice(None), table if i == 0 else None)
+            x = block(x, q if i == len(self.blocks) - 1 else slice(None), table if i == 0 else None, key_mask)
         logits = F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)  # (batch, q, d_vocab_out)
         return logits[:, 0] if isinstance(at, int) else logits
 

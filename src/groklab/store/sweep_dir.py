@@ -1,14 +1,16 @@
-"""The sweep directory: many runs of one config that differ in their seed.
+"""The sweep directory: many runs of one config that differ in their seed (and the values of a grid).
 
     SWEEP_DIR/
       sweep.yaml            the base config and the seeds (what `groklab sweep` was asked)
-      runs/seed_0007/       one run directory per seed (see run_dir.py)
+      runs/seed_0007/       one run directory per seed (see run_dir.py); with a grid,
+      runs/model.n_layers=4/seed_0007/   one per point of the grid and seed
       logs/seed_0007.log    each worker's output
       table.csv             one row per seed: status, convergence, final accuracies (atomic)
       map/                  the training map of the sweep (`groklab map`)
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -22,6 +24,11 @@ from groklab.store.run_dir import _atomic_write
 SWEEP, RUNS, LOGS, TABLE, MAP = "sweep.yaml", "runs", "logs", "table.csv", "map"
 
 
+def point_name(point: dict) -> str:
+    """{"model.n_layers": 4} -> "model.n_layers=4" (a directory name)."""
+    return ",".join(f"{key}={value}" for key, value in point.items())
+
+
 class SweepDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -31,11 +38,13 @@ class SweepDir:
         return (Path(path) / SWEEP).is_file()
 
     @classmethod
-    def create_or_open(cls, path: Path, config: dict, seeds: list[int], threshold: float = 0.9) -> "SweepDir":
-        """A new sweep directory, or the existing one when it holds the same config (to resume it).
-        `threshold` (the test accuracy at which a run counts as converged) is the latest one asked."""
+    def create_or_open(cls, path: Path, config: dict, seeds: list[int], threshold: float = 0.9,
+                       grid: Optional[dict[str, list]] = None) -> "SweepDir":
+        """A new sweep directory, or the existing one when it holds the same config and grid (to resume
+        it). `grid` {key.path: [values]}: every combination is run for every seed. `threshold` (the test
+        accuracy at which a run counts as converged) is the latest one asked."""
         path = Path(path)
-        spec = {"config": config, "seeds": sorted(seeds), "threshold": threshold}
+        spec = {"config": config, "grid": dict(grid or {}), "seeds": sorted(seeds), "threshold": threshold}
         if path.exists():
             if not cls.is_sweep(path):
                 if path.is_dir() and not any(path.iterdir()):
@@ -44,9 +53,9 @@ class SweepDir:
                     raise RunDirError(f"{path} exists and is not a groklab sweep; choose another --out")
             else:
                 old = cls.open(path).spec
-                if old["config"] != config:
-                    raise RunDirError(f"{path} holds a sweep of another config; resume it with its own command "
-                                      "or choose another --out")
+                if old["config"] != config or old.get("grid", {}) != spec["grid"]:
+                    raise RunDirError(f"{path} holds a sweep of another config or grid; resume it with its own "
+                                      "command or choose another --out")
                 spec["seeds"] = sorted(set(old["seeds"]) | set(seeds))
         try:
             (path / RUNS).mkdir(parents=True, exist_ok=True)
@@ -82,11 +91,19 @@ class SweepDir:
     def seeds(self) -> list[int]:
         return list(self.spec["seeds"])
 
-    def run_path(self, seed: int) -> Path:
-        return self.path / RUNS / f"seed_{seed:04d}"
+    @property
+    def points(self) -> list[dict]:
+        """Every combination of the grid's values, {key.path: value} ([{}] without a grid)."""
+        grid = self.spec.get("grid") or {}
+        return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
-    def log_path(self, seed: int) -> Path:
-        return self.path / LOGS / f"seed_{seed:04d}.log"
+    def run_path(self, seed: int, point: Optional[dict] = None) -> Path:
+        """RUNS/seed_NNNN, or RUNS/KEY=VALUE,.../seed_NNNN for a point of the grid."""
+        return self.path / RUNS / point_name(point) / f"seed_{seed:04d}" if point else \
+            self.path / RUNS / f"seed_{seed:04d}"
+
+    def log_path(self, seed: int, point: Optional[dict] = None) -> Path:
+        return self.path / LOGS / (f"{point_name(point)},seed_{seed:04d}.log" if point else f"seed_{seed:04d}.log")
 
     @property
     def map_dir(self) -> Path:

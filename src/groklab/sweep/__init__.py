@@ -1,4 +1,5 @@
-"""Sweeps: one config over many seeds, one run per seed, run by parallel local worker processes.
+"""Sweeps: one config over many seeds (and a grid of values of any config field, e.g. depths), one
+run per seed and point, run by parallel local worker processes.
 
 Each seed trains in its own process (`python -m groklab.sweep.worker SWEEP_DIR SEED`), at most
 `workers` at a time, each with cores // workers threads. A seed that fails (an error, a crash, a
@@ -10,6 +11,8 @@ Runs are deterministic given the config, the seed and the number of threads per 
 """
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import signal
@@ -20,8 +23,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
+import yaml
 
-from groklab.config import RunConfig
+from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_times
 from groklab.errors import ConfigError
 from groklab.experiment import resolve
@@ -42,37 +46,63 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(seeds)
 
 
+def parse_grid(items: Sequence[str]) -> dict[str, list]:
+    """['model.n_layers=2,4,6', ...] -> {"model.n_layers": [2, 4, 6]} (values parsed as YAML)."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid takes KEY.PATH=V1,V2,...; got '{item}'")
+        grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+    return grid
+
+
+Key = tuple[tuple, int]  # (the point's (key, value) pairs, seed)
+
+
+def _key(point: dict, seed: int) -> Key:
+    return tuple(point.items()), seed
+
+
+def point_config(config: RunConfig, point: dict, seed: int) -> RunConfig:
+    data = apply_overrides(config.model_dump(mode="json"), [f"{k}={json.dumps(v)}" for k, v in point.items()])
+    return config_from_dict({**data, "seed": seed})
+
+
 def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] = None, *, workers: int = 1,
-          threads: Optional[int] = None, device: Optional[str] = None, threshold: float = 0.9,
-          progress: Callable[[str], None] = lambda line: None) -> SweepDir:
-    """Train `config` once per seed into SWEEP_DIR/runs/seed_NNNN (default sweeps/NAME), `workers` at
-    a time with `threads` each (default: cores // workers), then write the sweep table. Resumes a sweep
-    of the same config in the same directory."""
+          grid: Optional[dict[str, list]] = None, threads: Optional[int] = None, device: Optional[str] = None,
+          threshold: float = 0.9, progress: Callable[[str], None] = lambda line: None) -> SweepDir:
+    """Train `config` once per seed (and per point of `grid`, e.g. {"model.n_layers": [2, 4, 6]}) into
+    SWEEP_DIR/runs/... (default sweeps/NAME), `workers` at a time with `threads` each (default:
+    cores // workers), then write the sweep table. Resumes a sweep of the same config in the same directory."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    resolve(config.model_copy(update={"seed": seeds[0]}), device)  # everything checked before any run starts
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+    for point in points:  # everything checked before any run starts
+        resolve(point_config(config, point, seeds[0]), device)
     sweep_dir = SweepDir.create_or_open(Path(out) if out else Path("sweeps") / config.name,
-                                        config.model_dump(mode="json"), list(seeds), threshold)
+                                        config.model_dump(mode="json"), list(seeds), threshold, grid)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    todo = [seed for seed in seeds if _status(sweep_dir, seed) not in DONE]
-    progress(f"sweep {sweep_dir.path}: {len(seeds) - len(todo)} of {len(seeds)} runs already done; "
+    keys = [_key(point, seed) for point in points for seed in seeds]
+    todo = [key for key in keys if _status(sweep_dir, *key) not in DONE]
+    progress(f"sweep {sweep_dir.path}: {len(keys) - len(todo)} of {len(keys)} runs already done; "
              f"{len(todo)} to run, {workers} at a time ({threads} thread(s) each)")
-    running: dict[int, subprocess.Popen] = {}
-    failed: dict[int, str] = {}
+    running: dict[Key, subprocess.Popen] = {}
+    failed: dict[Key, str] = {}
     try:
         while todo or running:
             while todo and len(running) < workers:
-                seed = todo.pop(0)
-                running[seed] = _start(sweep_dir, seed, threads, device)
+                key = todo.pop(0)
+                running[key] = _start(sweep_dir, key, threads, device)
             time.sleep(0.05)
-            for seed, proc in list(running.items()):
+            for key, proc in list(running.items()):
                 if proc.poll() is None:
                     continue
-                del running[seed]
-                status = _status(sweep_dir, seed)
+                del running[key]
+                status = _status(sweep_dir, *key)
                 if proc.returncode != 0 or status not in DONE:
-                    failed[seed] = f"exit code {proc.returncode}; see {sweep_dir.log_path(seed)}"
-                progress(f"seed {seed}: {status}" + (f" ({failed[seed]})" if seed in failed else ""))
+                    failed[key] = f"exit code {proc.returncode}; see {sweep_dir.log_path(key[1], dict(key[0]))}"
+                progress(f"{_label(key)}: {status}" + (f" ({failed[key]})" if key in failed else ""))
     except KeyboardInterrupt:
         for proc in running.values():  # the runs checkpoint and stop; the next `groklab sweep` resumes them
             proc.send_signal(signal.SIGTERM)
@@ -84,52 +114,93 @@ def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] =
     return sweep_dir
 
 
-def _start(sweep_dir: SweepDir, seed: int, threads: int, device: Optional[str]) -> subprocess.Popen:
+def _label(key: Key) -> str:
+    point, seed = key
+    return ", ".join([f"{k}={v}" for k, v in point] + [f"seed {seed}"])
+
+
+def _start(sweep_dir: SweepDir, key: Key, threads: int, device: Optional[str]) -> subprocess.Popen:
+    point, seed = dict(key[0]), key[1]
     env = {**os.environ, "GROKLAB_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    args = [sys.executable, "-m", "groklab.sweep.worker", str(sweep_dir.path), str(seed)] + ([device] if device else [])
-    with open(sweep_dir.log_path(seed), "a") as log:
+    args = [sys.executable, "-m", "groklab.sweep.worker", str(sweep_dir.path), str(seed)]
+    args += [f"{k}={json.dumps(v)}" for k, v in point.items()] + ([f"--device={device}"] if device else [])
+    with open(sweep_dir.log_path(seed, point), "a") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _status(sweep_dir: SweepDir, seed: int) -> str:
-    path = sweep_dir.run_path(seed)
+def _status(sweep_dir: SweepDir, point, seed: int) -> str:
+    path = sweep_dir.run_path(seed, dict(point))
     if not (path / "config.yaml").is_file():
         return "not started"
     return Run(path).status
 
 
-def sweep_runs(sweep_dir: SweepDir) -> dict[int, Run]:
-    """The runs of a sweep that have started, by seed."""
-    return {seed: Run(sweep_dir.run_path(seed)) for seed in sweep_dir.seeds
-            if (sweep_dir.run_path(seed) / "config.yaml").is_file()}
+def sweep_runs(sweep_dir: SweepDir, point: Optional[dict] = None) -> dict[int, Run]:
+    """The runs of a sweep (of one point of its grid) that have started, by seed."""
+    return {seed: Run(sweep_dir.run_path(seed, point)) for seed in sweep_dir.seeds
+            if (sweep_dir.run_path(seed, point) / "config.yaml").is_file()}
 
 
 def sweep_table(sweep_dir: SweepDir, threshold: Optional[float] = None,
-                failed: Optional[dict[int, str]] = None) -> pd.DataFrame:
-    """One row per seed: status, converged (test acc >= threshold, default the sweep's), the convergence
-    step (censored runs are marked, not imputed), the first steps with train / test acc >= 99%, final
-    values, wall time, and the error of a failed run (`failed`, else the one the stored table recorded
-    while the run is still not done)."""
+                failed: Optional[dict[Key, str]] = None) -> pd.DataFrame:
+    """One row per run (point of the grid and seed): status, converged (test acc >= threshold, default
+    the sweep's), the convergence step (censored runs are marked, not imputed), the first steps with
+    train / test acc >= 99%, final values (and final / best values of held-out task metrics), wall time,
+    and the error of a failed run (`failed`, else the one the stored table recorded while the run is
+    still not done)."""
     threshold = sweep_dir.threshold if threshold is None else threshold
+    points = sweep_dir.points
     if failed is None:
         old = sweep_dir.read_table()
-        failed = {} if old is None or "error" not in old else \
-            {int(seed): error for seed, error in zip(old["seed"], old["error"]) if isinstance(error, str) and error}
-    runs = sweep_runs(sweep_dir)
-    metrics = {seed: run.metrics for seed, run in runs.items() if not run.metrics.empty}
-    conv = convergence_times(metrics, "test_acc", threshold) if metrics else pd.DataFrame()
+        failed = {}
+        if old is not None and "error" in old:
+            for _, row in old.iterrows():
+                if isinstance(row["error"], str) and row["error"]:
+                    point = {k: _same_type(row[k], v) for k, v in points[0].items()} if points[0] else {}
+                    failed[_key(point, int(row["seed"]))] = row["error"]
     rows = []
-    for seed in sweep_dir.seeds:
-        row = {"seed": seed, "status": _status(sweep_dir, seed)}
-        if seed in metrics:
-            s = runs[seed].summary
-            c = conv.set_index("seed").loc[seed]
-            row.update(converged=bool(c["converged"]), convergence_step=int(c["step"]), censored=bool(c["censored"]),
-                       step_train_acc_99=s.get("step_train_acc_99"), step_test_acc_99=s.get("step_test_acc_99"),
-                       **{f"final_{k}": s.get(f"final_{k}") for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
-                       last_step=s.get("last_step"), elapsed_s=s.get("elapsed_s"))
-        row["error"] = failed.get(seed, "") if row["status"] not in DONE or seed in failed else ""
-        rows.append(row)
+    for point in points:
+        runs = sweep_runs(sweep_dir, point)
+        metrics = {seed: run.metrics for seed, run in runs.items() if not run.metrics.empty}
+        conv = convergence_times(metrics, "test_acc", threshold).set_index("seed") if metrics else None
+        for seed in sweep_dir.seeds:
+            key = _key(point, seed)
+            row = {**point, "seed": seed, "status": _status(sweep_dir, point, seed)}
+            if seed in metrics:
+                s, c = runs[seed].summary, conv.loc[seed]
+                row.update(converged=bool(c["converged"]), convergence_step=int(c["step"]), censored=bool(c["censored"]),
+                           step_train_acc_99=s.get("step_train_acc_99"), step_test_acc_99=s.get("step_test_acc_99"),
+                           **{f"final_{k}": s.get(f"final_{k}") for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
+                           **{k: v for k, v in s.items() if k.startswith(("final_id_", "final_gen_", "max_id_", "max_gen_"))},
+                           last_step=s.get("last_step"), elapsed_s=s.get("elapsed_s"))
+            row["error"] = failed.get(key, "") if row["status"] not in DONE or key in failed else ""
+            rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs["threshold"] = threshold
     return table
+
+
+def _same_type(value, like):
+    """A grid value read back from the CSV table, as the type of the grid's value."""
+    try:
+        return type(like)(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0.8) -> pd.DataFrame:
+    """Per point of the grid: runs, and for every held-out task metric (max_gen_* in the table) the
+    fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
+    al.'s depth sweeps: the inverted U)."""
+    metrics = [c[len("max_"):] for c in table.columns if c.startswith("max_gen_")]
+    rows = []
+    for point, group in table.groupby(list(grid_keys), sort=True) if grid_keys else [((), table)]:
+        row = dict(zip(grid_keys, point if isinstance(point, tuple) else (point,)))
+        row["runs"] = int(group["status"].isin(DONE).sum())
+        for m in metrics:
+            done = group[f"max_{m}"].dropna()
+            row[f"{m}_crossed_{cross:g}"] = float((done >= cross).mean()) if len(done) else float("nan")
+            row[f"{m}_final_mean"] = float(group[f"final_{m}"].mean())
+            row[f"{m}_final_sd"] = float(group[f"final_{m}"].std())
+        rows.append(row)
+    return pd.DataFrame(rows)

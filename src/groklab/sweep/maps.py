@@ -73,6 +73,9 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
 def _usable_runs(sweep_dir: SweepDir) -> tuple[dict[int, pd.DataFrame], dict[int, str]]:
     from groklab.sweep import sweep_runs
 
+    if sweep_dir.spec.get("grid"):
+        raise UserError(f"{sweep_dir.path} sweeps a grid ({', '.join(sweep_dir.spec['grid'])}); a training map is fitted "
+                        "over the seeds of one config: sweep that config alone")
     runs, skipped = {}, {}
     started = sweep_runs(sweep_dir)
     for seed in sweep_dir.seeds:
