@@ -51,7 +51,7 @@ def test_key_mask_blocks_exactly_the_keys_it_names():
         full[:, :6] = False                                               # only queries 6.. lose key 4
         per_query = model(x, key_mask=full)
         assert torch.equal(per_query[:, :6], plain[:, :6]) and not torch.allclose(per_query[:, 6:], plain[:, 6:])
-        assert torch.equal(model(x, at=6, key_mask=mask), out[:, 6])      # with `at`
+        assert torch.allclose(model(x, at=6, key_mask=mask), out[:, 6], atol=1e-5)  # with `at`
         # a big batch of short rows would take the table path; the mask forces the plain one
         many = torch.tensor(sentences([4] * 40, seed=2))
         assert torch.allclose(model(many, key_mask=torch.zeros_like(many, dtype=torch.bool)), model(many), atol=1e-5)
@@ -104,8 +104,9 @@ def test_batched_span_scores_equal_one_span_at_a_time(normalization, monkeypatch
 def test_prefix_spans_score_one_and_other_spans_do_not():
     model = tiny_lm()
     for s in tp.span_scores(model, sentences([6, 9, 4], seed=4)):
-        np.testing.assert_allclose(s[0], 1.0, atol=1e-6)   # (0, j): the causal mask already blocks nothing
-        assert (s[1:][np.triu_indices(len(s) - 1)] < 0.9999).all()
+        assert (s[0] == 1.0).all()   # (0, j): the causal mask already blocks nothing; the same run, exactly 1
+        i, j = np.triu_indices(len(s))
+        assert (s[i[i > 0], j[i > 0]] < 0.9999).all()
 
 
 # ---------------------------------------------------------------- a planted, exactly compositional encoder
@@ -130,7 +131,7 @@ def planted_encoder(trees: dict, width: int):
         for r in range(len(tokens)):
             spans = constituents[int(tokens[r, 1])]
             a = int(key_mask[r, 1:].long().cumprod(0).sum())  # words blocked before the first visible one
-            noisy = lambda q: q >= a and a > 0 and (a, q) not in spans  # noqa: E731  N(a, q) != 0
+            noisy = lambda q: float(q >= a > 0 and (a, q) not in spans)  # noqa: E731  N(a, q) != 0
             for p in range(tokens.shape[1] - 1):
                 out[r, p + 1, p] = 1.0
                 out[r, p + 1, width + p] += noisy(p)
@@ -146,7 +147,7 @@ def test_planted_tree_is_recovered_by_greedy_and_dp():
     for s, n in enumerate([1, 2, 3, 5, 7, 8, 9, 9, 10, 10]):
         trees[1 + s] = random_tree(rng, 0, n - 1)
         ids.append([99, 1 + s, *[50 + rng.randrange(20) for _ in range(n - 1)]])
-    trees[1 + 10] = mccoy.gold_tree("the newt who does swim doesn't eat the yak near your ravens .")
+    trees[1 + 10] = mccoy.gold_tree("the newt who does swim doesn't admire the yak near your ravens .")
     ids.append([99, 11, *range(60, 71)])
     encode = planted_encoder(trees, 12)
     gold = [trees[s[1]] for s in ids]
@@ -216,7 +217,8 @@ def test_seeded_t_score_is_the_released_estimator_and_reproducible():
         assert tp.tree_gain(s, tree, mine) == pytest.approx(score, abs=1e-12)
     model, ids = tiny_lm(), sentences([3, 8, 5, 6, 9], seed=5)
     a, b, c = (tp.tree_projection(model, ids, seed=seed) for seed in (3, 3, 4))
-    assert a == b and a["t_score"] != c["t_score"]
+    assert a["t_score"] == b["t_score"] and a["t_score_per_word"] == b["t_score_per_word"]
+    assert a["t_score"] != c["t_score"]
     assert a["t_score_expected"] == c["t_score_expected"]
     assert math.isnan(a["parseval"]) and math.isnan(a["parseval_noroot"])  # no gold trees (§6 #17)
 
@@ -263,10 +265,9 @@ def test_measure_set_on_the_structural_tasks():
             assert gold is None and all(len(w) < 200 for w in words)
         else:
             marker = "quest" if name == "question_formation" else None
-            lines = [it for it in (task.train.inputs.tolist())]
             assert all("." not in w for w in words) and [mccoy.gold_tree(w) for w in words] == gold
             if marker:  # the declaratives of the first 30 quest lines, in order
-                seqs = [[task.vocab[t] for t in row[1:] if t] for row in lines]
+                seqs = [[task.vocab[t] for t in row[1:] if t] for row in task.train.inputs.tolist()]
                 want = [s[: s.index(".")] for s in seqs if s[s.index(".") + 1] == "quest"][:30]
                 assert words == want
         model = tiny_lm(d_vocab=len(task.vocab), n_ctx=task.train.inputs.shape[1] + 60)

@@ -41,8 +41,8 @@ TREE_SAMPLE = 200  # training sentences of the tree projections (spec §5.4 scor
 
 def _check_tree_projection(task) -> None:
     if task.loss != "lm" or task.name not in TREE_TASKS:
-        raise ConfigError(f"config: measure set 'tree_projection' needs a structural LM task ({', '.join(TREE_TASKS)}); "
-                          f"task '{task.name}' is not one")
+        raise ConfigError(f"config: measure set 'tree_projection' needs a structural LM task "
+                          f"({', '.join(TREE_TASKS)}); task '{task.name}' is not one")
 
 
 def _tree_projection(model, task) -> dict:
@@ -54,7 +54,8 @@ def _tree_projection(model, task) -> dict:
 
 MEASURES: dict[str, MeasureSet] = {
     "lm": MeasureSet(_check_lm, lambda model, task, cfg, freqs: _lm_measures(model, task)),
-    "tree_projection": MeasureSet(_check_tree_projection, lambda model, task, cfg, freqs: _tree_projection(model, task)),
+    "tree_projection": MeasureSet(_check_tree_projection,
+                                  lambda model, task, cfg, freqs: _tree_projection(model, task)),
     "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
     "weight_stats": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_statistics(model)),
     "fourier": MeasureSet(check_modular_addition, lambda model, task, cfg, freqs: progress_measures(

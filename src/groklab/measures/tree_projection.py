@@ -12,12 +12,13 @@ post-LN transformer, the last block's output), the contextual span vector is v_i
 context-free one ṽ_ij is the same sum from a run in which every key outside {SOS} ∪ [i, j] is blocked at
 every layer; s(i, j) = cos(v_ij, ṽ_ij). For a causal model every prefix span (0, j) scores 1.
 
-Speed (spec "Scale notes"): the n(n+1)/2 span passes of MANY sentences are batched together. The model
-must be causal (the output at position p depends on tokens 0..p only, as every LM here), so the run for
-span (i, j) needs only [SOS, w_0 .. w_j] with words 0..i-1 blocked: rows of equal width j + 2 from every
-sentence share a batch (no padding), at most `max_tokens` tokens per batch; sentences are sorted by length
-and processed in groups of at most GROUP_TOKENS tokens (memory). This is exact, not an approximation:
-the positions after j, which the released code also blocks, cannot reach positions <= j.
+Speed (spec "Scale notes"): the model must be causal (the output at position p depends on tokens 0..p
+only, as every LM here). Then ONE run per sentence and span start i, with words 0..i-1 blocked, gives ṽ_ij
+for every end j at once (the sum of its outputs over words i..j; the keys after j, which the released
+code also blocks, cannot reach words <= j): n runs of n + 1 tokens per sentence instead of n(n+1)/2, and
+exact. Runs of many sentences of equal length share a batch (no padding), at most `max_tokens` tokens per
+model call, GROUP_TOKENS sentence tokens at a time (memory). The contextual run is start 0, so prefix
+spans score exactly 1.
 
 Trees are mccoy's: an int leaf (word index) or a pair (left, right). `scores` is an (n, n) float64 array,
 s(i, j) at [i, j] for i <= j (NaN below the diagonal).
@@ -41,6 +42,7 @@ import torch
 
 from groklab.models.transformer import LayerNorm, Transformer
 from groklab.tasks import mccoy
+from groklab.tasks.base import IGNORE
 from groklab.tasks.lm_eval import encode as encode_words
 
 Tree = mccoy.Tree
@@ -93,54 +95,50 @@ def span_scores(model: Union[Transformer, Encoder], sentences: Sequence[Sequence
     if module is not None:
         module.eval()
     try:
-        order = sorted(range(len(seqs)), key=lambda b: len(seqs[b]))
         out: list[Optional[np.ndarray]] = [None] * len(seqs)
-        start = 0
-        while start < len(order):  # groups of sentences, shortest first
-            stop, size = start, 0
-            while stop < len(order) and (stop == start or size + len(seqs[order[stop]]) <= GROUP_TOKENS):
-                size += len(seqs[order[stop]])
-                stop += 1
-            group = order[start:stop]
-            for b, s in zip(group, _group_scores(encode, [seqs[b] for b in group], max_tokens, device)):
-                out[b] = s
-            start = stop
+        by_length: dict[int, list[int]] = {}
+        for b, seq in enumerate(seqs):
+            by_length.setdefault(len(seq), []).append(b)
+        for width, members in sorted(by_length.items()):  # sentences of equal length, GROUP_TOKENS at a time
+            step = max(1, GROUP_TOKENS // width)
+            for group in (members[k: k + step] for k in range(0, len(members), step)):
+                scores = _length_scores(encode, torch.stack([seqs[b] for b in group]).to(device), max_tokens)
+                for b, table in zip(group, scores.cpu().numpy()):
+                    out[b] = table
         return out
     finally:
         if module is not None:
             module.train(was_training)
 
 
-def _group_scores(encode: Encoder, seqs: list[torch.Tensor], max_tokens: int, device) -> list[np.ndarray]:
-    """Span scores of sentences sorted by length (see `span_scores`)."""
-    n = torch.tensor([len(s) - 1 for s in seqs])                       # (group,) words per sentence
-    width = int(n.max()) + 1
-    tokens = torch.zeros(len(seqs), width, dtype=torch.long)            # (group, width) [SOS] w.., right-padded
-    for b, s in enumerate(seqs):
-        tokens[b, : len(s)] = s
-    tokens = tokens.to(device)
-    context = None                                                     # (group, width, d) float64 h
-    for length in n.unique().tolist():                                 # contextual runs, one length per call
-        rows = (n == length).nonzero()[:, 0]
-        for chunk in rows.split(max(1, max_tokens // (length + 1))):
-            x = tokens[chunk.to(device), : length + 1]
-            h = encode(x, torch.zeros_like(x, dtype=torch.bool)).double()  # (chunk, length + 1, d)
-            if context is None:
-                context = torch.zeros(len(seqs), width, h.shape[-1], dtype=torch.float64, device=device)
-            context[chunk.to(device), : length + 1] = h
-    scores = torch.full((len(seqs), width - 1, width - 1), float("nan"), dtype=torch.float64, device=device)
-    for j in range(width - 1):                # span (i, j) runs [SOS, w_0 .. w_j]: width j + 2
-        first = int((n <= j).sum())           # sentences first.. have word j (sorted by length)
-        row_b = torch.arange(first, len(seqs)).repeat_interleave(j + 1).to(device)  # (rows,) sentence
-        row_i = torch.arange(j + 1).repeat(len(seqs) - first).to(device)            # (rows,) span start
-        pos = torch.arange(j + 2, device=device)
-        for b, i in zip(row_b.split(max(1, max_tokens // (j + 2))), row_i.split(max(1, max_tokens // (j + 2)))):
-            key_mask = (pos >= 1) & (pos <= i[:, None])                # (rows, j + 2): words 0..i-1 blocked
-            keep = (~key_mask[:, 1:, None]).double()                   # (rows, j + 1, 1): words i..j
-            free = (encode(tokens[b, : j + 2], key_mask).double()[:, 1:] * keep).sum(1)  # (rows, d) ṽ_ij
-            ctx = (context[b, 1: j + 2] * keep).sum(1)                 # (rows, d) v_ij, summed the same way
-            scores[b, i, j] = _cosine(ctx, free)
-    return [scores[b, :m, :m].cpu().numpy() for b, m in enumerate(n.tolist())]
+def _length_scores(encode: Encoder, x: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """x (group, n + 1): sentences of n words -> span scores (group, n, n), NaN below the diagonal.
+
+    One run per sentence and span start i (words 0..i-1 blocked) serves every span (i, j): the model is
+    causal, so ṽ_ij, the sum of that run's outputs over words i..j, is what the run with every key outside
+    {SOS} ∪ [i, j] blocked gives (the keys after j cannot reach words <= j). Start 0 is the contextual run."""
+    group, n = x.shape[0], x.shape[1] - 1
+    per_call = max(1, max_tokens // (n + 1))
+    context = torch.cat([encode(rows, torch.zeros_like(rows, dtype=torch.bool)).double()
+                         for rows in x.split(per_call)])                  # (group, n + 1, d): h, SOS first
+    scores = torch.empty(group, n, n, dtype=torch.float64, device=x.device)
+    scores[:, 0] = _start_scores(context, context, torch.zeros(group, dtype=torch.long, device=x.device))
+    pos = torch.arange(n + 1, device=x.device)
+    b = torch.arange(group, device=x.device).repeat_interleave(n - 1)  # (rows,) sentence of each run
+    i = torch.arange(1, n, device=x.device).repeat(group)              # (rows,) its span start
+    for b_, i_ in zip(b.split(per_call), i.split(per_call)) if n > 1 else ():
+        key_mask = (pos >= 1) & (pos <= i_[:, None])                     # (rows, n + 1): words 0..i-1 blocked
+        scores[b_, i_] = _start_scores(encode(x[b_], key_mask).double(), context[b_], i_)
+    return scores
+
+
+def _start_scores(free: torch.Tensor, context: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """Runs with words 0..i-1 blocked, free (rows, n + 1, d), and the contextual runs (rows, n + 1, d) ->
+    s(i, j) for j = 0..n-1 (rows, n), NaN for j < i. Both sums are taken the same way (float64)."""
+    keep = torch.arange(free.shape[1] - 1, device=free.device) >= i[:, None]  # (rows, n): words i..
+    v_free = (free[:, 1:] * keep[..., None]).cumsum(1)                         # (rows, n, d): ṽ_ij at j
+    v = (context[:, 1:] * keep[..., None]).cumsum(1)                           # (rows, n, d): v_ij at j
+    return _cosine(v, v_free).masked_fill(~keep, float("nan"))
 
 
 # ---------------------------------------------------------------- parsing
@@ -309,23 +307,20 @@ def analysis_sample(task, n: int) -> tuple[list[list[int]], Optional[list[Tree]]
         raise ValueError(f"tree projections need a structural LM task ({', '.join(TASKS)}), not {task.name!r}")
     vocab = task.vocab
     markers = {"question_formation": ("quest",), "tense_inflection": ("PAST", "PRESENT")}.get(task.name)
-    lengths = (task.train.labels != -100).sum(1)  # [SOS] w1..wn: as many inputs as targets
+    lengths = (task.train.labels != IGNORE).sum(1).tolist()  # [SOS] w1..wn: as many inputs as targets
+    rows = (row for start in range(0, len(lengths), 1024) for row in task.train.inputs[start: start + 1024].tolist())
     ids: list[list[int]] = []
-    for start in range(0, len(lengths), 1024):
-        for row, length in zip(task.train.inputs[start: start + 1024].tolist(), lengths[start: start + 1024].tolist()):
-            seq = row[:length]                    # [SOS, w1 .. wn]
-            words = [vocab[t] for t in seq[1:]]
-            if markers is None:
-                if len(words) < DYCK_MAX_TOKENS:
-                    ids.append(seq)
-            elif "." in words:
-                end = words.index(".")
-                if end + 1 < len(words) and words[end + 1] in markers and end > 0:
-                    ids.append(seq[: end + 1])
-            if len(ids) == n:
-                break
+    for row, length in zip(rows, lengths):
         if len(ids) == n:
             break
+        words = [vocab[t] for t in row[1:length]]
+        if markers is None:
+            if len(words) < DYCK_MAX_TOKENS:
+                ids.append(row[:length])
+        else:                                    # [SOS] sentence . marker output: keep [SOS] sentence
+            end = words.index(".") if "." in words else 0
+            if 0 < end < len(words) - 1 and words[end + 1] in markers:
+                ids.append(row[: end + 1])
     if markers is None:
         return ids, None
     return ids, [mccoy.gold_tree([vocab[t] for t in seq[1:]]) for seq in ids]
