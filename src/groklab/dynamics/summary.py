@@ -60,7 +60,9 @@ def _heldout_summary(metrics: pd.DataFrame) -> dict:
         values = metrics[col].dropna()
         if values.empty:
             continue
-        out[f"final_{col}"], out[f"max_{col}"] = float(values.iloc[-1]), float(values.max())
+        out[f"final_{col}"] = float(values.iloc[-1])
+        if not col.endswith("_loss"):
+            out[f"max_{col}"] = float(values.max())
         partner = "id_" + col[len("gen_"):]
         if col.startswith("gen_") and partner in metrics and metrics[partner].notna().any():
             peak = metrics[partner].idxmax()
