@@ -8,6 +8,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _shared_data() -> Path:
+    """The team's real-format samples (dyck/, mccoy/): $GROKLAB_SHARED_DATA, else ../shared/data next to the
+    checkout, else the workspace's /work/shared/data (a clean clone elsewhere). Never copied into the project."""
+    candidates = [os.environ.get("GROKLAB_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "mccoy").is_dir():
+            return Path(candidate)
+    return ROOT.parent / "shared" / "data"  # missing: the tests that read it fail, naming this path
+
+
+SHARED_DATA = _shared_data()
+
+
 def groklab_cli(*args: str, cwd=None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run the installed `groklab` console script (as a user would) and capture its output."""
     exe = Path(sys.executable).with_name("groklab")

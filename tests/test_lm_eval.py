@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 import torch
 
 from groklab.measures.lm import attention_entropy, weight_norm
@@ -16,7 +17,7 @@ from groklab.tasks.lm_eval import (EOS, PAD, SOS, dyck_accuracies, dyck_closing_
                                    qf_accuracies, qf_aux_rank_accuracy, qf_exact_match_accuracy, qf_first_word_accuracy,
                                    tense_main_verb_accuracy)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 DYCK_VAL = DATA / "dyck" / "k-20_d-10_val.txt"
 MCCOY = DATA / "mccoy"
 DYCK_VOCAB = lm_vocabulary(dyck.vocabulary(20))

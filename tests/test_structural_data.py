@@ -5,11 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from groklab.errors import ConfigError
 from groklab.tasks import dyck, mccoy
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 DYCK_VAL = DATA / "dyck" / "k-20_d-10_val.txt"
 MCCOY = DATA / "mccoy"
 SAMPLE = {"question": MCCOY / "question.val", "tense": MCCOY / "tense.val"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 import torch
 
 from groklab.config import TaskConfig
@@ -17,7 +18,7 @@ from groklab.measures import tree_projection as tp
 from groklab.models import Transformer, TransformerConfig
 from groklab.tasks import build_task, mccoy
 
-MCCOY = Path(__file__).resolve().parents[2] / "shared" / "data" / "mccoy"
+MCCOY = SHARED_DATA / "mccoy"
 SOS = 11
 
 
