@@ -259,11 +259,29 @@ def test_greedy_decode_batch_equals_one_at_a_time(qf_items):
     prefixes = [it.source for it in qf_items[:40:3]] + [("the",), ("the", "newt", "who")]
     assert len({len(p) for p in prefixes}) >= 5
     model = tiny_transformer(len(QF_VOCAB), 64, seed=0, init="pytorch").double()  # decodes of different lengths
-    batched = greedy_decode(model_logits_fn(model), QF_VOCAB, prefixes, max_new=12, batch_size=6)
+    fn = model_logits_fn(model)
+    assert callable(fn.new_cache)  # the Transformer's KV cache is used
+    batched = greedy_decode(fn, QF_VOCAB, prefixes, max_new=12, batch_size=6)
+    uncached = greedy_decode(lambda tokens: fn(tokens), QF_VOCAB, prefixes, max_new=12, batch_size=6)
     alone = [reference_decode(model, QF_VOCAB, p, 12) for p in prefixes]
-    assert batched == alone
+    assert batched == alone and uncached == alone
+    assert greedy_decode(fn, QF_VOCAB, prefixes, max_new=3, batch_size=4) == [a[:3] for a in alone]
     assert len(set(batched)) > 3 and len({len(x) for x in batched}) > 1  # not a vacuous comparison
     assert all(EOS not in x for x in batched)
+
+
+def test_kv_cache_pieces_equal_the_whole_forward():
+    model = tiny_transformer(len(QF_VOCAB), 64, seed=1, dropout=0.1).double().eval()
+    tokens = torch.randint(1, len(QF_VOCAB), (5, 17), generator=torch.Generator().manual_seed(0))
+    whole = model(tokens)
+    cache = model.new_cache()
+    pieces = [model(tokens[:, a:b], cache=cache) for a, b in ((0, 6), (6, 7), (7, 15), (15, 17))]
+    assert cache.length == 17
+    assert torch.allclose(torch.cat(pieces, 1), whole, atol=1e-10)
+    cache = model.new_cache()
+    model(tokens[:, :9], cache=cache)
+    cache.keep(torch.tensor([3, 0]))  # rows leave the batch
+    assert torch.allclose(model(tokens[[3, 0], 9:], cache=cache), whole[[3, 0], 9:], atol=1e-10)
 
 
 def test_greedy_decode_stops_at_eos_and_max_new():

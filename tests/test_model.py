@@ -159,3 +159,22 @@ def test_model_config_from_task_and_errors():
     with pytest.raises(ConfigError, match="takes vectors or images"):
         model_config(ModelConfig(arch="mlp"), task)
     assert build_model(cfg, seed=0).cfg.n_layers == 2
+
+
+def test_dropout_drops_p_and_keeps_the_expectation():
+    from groklab.models.transformer import Dropout
+    drop, x = Dropout(0.1), torch.ones(200, 1001)
+    torch.manual_seed(0)
+    y = drop(x)
+    assert y.unique().tolist() == [0.0, pytest.approx(32768 / (32768 - 3277))]
+    assert abs(float((y == 0).float().mean()) - 0.1) < 0.003  # 200k draws: sd 0.0007
+    assert abs(float(y.mean()) - 1.0) < 0.005
+    dropped = (y == 0).flatten().float()  # each of the four 15-bit lanes of a 63-bit draw drops alike
+    assert all(abs(float(dropped[i::4].mean()) - 0.1) < 0.005 for i in range(4))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded by the global generator
+    x.requires_grad_(True)
+    torch.manual_seed(0)
+    drop(x).sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)
+    assert torch.equal(drop.eval()(x), x)

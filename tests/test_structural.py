@@ -87,6 +87,24 @@ def test_tiny_language_model_run(tiny_qf):
         assert metrics[column].between(0, 1).all()
     summary = result.summary
     assert "final_gen_first_word_acc" in summary and "early_stop_gen_first_word_acc" in summary
+    assert "memorization_end" not in summary  # the modular-arithmetic phases do not describe an LM run
+    assert summary["final_weight_norm"] == pytest.approx(metrics["weight_norm"].iloc[-1])
+
+
+def test_language_model_report_and_headline(tiny_qf):
+    from groklab.dynamics.summary import structural_headline
+    from groklab.report import build_report
+
+    _, result = tiny_qf
+    lines = dict(structural_headline(result.summary))
+    assert set(lines) >= {"id_first_word_acc", "gen_first_word_acc", "id_aux_rank_acc", "early stopping"}
+    assert f"{result.summary['final_gen_first_word_acc']:.3f}" in lines["gen_first_word_acc"]
+    page, figures = build_report([result])
+    structural = next(f for f in figures if f.key == "structural")
+    titles = [p.title for p in structural.panels]
+    assert titles[:2] == ["aux rank acc", "first word acc"] and "weight norm" in titles
+    assert [t.name for t in structural.panels[1].traces] == ["id", "gen"]
+    assert "grokked" not in page and "gen_first_word_acc" in page
 
 
 def test_tiny_run_is_reproducible_and_resumable(tiny_qf, tmp_path):

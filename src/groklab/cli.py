@@ -213,6 +213,7 @@ def _print_sweep(sweep_dir) -> None:
 def _print_summary(result) -> None:
     """The run's summary, computed from its metrics now (so a run in progress or killed shows too)."""
     from groklab.dynamics import detect_phases, summarize
+    from groklab.dynamics.summary import is_structural, structural_headline
 
     metrics = result.metrics
     live = summarize(metrics) if not metrics.empty else {}
@@ -222,17 +223,21 @@ def _print_summary(result) -> None:
     lines = [("run", str(result.path)), ("preset", cfg.name), ("source", cfg.source), ("status", status)]
     if live:
         lines += [("step", f"{live['last_step']} of {cfg.train.max_steps}")]
+        structural = is_structural(metrics)
         grok = live["step_test_acc_99"]
-        lines += [("grokked", f"yes: test acc >= 99% at step {grok}" + (
-            f" ({live['elapsed_s_test_acc_99']:.1f} s)" if live.get("elapsed_s_test_acc_99") is not None else "")
-            if grok is not None else "no (test acc never reached 99%)")]
-        lines += [("train acc >= 99%", f"step {live['step_train_acc_99']}" if live["step_train_acc_99"] is not None else "never")]
+        if structural:
+            lines += structural_headline(live)
+        else:
+            lines += [("grokked", f"yes: test acc >= 99% at step {grok}" + (
+                f" ({live['elapsed_s_test_acc_99']:.1f} s)" if live.get("elapsed_s_test_acc_99") is not None else "")
+                if grok is not None else "no (test acc never reached 99%)")]
+            lines += [("train acc >= 99%", f"step {live['step_train_acc_99']}" if live["step_train_acc_99"] is not None else "never")]
         lines += [("final", f"train acc {live['final_train_acc']:.4f}, test acc {live['final_test_acc']:.4f}, "
                             f"train loss {live['final_train_loss']:.3g}, test loss {live['final_test_loss']:.3g}")]
         if live.get("last_good_step") != live["last_step"]:
             lines += [("last good step", str(live.get("last_good_step")))]
         lines += [("wall time", f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)")]
-        lines += _phase_lines(detect_phases(metrics))
+        lines += [] if structural else _phase_lines(detect_phases(metrics))
     else:
         lines += [("metrics", "none yet")]
     width = max(len(k) for k, _ in lines)

@@ -20,6 +20,7 @@ import torch
 
 from groklab.config import MeasuresConfig, ModelConfig, RunConfig, TaskConfig, to_yaml
 from groklab.dynamics import detect_phases, phase_evidence, summarize
+from groklab.dynamics.summary import is_structural
 from groklab.errors import ConfigError, RunDirError
 from groklab.measures import check_measures, final_key_frequencies, make_measures
 from pydantic import BaseModel
@@ -134,9 +135,10 @@ class Recorder:
 
 
 def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -> None:
-    """summary.json: the run's status and headline figures, and the phases found in its metrics."""
+    """summary.json: the run's status and headline figures, and the phases found in its metrics (not for
+    structural-grokking LMs, whose token-level train / test accuracy the phases do not describe)."""
     metrics = pd.DataFrame(rows)
-    phases = detect_phases(metrics)
+    phases = {} if is_structural(metrics) else detect_phases(metrics)
     run_dir.write_summary({**fields, "name": cfg.name, "source": cfg.source, "expected": cfg.expected,
                            **summarize(metrics), **phases, **phase_evidence(metrics, phases)})
 

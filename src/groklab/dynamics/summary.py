@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 GROK_THRESHOLD = 0.99
+STRUCTURAL_MEASURES = ("t_score", "t_score_per_word", "parseval", "weight_norm", "weight_norm_per_layer",
+                       "attention_entropy")
 
 
 def first_step(metrics: pd.DataFrame, column: str, threshold: float = GROK_THRESHOLD) -> Optional[int]:
@@ -46,6 +48,9 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
                 "fourier_mult_fve", "key_freqs"):
         if col in metrics and pd.notna(last.get(col)):
             out[f"final_{col}"] = last[col] if col == "key_freqs" else float(last[col])
+    for col in STRUCTURAL_MEASURES:  # measured at their own steps: the last value measured
+        if col in metrics and metrics[col].notna().any():
+            out[f"final_{col}"] = float(metrics[col].dropna().iloc[-1])
     out.update(_heldout_summary(metrics))
     return out
 
@@ -70,6 +75,33 @@ def _heldout_summary(metrics: pd.DataFrame) -> dict:
             out[f"early_stop_step_{col}"] = int(metrics.loc[peak, "step"])
             out[f"step_{col}_80"] = first_step(metrics, col, 0.8)
     return out
+
+
+def is_structural(metrics_or_summary) -> bool:
+    """Does this run score in-distribution and generalization sets (id_* / gen_* columns), as the
+    structural-grokking LMs do? Their headline is `structural_headline`, not test accuracy >= 99% and
+    the three phases of modular arithmetic (which their token-level test accuracy cannot show)."""
+    keys = metrics_or_summary.columns if isinstance(metrics_or_summary, pd.DataFrame) else metrics_or_summary
+    return any(str(k).startswith(("gen_", "max_gen_")) for k in keys)
+
+
+def structural_headline(summary: dict) -> list[tuple[str, str]]:
+    """(label, text) lines for each gen_X metric with an id_X partner, from a `summarize` dict: the
+    in-distribution value (final, best), the generalization value (final, best, first step >= 0.8) and
+    the early-stopping comparison (gen_X where id_X first peaks vs at the end)."""
+    lines = []
+    for key in [k for k in summary if k.startswith("early_stop_gen_")]:
+        metric = key[len("early_stop_gen_"):]
+        gen, id_ = f"gen_{metric}", f"id_{metric}"
+        cross = summary.get(f"step_{gen}_80")
+        lines += [
+            (id_, f"final {summary.get(f'final_{id_}', math.nan):.3f}, best {summary.get(f'max_{id_}', math.nan):.3f}"),
+            (gen, f"final {summary.get(f'final_{gen}', math.nan):.3f}, best {summary.get(f'max_{gen}', math.nan):.3f}, "
+                  + (f"reaches 0.8 at step {cross}" if cross is not None else "never reaches 0.8")),
+            ("early stopping", f"{gen} {summary[key]:.3f} where {id_} first peaks (step "
+                               f"{summary[f'early_stop_step_{gen}']}) vs {summary.get(f'final_{gen}', math.nan):.3f} at the end"),
+        ]
+    return lines
 
 
 def check_outcome(summary: dict, outcome: dict) -> list[str]:

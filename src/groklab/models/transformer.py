@@ -89,6 +89,49 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.w, self.b, eps=1e-5))
 
 
+class Dropout(nn.Module):
+    """nn.Dropout with a cheaper mask on CPU, where torch's bernoulli_ costs ~40% of a small LM's step:
+    15 random bits per element, four elements per 63-bit draw of the global generator (so seeded and
+    resumable like torch's); an element is dropped with probability round(p * 2^15) / 2^15 (within
+    2e-5 of p) and the kept ones are scaled to keep the expectation. On CUDA: F.dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n, cut = x.numel(), round(self.p * 32768)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
+        return x * ((bits & 0x7FFF) >= cut) * (32768 / (32768 - cut))
+
+
+class KVCache:
+    """Keys and values of every position fed so far, per layer: feed a sequence in pieces,
+    `model(piece, cache=cache)`, and get the logits feeding it whole would give (greedy decoding)."""
+
+    def __init__(self, n_layers: int):
+        self.layers: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.layers[0] is None else self.layers[0][0].shape[1]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' k, v (batch, pos, head, d_head); return every position's."""
+        if self.layers[layer] is not None:
+            k, v = (torch.cat(pair, 1) for pair in zip(self.layers[layer], (k, v)))
+        self.layers[layer] = (k, v)
+        return k, v
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (finished sequences leave the batch)."""
+        self.layers = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.layers]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -97,27 +140,31 @@ class Attention(nn.Module):
         self.W_O = _param(H, E, D)
         on = "attn" in cfg.biases
         self.b_Q, self.b_K, self.b_V, self.b_O = _bias(on, H, E), _bias(on, H, E), _bias(on, H, E), _bias(on, D)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, q: slice, tokens: Optional[torch.Tensor] = None,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                key_mask: Optional[torch.Tensor] = None, kv: Optional[tuple[KVCache, int]] = None) -> torch.Tensor:
         """x (batch, pos, d_model) -> the output at the query positions x[:, q]: (batch, n_q, d_model).
 
         With `tokens` (batch, pos), x is instead the table (pos, d_vocab, d_model) of the input for
         every (position, token) pair; the input at (b, p) is x[p, tokens[b, p]] (see `_from_table`).
         key_mask (batch, pos, pos) bool, True: that query may not attend to that key (plain path only).
+        kv = (cache, layer): x continues the cached positions, whose keys and values are attended too.
         """
         n_pos = (x if tokens is None else tokens).shape[1]
-        positions = torch.arange(n_pos, device=x.device)
-        future = positions > positions[q][:, None]  # (q, pos): the causal mask
         if tokens is not None:
-            return self._from_table(x, q, tokens, future)
-        blocked = future if key_mask is None else future | key_mask[:, None, q]  # (q, pos) or (batch, 1, q, pos)
+            positions = torch.arange(n_pos, device=x.device)
+            return self._from_table(x, q, tokens, positions > positions[q][:, None])
         q_, k, v = (self.hook_q(self._project(x[:, q], self.W_Q, self.b_Q)),  # (batch, q, head, d_head)
                     self.hook_k(self._project(x, self.W_K, self.b_K)),        # (batch, pos, head, d_head)
                     self.hook_v(self._project(x, self.W_V, self.b_V)))
+        if kv is not None:
+            k, v = kv[0].extend(kv[1], k, v)  # (batch, past + pos, head, d_head)
+        positions = torch.arange(k.shape[1], device=x.device)
+        future = positions > positions[k.shape[1] - n_pos:][q][:, None]  # (q, keys): the causal mask
+        blocked = future if key_mask is None else future | key_mask[:, None, q]  # (q, pos) or (batch, 1, q, pos)
         scores = torch.einsum("bqhe,bkhe->bhqk", q_, k) / math.sqrt(q_.shape[-1])   # (batch, head, q, pos)
         pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(blocked, -torch.inf)), -1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", self.dropout(pattern), v))  # (batch, q, head, d_head)
@@ -152,7 +199,7 @@ class MLP(nn.Module):
         on = "mlp" in cfg.biases
         self.b_in, self.b_out = _bias(on, cfg.d_mlp), _bias(on, cfg.d_model)
         self.act = {"relu": F.relu, "gelu": F.gelu}[cfg.act]
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,19 +213,19 @@ class Block(nn.Module):
         self.norm = cfg.normalization
         norm = lambda: LayerNorm(cfg.d_model) if self.norm != "none" else nn.Identity()  # noqa: E731
         self.ln1, self.attn, self.ln2, self.mlp = norm(), Attention(cfg), norm(), MLP(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(self, x: Optional[torch.Tensor], q: slice, table: Optional[tuple] = None,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                key_mask: Optional[torch.Tensor] = None, kv: Optional[tuple[KVCache, int]] = None) -> torch.Tensor:
         """x (batch, pos, d_model) -> (batch, n_q, d_model) at positions x[:, q].
         Or x=None and `table` = (tokens, X) with X (pos, d_vocab, d_model): the input at (b, p) is
-        X[p, tokens[b, p]], used in table form (see module doc). key_mask: see `Transformer.forward`."""
+        X[p, tokens[b, p]], used in table form (see module doc). key_mask, kv: see `Transformer.forward`."""
         pre = self.norm == "pre"
         if table is None:
             x = self.hook_resid_pre(x)
-            attn_out, resid = self.attn(self.ln1(x) if pre else x, q, key_mask=key_mask), x[:, q]
+            attn_out, resid = self.attn(self.ln1(x) if pre else x, q, key_mask=key_mask, kv=kv), x[:, q]
         else:
             tokens, X = table
             attn_out = self.attn(self.ln1(X) if pre else X, q, tokens)
@@ -208,36 +255,46 @@ class Transformer(nn.Module):
         self.unembed = nn.Module()
         self.unembed.W_U = _param(cfg.d_model, cfg.n_outputs)
         self.unembed.b_U = _bias("unembed" in cfg.biases, cfg.n_outputs)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self._hooked = 0
         init_weights(self, torch.Generator().manual_seed(seed))
 
     def forward(self, tokens: torch.Tensor, at: Union[int, slice, None] = None,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                key_mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None) -> torch.Tensor:
         """tokens (batch, pos) -> logits (batch, pos, d_vocab_out); with an int `at`, the logits at
         that position only (batch, d_vocab_out); with a slice, at those positions.
 
         key_mask: bool (batch, pos_q, pos_k), or (batch, pos_k) for every query; True = that query may
         NOT attend to that key, at every layer, on top of the causal mask (tree projections block the
-        keys outside a span). Each query must keep a key (e.g. SOS). Runs the plain path (no tables)."""
-        n_pos = tokens.shape[1]
+        keys outside a span). Each query must keep a key (e.g. SOS). Runs the plain path (no tables).
+
+        cache: tokens continue the sequences whose keys and values it holds (positions cache.length on),
+        and their own are added to it (`KVCache`; plain path, no key_mask)."""
+        n_pos, start = tokens.shape[1], 0 if cache is None else cache.length
+        if cache is not None and key_mask is not None:
+            raise ValueError("key_mask and cache cannot be combined")
         if key_mask is not None:
             key_mask = key_mask[:, None].expand(-1, n_pos, -1) if key_mask.ndim == 2 else key_mask  # (batch, pos, pos)
         q = slice(at, at + 1 or None) if isinstance(at, int) else at or slice(None)
-        W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[:n_pos]
+        W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[start:start + n_pos]
         x, table = None, None
         if self.cfg.embed_scale:
             W_E = W_E * math.sqrt(self.cfg.d_model)
-        tabulate = key_mask is None and len(W_E) <= len(tokens) and n_pos * len(W_E) <= 1024
+        tabulate = key_mask is None and cache is None and len(W_E) <= len(tokens) and n_pos * len(W_E) <= 1024
         if tabulate and not self._hooked and not (self.training and self.cfg.dropout):
             table = (tokens, W_pos[:, None] + W_E[None])  # X: (pos, d_vocab, d_model), every (position, token) input
         else:
             x = self.dropout(self.hook_embed(F.embedding(tokens, W_E)) + self.hook_pos_embed(W_pos))  # (batch, pos, d_model)
         for i, block in enumerate(self.blocks):
-            x = block(x, q if i == len(self.blocks) - 1 else slice(None), table if i == 0 else None, key_mask)
+            x = block(x, q if i == len(self.blocks) - 1 else slice(None), table if i == 0 else None, key_mask,
+                      None if cache is None else (cache, i))
         logits = F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)  # (batch, q, d_vocab_out)
         return logits[:, 0] if isinstance(at, int) else logits
+
+    def new_cache(self) -> KVCache:
+        """An empty key-value cache for `forward(..., cache=)` (incremental decoding)."""
+        return KVCache(len(self.blocks))
 
     @contextlib.contextmanager
     def hooks(self, fns: dict[str, Callable[[torch.Tensor], Optional[torch.Tensor]]]) -> Iterator[None]:

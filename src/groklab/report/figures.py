@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from groklab.dynamics.summary import is_structural, structural_headline
 from groklab.errors import ConfigError
 from groklab.measures import component_norms, fourier_basis, frequency_fve, frequency_norms
 from groklab.store import Run
@@ -116,6 +117,51 @@ def measure_figures(runs: list[Run]) -> list[Figure]:
                "component norms of W_E and W_L measure how sparse the embedding and the neuron-logit map are in the "
                "Fourier basis." + used)
     return [Figure("measures", "Progress measures (Nanda et al. 2023)", caption, panels)]
+
+
+STRUCTURAL_PANELS = [
+    ("tree-structuredness", "score", False,
+     [("t_score", "t-score", False), ("parseval", "PARSEVAL F1 vs gold", False),
+      ("parseval_right_branching", "PARSEVAL F1, right-branching", True)]),
+    ("weight norm", "L2 norm", False, [("weight_norm", "all weights", False), ("weight_norm_per_layer", "per layer", True)]),
+    ("attention entropy", "nats", False, [("attention_entropy", "mean over heads and positions", False)]),
+]
+
+
+def structural_figures(runs: list[Run]) -> list[Figure]:
+    """Structural grokking (Murty et al. 2023): each task metric on the in-distribution (solid) and
+    generalization (dashed) sets, and the tree-projection, weight-norm and attention measures."""
+    single = len(runs) == 1
+    metrics = sorted({c[len("gen_"):] for run in runs for c in run.metrics.columns  # gen_X with an id_X
+                      if c.startswith("gen_") and f"id_{c[len('gen_'):]}" in run.metrics})
+    panels = []
+    for metric in metrics:
+        panel = Panel(metric.replace("_", " "), ylabel="accuracy")
+        for i, run in enumerate(runs):
+            label, color = ("", None) if single else (f"{run_label(run)}: ", PALETTE[i % len(PALETTE)])
+            for split, dash in (("id", False), ("gen", True)):
+                column = f"{split}_{metric}"
+                if column in run.metrics and run.metrics[column].notna().any():
+                    rows = run.metrics.dropna(subset=[column])
+                    panel.traces.append(Trace(f"{label}{split}", rows["step"], rows[column], dash=dash, color=color))
+        panels.append(panel)
+    for title, ylabel, logy, columns in STRUCTURAL_PANELS:
+        panel = Panel(title, ylabel=ylabel, logy=logy)
+        for i, run in enumerate(runs):
+            for column, name, dash in columns:
+                if column in run.metrics and run.metrics[column].notna().any():
+                    rows = run.metrics.dropna(subset=[column])
+                    panel.traces.append(Trace(name if single else f"{run_label(run)}: {name}", rows["step"], rows[column],
+                                              dash=dash, color=None if single else PALETTE[i % len(PALETTE)]))
+        if panel.traces:
+            panels.append(panel)
+    if not panels:
+        return []
+    caption = ("Each task metric on the in-distribution set (solid) and the generalization set (dashed), whose items "
+               "only the hierarchical rule explains: structural grokking is the dashed curve rising long after the "
+               "solid one saturates. Tree-structuredness: t-score (higher: more tree-like) and PARSEVAL F1 of the "
+               "induced trees against gold parses, beside the right-branching baseline.")
+    return [Figure("structural", "Structural grokking (Murty et al. 2023)", caption, panels)]
 
 
 def fourier_figures(run: Run) -> list[Figure]:
@@ -222,9 +268,13 @@ def header(run: Run) -> dict:
     elif status == "running":
         banner = f"This run is in progress (step {int(m['step'].iloc[-1])} of {train.max_steps}); the report shows it so far."
     grok = summary.get("step_test_acc_99")
-    verdict = (f"grokked: test accuracy reached 99% at step {grok}"
-               + (f" ({summary['elapsed_s_test_acc_99']:.0f} s)" if summary.get("elapsed_s_test_acc_99") is not None else "")
-               if grok is not None else f"did not grok: best test accuracy {m['test_acc'].max():.3f}")
+    structural = structural_headline(summary) if is_structural(summary) else []
+    if structural:  # an LM scored on in-distribution / generalization sets: their metrics, no phases
+        verdict = "; ".join(f"{k}: {v}" for k, v in structural if k.startswith("gen_"))
+    else:
+        verdict = (f"grokked: test accuracy reached 99% at step {grok}"
+                   + (f" ({summary['elapsed_s_test_acc_99']:.0f} s)" if summary.get("elapsed_s_test_acc_99") is not None else "")
+                   if grok is not None else f"did not grok: best test accuracy {m['test_acc'].max():.3f}")
     phases = [(name, summary.get(f"{key}_end")) for name, key in
               (("memorization", "memorization"), ("circuit formation", "circuit_formation"), ("cleanup", "cleanup"))]
     return {
@@ -237,10 +287,11 @@ def header(run: Run) -> dict:
                           f"warmup {train.warmup_steps} steps, batch {train.batch_size}, {train.loss_dtype} loss"),
             ("source", cfg.source or "(no preset source)"),
             ("expected", cfg.expected or "(not stated)"),
-            ("train acc >= 99%", f"step {summary.get('step_train_acc_99')}"),
             ("steps", f"{int(m['step'].iloc[-1])} of {train.max_steps}, {summary.get('elapsed_s', float('nan')):.0f} s "
                       f"({summary.get('steps_per_s')} steps/s)"),
+        ] + (structural or [
+            ("train acc >= 99%", f"step {summary.get('step_train_acc_99')}"),
             ("phases", ", ".join(f"{n} ends at step {s}" if s is not None else f"no {n}" for n, s in phases)
              + (f" ({summary['phase_note']})" if summary.get("phase_note") else "")),
-        ],
+        ]),
     }

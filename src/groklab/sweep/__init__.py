@@ -27,6 +27,7 @@ import yaml
 
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_times
+from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
 from groklab.experiment import resolve
 from groklab.store import Run, SweepDir
@@ -171,7 +172,8 @@ def sweep_table(sweep_dir: SweepDir, threshold: Optional[float] = None,
                 row.update(converged=bool(c["converged"]), convergence_step=int(c["step"]), censored=bool(c["censored"]),
                            step_train_acc_99=s.get("step_train_acc_99"), step_test_acc_99=s.get("step_test_acc_99"),
                            **{f"final_{k}": s.get(f"final_{k}") for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
-                           **{k: v for k, v in s.items() if k.startswith(("final_id_", "final_gen_", "max_id_", "max_gen_"))},
+                           **{k: v for k, v in s.items() if k.startswith(("final_id_", "final_gen_", "max_id_", "max_gen_"))
+                              or k[len("final_"):] in STRUCTURAL_MEASURES},
                            last_step=s.get("last_step"), elapsed_s=s.get("elapsed_s"))
             row["error"] = failed.get(key, "") if row["status"] not in DONE or key in failed else ""
             rows.append(row)
@@ -191,7 +193,7 @@ def _same_type(value, like):
 def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0.8) -> pd.DataFrame:
     """Per point of the grid: runs, and for every held-out task metric (max_gen_* in the table) the
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
-    al.'s depth sweeps: the inverted U)."""
+    al.'s depth sweeps: the inverted U); and the final t-score and PARSEVAL mean and SD where measured."""
     metrics = [c[len("max_"):] for c in table.columns if c.startswith("max_gen_")]
     rows = []
     for point, group in table.groupby(list(grid_keys), sort=True) if grid_keys else [((), table)]:
@@ -202,5 +204,9 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
             row[f"{m}_crossed_{cross:g}"] = float((done >= cross).mean()) if len(done) else float("nan")
             row[f"{m}_final_mean"] = float(group[f"final_{m}"].mean())
             row[f"{m}_final_sd"] = float(group[f"final_{m}"].std())
+        for m in ("t_score", "parseval"):
+            if f"final_{m}" in group:
+                row[f"{m}_final_mean"] = float(group[f"final_{m}"].mean())
+                row[f"{m}_final_sd"] = float(group[f"final_{m}"].std())
         rows.append(row)
     return pd.DataFrame(rows)

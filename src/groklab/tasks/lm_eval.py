@@ -86,18 +86,22 @@ def pad_batch(seqs: Sequence[Sequence[int]], length: Optional[int] = None) -> tu
 def model_logits_fn(model: torch.nn.Module) -> LogitsFn:
     """A logits_fn for a model whose forward maps tokens (batch, pos) to logits (batch, pos, vocab), e.g.
     groklab's Transformer: each call runs it in eval mode (restoring its mode after) under no_grad, on the
-    model's device."""
+    model's device. If the model has `new_cache()` and its forward takes `cache=` (a KV cache, as groklab's
+    Transformer), the function has `new_cache` too and takes `cache=`: `greedy_decode` then feeds each new
+    token once instead of recomputing the prefix."""
     device = next(model.parameters()).device
 
-    def logits_fn(tokens: torch.Tensor) -> torch.Tensor:
+    def logits_fn(tokens: torch.Tensor, cache=None) -> torch.Tensor:
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                return model(tokens.to(device))
+                return model(tokens.to(device)) if cache is None else model(tokens.to(device), cache=cache)
         finally:
             model.train(was_training)
 
+    if callable(getattr(model, "new_cache", None)):
+        logits_fn.new_cache = model.new_cache
     return logits_fn
 
 
@@ -225,36 +229,68 @@ def greedy_decode(logits_fn: LogitsFn, vocab: Sequence[str], prefixes: Sequence[
 
     Batched and exact: prefixes are batched by length, each item keeps its own write position, and the next
     token of an item is read at its own last position, so items of different lengths decode together as
-    they would alone (causal model, right padding). Finished items leave the batch. There is no KV cache
-    (the model has none): every step recomputes the whole prefix, max_new passes per batch at most.
-    logits_fn must accept len(prefix) + max_new tokens (SOS included, the last new token is never fed).
+    they would alone (causal model, right padding). With a KV cache (`logits_fn.new_cache`, see
+    `model_logits_fn`) each column is fed once: the batch's shortest prefix at once, then one column per
+    step, a longer prefix's own tokens until it ends; finished items leave the batch. Without one every step
+    recomputes the whole prefix. logits_fn must accept len(prefix) + max_new tokens (SOS included, the last
+    new token is never fed).
     """
-    eos = len(vocab) - 2
     encoded = [encode(vocab, p) for p in prefixes]
     out: list[tuple[str, ...]] = [()] * len(encoded)
+    decode = _decode_cached if callable(getattr(logits_fn, "new_cache", None)) else _decode_uncached
     with torch.no_grad():
         for batch in _length_batches([len(e) for e in encoded], batch_size):
             tokens, lengths = pad_batch([encoded[i] for i in batch], max(len(encoded[i]) for i in batch) + max_new)
-            pos = lengths.clone()                       # (batch,) where each item's next token goes
-            active = torch.ones(len(batch), dtype=torch.bool)
-            for _ in range(max_new):
-                rows = active.nonzero().squeeze(1)      # (active,)
-                if not len(rows):
-                    break
-                width = int(pos[rows].max())
-                logits = logits_fn(tokens[rows, :width])  # (active, width, vocab)
-                dev = logits.device
-                last = (pos[rows] - 1).to(dev)
-                nxt = logits[torch.arange(len(rows), device=dev), last].argmax(-1).cpu()  # (active,)
-                tokens[rows, pos[rows]] = nxt
-                pos[rows] += 1
-                active[rows] = nxt != eos
+            end = decode(logits_fn, tokens, lengths, max_new, eos=len(vocab) - 2) if max_new else lengths
             for r, i in enumerate(batch):
-                new = tokens[r, int(lengths[r]): int(pos[r])].tolist()
-                if new and new[-1] == eos:
+                new = tokens[r, int(lengths[r]): int(end[r])].tolist()
+                if new and new[-1] == len(vocab) - 2:
                     new = new[:-1]
                 out[i] = tuple(vocab[t] for t in new)
     return out
+
+
+def _decode_uncached(logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.Tensor, max_new: int,
+                     eos: int) -> torch.Tensor:
+    """Write the greedy continuations into tokens (batch, width) after each item's length; return where
+    each ends (batch,). Every step feeds the whole prefix of the items still going."""
+    pos = lengths.clone()                       # (batch,) where each item's next token goes
+    active = torch.ones(len(tokens), dtype=torch.bool)
+    for _ in range(max_new):
+        rows = active.nonzero().squeeze(1)      # (active,)
+        if not len(rows):
+            break
+        logits = logits_fn(tokens[rows, :int(pos[rows].max())])  # (active, width, vocab)
+        dev = logits.device
+        nxt = logits[torch.arange(len(rows), device=dev), (pos[rows] - 1).to(dev)].argmax(-1).cpu()  # (active,)
+        tokens[rows, pos[rows]] = nxt
+        pos[rows] += 1
+        active[rows] = nxt != eos
+    return pos
+
+
+def _decode_cached(logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.Tensor, max_new: int,
+                   eos: int) -> torch.Tensor:
+    """`_decode_uncached` with a KV cache: column t is fed once, for every item still going; an item whose
+    prefix is longer than t feeds its own token there and ignores the prediction."""
+    cache, t = logits_fn.new_cache(), int(lengths.min())
+    end = lengths.clone()                         # (batch,) where each item's continuation ends so far
+    rows = torch.arange(len(tokens))              # the items still going, in the cache's row order
+    logits = logits_fn(tokens[:, :t], cache=cache)[:, -1]  # (batch, vocab): the predictions for column t
+    while True:
+        nxt = logits.argmax(-1).cpu()             # (rows,)
+        writing = t >= lengths[rows]              # past its prefix: column t is the model's token
+        tokens[rows[writing], t] = nxt[writing]
+        end[rows[writing]] = t + 1
+        done = writing & ((nxt == eos) | (t + 1 - lengths[rows] >= max_new))
+        if done.all():
+            return end
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)
+            cache.keep(keep.to(logits.device))
+            rows = rows[keep]
+        logits = logits_fn(tokens[rows, t:t + 1], cache=cache)[:, -1]
+        t += 1
 
 
 def qf_aux_rank_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[ItemLike], batch_size: int = 64,
