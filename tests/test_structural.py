@@ -8,6 +8,7 @@ import torch
 from groklab.config import load_preset
 from groklab.experiment import resolve, run
 from groklab.models import build_model
+from groklab.store import Run
 from groklab.tasks import IGNORE, build_task
 from groklab.config import TaskConfig
 
@@ -117,3 +118,28 @@ def test_tiny_run_is_reproducible_and_resumable(tiny_qf, tmp_path):
 
     remeasured = measure(again.path).metrics
     pd.testing.assert_frame_equal(remeasured[cols], again.metrics[cols], check_exact=False, rtol=1e-6)
+
+
+def test_depth_sweep_of_a_structural_preset(tmp_path):
+    """`groklab sweep structural-qf-lab --depths ...`: one run per depth and seed, each its own depth, and
+    a per-depth summary of the generalization metrics and t-score (Murty et al.'s inverted U)."""
+    from conftest import groklab_cli
+
+    small = [f"--set=task.{k}={v}" for k, v in SMALL.items()]
+    out = tmp_path / "depths"
+    result = groklab_cli("sweep", "structural-qf-lab", *small, "--set", "train.max_steps=10", "--set", "train.eval_every=10",
+                         "--set", "train.checkpoint_every=10", "--set", "measures.every=10", "--set", "model.d_model=16",
+                         "--set", "model.d_head=4", "--set", "model.d_mlp=32", "--depths", "1,2", "--seeds", "0-1",
+                         "--workers", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out / "table.csv")
+    assert sorted(zip(table["model.n_layers"], table["seed"])) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert (table["status"] == "finished").all() and table["final_t_score"].notna().all()
+    for depth in (1, 2):
+        assert Run(out / "runs" / f"model.n_layers={depth}" / "seed_0000").config.model.n_layers == depth
+    lines = result.stdout.splitlines()
+    header = lines[lines.index("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):") + 1]
+    for column in ("model.n_layers", "gen_first_word_acc_crossed_0.8", "gen_first_word_acc_final_mean",
+                   "t_score_final_mean"):
+        assert column in header
+    assert "converged (test acc" not in result.stdout  # token-level test accuracy is not the headline here

@@ -187,25 +187,29 @@ def show(run_dir: str) -> None:
 
 
 def _print_sweep(sweep_dir) -> None:
-    """The sweep table: one line per seed, then how many converged and when."""
-    from groklab.sweep import sweep_table
-
-    from groklab.sweep import grid_summary
+    """The sweep table: one line per run, then how many converged and when; for held-out task metrics
+    (structural grokking) their best and final values and the per-point summary instead."""
+    from groklab.sweep import grid_summary, sweep_table
 
     table = sweep_table(sweep_dir)
     sweep_dir.write_table(table)
     grid = list(sweep_dir.points[0])
+    structural = any(c.startswith("max_gen_") for c in table)
     click.echo(f"sweep {sweep_dir.path}: {len(table)} runs; table: {sweep_dir.path / 'table.csv'}")
-    cols = [c for c in (*grid, "seed", "status", "converged", "convergence_step", "step_train_acc_99", "final_train_acc",
-                        "final_test_acc", *[c for c in table if c.startswith("final_gen_")], "elapsed_s") if c in table]
-    click.echo(table[cols].to_string(index=False, na_rep="-"))
-    if "converged" in table and table["converged"].notna().any():
+    if structural:
+        cols = [*grid, "seed", "status", *[c for c in table if c.startswith(("final_id_", "max_gen_", "final_gen_"))
+                                           and not c.endswith(("_loss", "_acc"))], "final_t_score", "elapsed_s"]
+    else:
+        cols = [*grid, "seed", "status", "converged", "convergence_step", "step_train_acc_99", "final_train_acc",
+                "final_test_acc", "elapsed_s"]
+    click.echo(table[[c for c in cols if c in table]].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}"))
+    if not structural and "converged" in table and table["converged"].notna().any():
         done = table[table["converged"] == True]  # noqa: E712
         steps = done["convergence_step"]
         click.echo(f"converged (test acc >= {table.attrs['threshold']}): {len(done)} of {len(table)}"
                    + (f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
                       if len(done) > 1 else ""))
-    if grid or any(c.startswith("max_gen_") for c in table):
+    if grid or structural:
         click.echo("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):")
         click.echo(grid_summary(table, grid).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 

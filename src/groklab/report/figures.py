@@ -92,22 +92,29 @@ MEASURE_PANELS = [
 ]
 
 
+def _column_panel(runs: list[Run], title: str, ylabel: str, logy: bool, columns: list[tuple[str, str, bool]],
+                  skip_overlaid: tuple[str, ...] = ()) -> Panel:
+    """A panel of metric columns (column, trace name, dashed) where the runs have them: one run's in
+    the default colours, several runs' one colour per run (without the `skip_overlaid` columns)."""
+    single = len(runs) == 1
+    panel = Panel(title, ylabel=ylabel, logy=logy)
+    for i, run in enumerate(runs):
+        m = run.metrics
+        for column, name, dash in columns:
+            if column in m and m[column].notna().any() and (single or column not in skip_overlaid):
+                rows = m.dropna(subset=[column])
+                panel.traces.append(Trace(name if single else f"{run_label(run)}: {name}", rows["step"], rows[column],
+                                          dash=dash, color=None if single else PALETTE[i % len(PALETTE)]))
+    return panel
+
+
 def measure_figures(runs: list[Run]) -> list[Figure]:
     """Nanda et al.'s progress measures over training, where the metrics have them."""
     single = len(runs) == 1
-    panels = []
-    for title, ylabel, logy, columns in MEASURE_PANELS:
-        panel = Panel(title, ylabel=ylabel, logy=logy)
-        for i, run in enumerate(runs):
-            m = run.metrics
-            for column, name, dash in columns:
-                if column in m and m[column].notna().any() and (single or not column.endswith(("train_loss", "test_loss"))):
-                    rows = m.dropna(subset=[column])
-                    panel.traces.append(Trace(name if single else f"{run_label(run)}: {name}", rows["step"], rows[column],
-                                              dash=dash, color=None if single else PALETTE[i % len(PALETTE)]))
-        if panel.traces:
-            panel.bands = phase_bands(runs[0].summary, 0) if single else []
-            panels.append(panel)
+    panels = [_column_panel(runs, *spec, skip_overlaid=("train_loss", "test_loss")) for spec in MEASURE_PANELS]
+    panels = [p for p in panels if p.traces]
+    for panel in panels:
+        panel.bands = phase_bands(runs[0].summary, 0) if single else []
     if not panels:
         return []
     freqs = runs[0].metrics.get("key_freqs")
@@ -131,30 +138,11 @@ STRUCTURAL_PANELS = [
 def structural_figures(runs: list[Run]) -> list[Figure]:
     """Structural grokking (Murty et al. 2023): each task metric on the in-distribution (solid) and
     generalization (dashed) sets, and the tree-projection, weight-norm and attention measures."""
-    single = len(runs) == 1
     metrics = sorted({c[len("gen_"):] for run in runs for c in run.metrics.columns  # gen_X with an id_X
                       if c.startswith("gen_") and f"id_{c[len('gen_'):]}" in run.metrics})
-    panels = []
-    for metric in metrics:
-        panel = Panel(metric.replace("_", " "), ylabel="accuracy")
-        for i, run in enumerate(runs):
-            label, color = ("", None) if single else (f"{run_label(run)}: ", PALETTE[i % len(PALETTE)])
-            for split, dash in (("id", False), ("gen", True)):
-                column = f"{split}_{metric}"
-                if column in run.metrics and run.metrics[column].notna().any():
-                    rows = run.metrics.dropna(subset=[column])
-                    panel.traces.append(Trace(f"{label}{split}", rows["step"], rows[column], dash=dash, color=color))
-        panels.append(panel)
-    for title, ylabel, logy, columns in STRUCTURAL_PANELS:
-        panel = Panel(title, ylabel=ylabel, logy=logy)
-        for i, run in enumerate(runs):
-            for column, name, dash in columns:
-                if column in run.metrics and run.metrics[column].notna().any():
-                    rows = run.metrics.dropna(subset=[column])
-                    panel.traces.append(Trace(name if single else f"{run_label(run)}: {name}", rows["step"], rows[column],
-                                              dash=dash, color=None if single else PALETTE[i % len(PALETTE)]))
-        if panel.traces:
-            panels.append(panel)
+    panels = [_column_panel(runs, metric.replace("_", " "), "accuracy", False,
+                            [(f"id_{metric}", "id", False), (f"gen_{metric}", "gen", True)]) for metric in metrics]
+    panels += [p for p in (_column_panel(runs, *spec) for spec in STRUCTURAL_PANELS) if p.traces]
     if not panels:
         return []
     caption = ("Each task metric on the in-distribution set (solid) and the generalization set (dashed), whose items "

@@ -193,12 +193,14 @@ def _same_type(value, like):
 def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0.8) -> pd.DataFrame:
     """Per point of the grid: runs, and for every held-out task metric (max_gen_* in the table) the
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
-    al.'s depth sweeps: the inverted U); and the final t-score and PARSEVAL mean and SD where measured."""
+    al.'s depth sweeps: the inverted U); and the final t-score and PARSEVAL mean and SD where measured.
+    Only runs that ended (finished, early-stopped, diverged) count."""
     metrics = [c[len("max_"):] for c in table.columns if c.startswith("max_gen_")]
     rows = []
     for point, group in table.groupby(list(grid_keys), sort=True) if grid_keys else [((), table)]:
         row = dict(zip(grid_keys, point if isinstance(point, tuple) else (point,)))
         row["runs"] = int(group["status"].isin(DONE).sum())
+        group = group[group["status"].isin(DONE)]  # runs still going (or never started) do not count yet
         for m in metrics:
             done = group[f"max_{m}"].dropna()
             row[f"{m}_crossed_{cross:g}"] = float((done >= cross).mean()) if len(done) else float("nan")
