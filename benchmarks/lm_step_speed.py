@@ -1,9 +1,10 @@
 """Training-step time of the structural-grokking lab model with groklab's CPU dropout beside torch's.
 
-The structural-qf-lab preset (4 layers, d_model 64, batch 32, dropout 0.1 in five places per block) on
-CPU: torch's `F.dropout` draws each mask element with `bernoulli_`, which took ~40% of this model's step
-on the 2-core machine; `groklab.models.transformer.Dropout` draws 15 bits per element from 63-bit draws
-of the same generator. Times --steps training steps with each (same model, data and seed), after
+The structural-qf-lab preset (6 layers since this session; 4 when measured for the README; d_model 64,
+batch 32, dropout 0.1 in five places per block) on CPU: torch's `F.dropout` draws each mask element with
+`bernoulli_`, the largest item of this model's step in torch.profiler (39% of self CPU time, profiler
+overhead included) on the 2-core machine; `groklab.models.transformer.Dropout` draws 15 bits per
+element from 63-bit draws of the same generator. Times --steps training steps with each (same model, data and seed), after
 --warmup steps, and prints ms/step and the ratio. Nothing is asserted.
 
     python benchmarks/lm_step_speed.py [--preset structural-qf-lab] [--steps 200] [--warmup 20] [--threads N]

@@ -137,9 +137,8 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
     assert (table["status"] == "finished").all() and table["final_t_score"].notna().all()
     for depth in (1, 2):
         assert Run(out / "runs" / f"model.n_layers={depth}" / "seed_0000").config.model.n_layers == depth
-    lines = result.stdout.splitlines()
-    header = lines[lines.index("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):") + 1]
+    per_point = result.stdout.split("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):")[1]
     for column in ("model.n_layers", "gen_first_word_acc_crossed_0.8", "gen_first_word_acc_final_mean",
                    "t_score_final_mean"):
-        assert column in header
+        assert column in per_point
     assert "converged (test acc" not in result.stdout  # token-level test accuracy is not the headline here

@@ -213,11 +213,12 @@ def test_grid_summary_counts_seeds_that_cross():
     from groklab.sweep import grid_summary
 
     table = pd.DataFrame({"model.n_layers": [2, 2, 4, 4, 4], "seed": [0, 1, 0, 1, 2], "status": ["finished"] * 4 + ["killed"],
-                          "max_gen_acc": [0.5, 0.85, 0.9, 0.95, 0.1], "final_gen_acc": [0.4, 0.7, 0.9, 0.8, 0.1],
-                          "final_t_score": [0.2, 0.4, 0.5, 0.7, 0.0]})  # a killed run does not count
+                          "max_gen_first_word_acc": [0.5, 0.85, 0.9, 0.95, 0.1], "final_gen_first_word_acc": [0.4, 0.7, 0.9, 0.8, 0.1],
+                          "final_t_score": [0.2, 0.4, 0.5, 0.7, 0.0],  # a killed run does not count
+                          "max_gen_loss": [1.0] * 5, "final_gen_loss": [1.0] * 5})  # token-level: not summarized
     summary = grid_summary(table, ["model.n_layers"]).set_index("model.n_layers")
-    assert summary.loc[4, "runs"] == 2
+    assert summary.loc[4, "runs"] == 2 and not any("gen_loss" in c for c in summary)
     assert summary.loc[4, "t_score_final_mean"] == pytest.approx(0.6) and "parseval_final_mean" not in summary
-    assert summary.loc[2, "gen_acc_crossed_0.8"] == 0.5 and summary.loc[4, "gen_acc_crossed_0.8"] == 1.0
-    assert summary.loc[4, "gen_acc_final_mean"] == pytest.approx(0.85)
-    assert summary.loc[2, "gen_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())
+    assert summary.loc[2, "gen_first_word_acc_crossed_0.8"] == 0.5 and summary.loc[4, "gen_first_word_acc_crossed_0.8"] == 1.0
+    assert summary.loc[4, "gen_first_word_acc_final_mean"] == pytest.approx(0.85)
+    assert summary.loc[2, "gen_first_word_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())

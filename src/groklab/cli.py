@@ -197,8 +197,9 @@ def _print_sweep(sweep_dir) -> None:
     structural = any(c.startswith("max_gen_") for c in table)
     click.echo(f"sweep {sweep_dir.path}: {len(table)} runs; table: {sweep_dir.path / 'table.csv'}")
     if structural:
+        token_level = {f"{k}_{split}_{m}" for k in ("final", "max") for split in ("id", "gen") for m in ("acc", "loss")}
         cols = [*grid, "seed", "status", *[c for c in table if c.startswith(("final_id_", "max_gen_", "final_gen_"))
-                                           and not c.endswith(("_loss", "_acc"))], "final_t_score", "elapsed_s"]
+                                           and c not in token_level], "final_t_score", "elapsed_s"]
     else:
         cols = [*grid, "seed", "status", "converged", "convergence_step", "step_train_acc_99", "final_train_acc",
                 "final_test_acc", "elapsed_s"]
@@ -211,7 +212,7 @@ def _print_sweep(sweep_dir) -> None:
                       if len(done) > 1 else ""))
     if grid or structural:
         click.echo("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):")
-        click.echo(grid_summary(table, grid).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        click.echo(grid_summary(table, grid).to_string(index=False, float_format=lambda v: f"{v:.3f}", line_width=120))
 
 
 def _print_summary(result) -> None:

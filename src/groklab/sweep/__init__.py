@@ -195,7 +195,8 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
     al.'s depth sweeps: the inverted U); and the final t-score and PARSEVAL mean and SD where measured.
     Only runs that ended (finished, early-stopped, diverged) count."""
-    metrics = [c[len("max_"):] for c in table.columns if c.startswith("max_gen_")]
+    metrics = [c[len("max_"):] for c in table.columns  # the task metrics, not the token-level gen_acc
+               if c.startswith("max_gen_") and c not in ("max_gen_acc", "max_gen_loss")]
     rows = []
     for point, group in table.groupby(list(grid_keys), sort=True) if grid_keys else [((), table)]:
         row = dict(zip(grid_keys, point if isinstance(point, tuple) else (point,)))
