@@ -207,7 +207,7 @@ def _flatten_state(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str
     for key, value in state.rng.items():
         tensors[f"rng.{key}"] = value.contiguous().cpu()
     meta = {"format": "groklab-state-1", "step": str(state.step), "elapsed_s": repr(state.elapsed_s),
-            "streak": str(state.streak), "param_groups": json.dumps(opt["param_groups"])}
+            "streak": str(state.streak), "ended": state.ended or "", "param_groups": json.dumps(opt["param_groups"])}
     return tensors, meta
 
 
@@ -225,4 +225,5 @@ def _unflatten_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> 
             index, key = rest.split(".", 1)
             opt_state.setdefault(int(index), {})[key] = value
     optimizer = {"state": opt_state, "param_groups": json.loads(meta["param_groups"])}
-    return TrainState(int(meta["step"]), model, optimizer, rng, float(meta["elapsed_s"]), int(meta["streak"]))
+    return TrainState(int(meta["step"]), model, optimizer, rng, float(meta["elapsed_s"]), int(meta["streak"]),
+                      meta.get("ended") or None)

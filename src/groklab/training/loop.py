@@ -26,7 +26,9 @@ EVAL_CHUNK = 16_384  # examples per forward pass in evaluation
 
 @dataclass
 class TrainState:
-    """Everything needed to continue a run exactly where it was."""
+    """Everything needed to continue a run exactly where it was. A state at step s is taken after
+    everything of step s is done (its update, and its evaluation row where one is due, step 0's
+    included): resuming from it continues with step s + 1."""
 
     step: int
     model: dict[str, torch.Tensor]
@@ -34,6 +36,7 @@ class TrainState:
     rng: dict[str, torch.Tensor]
     elapsed_s: float = 0.0
     streak: int = 0  # consecutive evaluations meeting the early-stop criterion
+    ended: Optional[str] = None  # "stopped_early" or "diverged" when this is the run's last state
 
 
 class Sink(Protocol):
@@ -128,6 +131,8 @@ class Trainer:
         keep_freed_memory()
         self.loss_dtype = getattr(torch, cfg.loss_dtype)
         self.step, self.elapsed_s, self.streak = 0, 0.0, 0
+        self.ended: Optional[str] = None  # why the run ended before max_steps (early stop, divergence)
+        self.started = False  # step 0 evaluated and checkpointed (a loaded state always is)
         self.rng: Optional[dict[str, torch.Tensor]] = None  # generator states to resume from
         self._epoch: tuple[int, Optional[torch.Tensor]] = (-1, None)  # (epoch, its example order)
 
@@ -137,12 +142,14 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return TrainState(self.step, {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                          self.optimizer.state_dict(), rng, self.elapsed_s, self.streak)
+                          self.optimizer.state_dict(), rng, self.elapsed_s, self.streak, self.ended)
 
     def load_state(self, state: TrainState) -> None:
+        """Continue after `state`: its step is done, step 0 included (no second step-0 evaluation)."""
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         self.step, self.elapsed_s, self.streak, self.rng = state.step, state.elapsed_s, state.streak, state.rng
+        self.ended, self.started = state.ended, True
 
     # -- the loop ----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -189,8 +196,11 @@ class Trainer:
             on_step: Optional[Callable[[int, Optional[dict]], None]] = None) -> Outcome:
         """Train until max_steps, an early stop, divergence or `should_stop()`. Evaluates at step 0, every
         eval_every steps and wherever a probe is due; checkpoints at step 0, every checkpoint_every
-        steps and at the end."""
-        cfg, fresh = self.cfg, self.step == 0
+        steps and at the end. A trainer resumed from a state picks up after it: a state taken at the
+        end of a run (early stop, divergence) ends it again at once, without training further."""
+        cfg = self.cfg
+        if self.ended is not None:
+            return Outcome(self.ended, self.step, self.elapsed_s)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if self.rng is None:
@@ -202,8 +212,9 @@ class Trainer:
             self.model.train()
             start = time.perf_counter() - self.elapsed_s
             status = None
-            if fresh:
+            if not self.started:
                 status = self._evaluate(sink, on_step)
+                self.started, self.ended = True, status
                 sink.on_checkpoint(self.state())
             while status is None and self.step < cfg.max_steps:
                 self.train_step()
@@ -212,6 +223,7 @@ class Trainer:
                     status = self._evaluate(sink, on_step)
                 elif on_step is not None:
                     on_step(self.step, None)
+                self.ended = status  # recorded in the checkpoint below: a resume must not train past it
                 if status is None and should_stop():
                     status = "interrupted"
                 if status or self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
