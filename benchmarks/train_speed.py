@@ -7,9 +7,11 @@ computed with autograd every step, labels rebuilt in Python from the pairs. Also
 of the dense MLP alone at the scored position (the part no re-association removes), the cost of
 the live progress measures relative to the training steps between two measurements, and, with
 `--grok`, runs the whole preset (live measures included) and reports the step and wall time at
-which test acc reached 99%.
+which test acc reached 99%. With `--late N`, also trains N steps (train loss near 1e-7 by ~6k) and
+times steps from that memorized state with denormals flushed to zero (groklab's training) and not
+(torch's default), interleaved: the slowdown late in training that Intel CPUs show.
 
-    python benchmarks/train_speed.py [--steps 40] [--rounds 5] [--grok]
+    python benchmarks/train_speed.py [--steps 40] [--rounds 5] [--grok] [--late 6000]
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import groklab
+from groklab import runtime
 from groklab.experiment import resolve
 from groklab.measures import make_measures
 from groklab.models import build_model
@@ -89,6 +92,44 @@ def mlp_floor(trainer):
     out.sum().backward()
 
 
+def cpu_name() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+def late_steps(n: int, steps: int, rounds: int) -> None:
+    """Step time from the canonical run's state after n steps, denormals flushed (as groklab trains) or not."""
+    prepared = resolve(groklab.load_preset("nanda-mod-add"))
+    cfg = prepared.config
+    trainer = Trainer(prepared.task, build_model(prepared.model, cfg.resolved_model_seed), cfg.train, seed=0)
+    start = time.perf_counter()
+    with runtime.denormals_flushed():
+        early = timed(trainer.train_step, 20)
+        while trainer.step < n:
+            trainer.train_step()
+    took = time.perf_counter() - start
+    with torch.no_grad():
+        loss = trainer.task.objective(trainer.task.outputs(trainer.model, trainer.task.train.inputs),
+                                      trainer.task.train.labels, torch.float64).item()
+    flushed, plain = [], []
+    for _ in range(rounds):
+        with runtime.denormals_flushed():
+            flushed.append(timed(trainer.train_step, steps))
+        plain.append(timed(trainer.train_step, steps))
+    tiny = torch.finfo(torch.float32).tiny
+    moments = [v for state in trainer.optimizer.state.values() for k, v in state.items() if k.startswith("exp_avg")]
+    denormal = sum(int(((m != 0) & (m.abs() < tiny)).sum()) for m in moments) / sum(m.numel() for m in moments)
+    f, p = statistics.median(flushed), statistics.median(plain)
+    print(f"late training (after {n} steps, {took:.0f} s, train loss {loss:.2e}; steps 0-20: {early:.1f} ms/step): "
+          f"{f:.1f} ms/step with denormals flushed, {p:.1f} ms/step without (x{p / f:.2f}); "
+          f"{denormal:.1%} of Adam's moments denormal without flushing")
+
+
 def timed(fn, steps):
     start = time.perf_counter()
     for _ in range(steps):
@@ -101,7 +142,9 @@ def main():
     parser.add_argument("--steps", type=int, default=40, help="steps per timing round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
     parser.add_argument("--grok", action="store_true", help="also run the canonical preset to test acc >= 99%%")
+    parser.add_argument("--late", type=int, default=0, metavar="N", help="also time steps after N training steps")
     args = parser.parse_args()
+    print(f"CPU: {cpu_name()}; torch threads {torch.get_num_threads()}")
 
     prepared = resolve(groklab.load_preset("nanda-mod-add"))
     cfg = prepared.config
@@ -129,6 +172,9 @@ def main():
     m = statistics.median(live)
     print(f"live measures ({', '.join(cfg.measures.names)}): {m:8.1f} ms per measurement, every {cfg.measures.every} "
           f"steps = {m / (cfg.measures.every * o):.1%} on top of the training steps")
+
+    if args.late:
+        late_steps(args.late, args.steps, args.rounds)
 
     if args.grok:
         with tempfile.TemporaryDirectory() as tmp:

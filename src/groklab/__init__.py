@@ -5,10 +5,14 @@
     run.metrics            # pandas DataFrame, one row per evaluation step
     run.model(step=5000)   # the transformer at a checkpoint
 """
-from groklab.config import RunConfig, load_config, load_preset, preset_names
-from groklab.errors import ConfigError, RunDirError, UserError
-from groklab.experiment import measure, resume, run
-from groklab.store import Run, load_run
+from groklab import runtime
+
+runtime.configure_openmp()  # before anything loads torch (and its libgomp)
+
+from groklab.config import RunConfig, load_config, load_preset, preset_names  # noqa: E402
+from groklab.errors import ConfigError, RunDirError, UserError  # noqa: E402
+from groklab.experiment import measure, resume, run  # noqa: E402
+from groklab.store import Run, load_run  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "Run", "RunConfig", "RunDirError", "UserError", "load_config", "load_preset",

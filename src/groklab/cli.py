@@ -30,8 +30,9 @@ def cli() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue the run in this directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report.html at the end.")
+@click.option("--threads", type=int, help="CPU threads (default: the CPUs this process may use; see README).")
 def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], out: Optional[str],
-        device: Optional[str], resume_dir: Optional[str], quiet: bool, no_report: bool) -> None:
+        device: Optional[str], resume_dir: Optional[str], quiet: bool, no_report: bool, threads: Optional[int]) -> None:
     """Train PRESET or FILE.yaml into a new run directory, or --resume RUN_DIR."""
     import groklab
     from groklab.config import load_config
@@ -45,13 +46,13 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
             return
         total = existing.config.train.max_steps
         with _progress(total, quiet) as on_step:
-            result = groklab.resume(resume_dir, device=device, progress=on_step, report=not no_report)
+            result = groklab.resume(resume_dir, device=device, progress=on_step, report=not no_report, threads=threads)
     else:
         if not spec:
             raise UserError("give a PRESET or FILE.yaml to run (`groklab presets` lists presets), or --resume RUN_DIR")
         config = load_config(spec, overrides, seed)
         with _progress(config.train.max_steps, quiet) as on_step:
-            result = groklab.run(config, out, device=device, progress=on_step, report=not no_report)
+            result = groklab.run(config, out, device=device, progress=on_step, report=not no_report, threads=threads)
     _print_summary(result)
     if result.dir.report_path.is_file():
         click.echo(f"report: {result.dir.report_path}")
@@ -72,16 +73,20 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
 @click.option("--grid", multiple=True, metavar="KEY.PATH=V1,V2,...",
               help="Also sweep a config field over these values (repeatable: every combination).")
 @click.option("--depths", help="Shorthand for --grid model.n_layers=D1,D2,... (e.g. 2,4,6,8,10).")
+@click.option("--threads", type=int, help="CPU threads per worker (default: the CPUs this process may use / workers).")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Runs trained together in one process as one batched model (seeds, lr, weight decay, ... may differ).")
 def sweep(spec: str, seeds: str, workers: int, overrides: tuple[str, ...], out: Optional[str], device: Optional[str],
-          threshold: float, grid: tuple[str, ...], depths: Optional[str]) -> None:
-    """Train PRESET or FILE.yaml once per seed (and grid point), in parallel worker processes; resumable."""
+          threshold: float, grid: tuple[str, ...], depths: Optional[str], threads: Optional[int], batch: int) -> None:
+    """Train PRESET or FILE.yaml once per seed (and grid point), in parallel worker processes, one run or a
+    batch of runs each; resumable."""
     from groklab.config import load_config
     from groklab.sweep import parse_grid, parse_seeds, sweep as run_sweep
 
     config = load_config(spec, overrides)
     points = parse_grid(list(grid) + ([f"model.n_layers={depths}"] if depths else []))
     result = run_sweep(config, parse_seeds(seeds), out, workers=workers, grid=points, device=device,
-                       threshold=threshold, progress=lambda line: click.echo(line, err=True))
+                       threshold=threshold, threads=threads, batch=batch, progress=lambda line: click.echo(line, err=True))
     _print_sweep(result)
 
 

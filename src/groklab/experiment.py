@@ -7,17 +7,19 @@ never touches an existing one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import pandas as pd
 import torch
 
+from groklab import runtime
 from groklab.config import MeasuresConfig, ModelConfig, RunConfig, TaskConfig, to_yaml
 from groklab.dynamics import detect_phases, phase_evidence, summarize
 from groklab.dynamics.summary import is_structural
@@ -26,10 +28,12 @@ from groklab.measures import check_measures, final_key_frequencies, make_measure
 from pydantic import BaseModel
 
 from groklab.models import build_model, model_config, resolved_params
-from groklab.store import Run, RunDir
+from groklab.store import Run, RunDir, load_states, save_states
 from groklab.tasks import Task, build_task, task_params
-from groklab.training import Outcome, Probe, Trainer, TrainState
+from groklab.training import Outcome, Population, Probe, Trainer, TrainState
+from groklab.training.population import MEMBER_HPARAMS
 
+DONE = ("finished", "stopped_early", "diverged")
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
 BASE_COLUMNS = ("step", *EVAL_COLUMNS, "elapsed_s")  # everything else in a metrics row is a measure
 Progress = Callable[[int, Optional[dict]], None]
@@ -87,24 +91,35 @@ def default_out(config: RunConfig) -> Path:
 
 
 def run(config: RunConfig, out: Union[str, Path, None] = None, *, device: Optional[str] = None,
-        progress: Optional[Progress] = None, report: bool = True) -> Run:
+        progress: Optional[Progress] = None, report: bool = True, threads: Optional[int] = None) -> Run:
     """Train `config` into a new run directory (default runs/NAME-sSEED-TIME) and return the run;
-    with `report`, end by writing RUN_DIR/report.html."""
+    with `report`, end by writing RUN_DIR/report.html. `threads`: torch's CPU threads (default: the
+    CPUs this process may use, `groklab.runtime.cpu_threads`)."""
     prepared = resolve(config, device)
+    check_threads(threads)
     run_dir = RunDir.create(Path(out) if out else default_out(config), to_yaml(prepared.config))
-    return _finish(_train(run_dir, prepared, None, progress), report)
+    return _finish(_train(run_dir, prepared, None, progress, threads), report)
 
 
 def resume(path: Union[str, Path], *, device: Optional[str] = None, progress: Optional[Progress] = None,
-           report: bool = True) -> Run:
+           report: bool = True, threads: Optional[int] = None) -> Run:
     """Continue an interrupted or killed run from its last checkpoint; a finished run is left as is.
     The finished metrics equal those of an uninterrupted run."""
     existing = Run(path)
-    if existing.summary.get("status") in ("finished", "stopped_early", "diverged"):
+    if existing.summary.get("status") in DONE:
         return existing
+    if existing.summary.get("batch") and not existing.dir.has_state():
+        raise RunDirError(f"{existing.path} is a member of the batched sweep's batch {existing.summary['batch']}; "
+                          "resume it with the same `groklab sweep` command")
     prepared = resolve(existing.config, device)
+    check_threads(threads)
     state = existing.dir.load_state() if existing.dir.has_state() else None
-    return _finish(_train(existing.dir, prepared, state, progress), report)
+    return _finish(_train(existing.dir, prepared, state, progress, threads), report)
+
+
+def check_threads(threads: Optional[int]) -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
 
 
 def _finish(run: Run, report: bool) -> Run:
@@ -116,22 +131,30 @@ def _finish(run: Run, report: bool) -> Run:
 
 
 class Recorder:
-    """The trainer's sink: appends metric rows, saves checkpoints, keeps summary.json current."""
+    """The trainer's sink: appends metric rows, saves checkpoints, keeps summary.json current. A member of a
+    batch (`batch` names it) saves its weights only and hands its resume state to `states` (the batch's)."""
 
-    def __init__(self, run_dir: RunDir, prepared: Prepared, rows: list[dict]):
-        self.run_dir, self.prepared, self.rows = run_dir, prepared, rows
+    def __init__(self, run_dir: RunDir, prepared: Prepared, rows: list[dict], batch: Optional[str] = None,
+                 states: Optional[dict[str, TrainState]] = None):
+        self.run_dir, self.prepared, self.rows, self.batch, self.states = run_dir, prepared, rows, batch, states
 
     def on_eval(self, row: dict) -> None:
         self.rows.append(row)
         self.run_dir.append_metrics(row)
 
     def on_checkpoint(self, state: TrainState) -> None:
-        self.run_dir.save_checkpoint(state)
+        if self.batch is None:
+            self.run_dir.save_checkpoint(state)
+        else:
+            self.run_dir.save_weights(state)
+            self.states[member_name(self.run_dir.path)] = state
         self.write_summary("running", state.step)
 
     def write_summary(self, status: str, step: int) -> None:
+        extra = {} if self.batch is None else {"batch": self.batch}
         write_summary(self.run_dir, self.prepared.config, self.rows, status=status, step=step,
-                      device=str(self.prepared.device), pid=os.getpid(), host=os.uname().nodename)
+                      device=str(self.prepared.device), threads=torch.get_num_threads(), pid=os.getpid(),
+                      host=os.uname().nodename, **extra)
 
 
 def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -> None:
@@ -143,26 +166,111 @@ def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -
                            **summarize(metrics), **phases, **phase_evidence(metrics, phases)})
 
 
-def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], progress: Optional[Progress]) -> Run:
+def _trainer(prepared: Prepared, state: Optional[TrainState]) -> Trainer:
     cfg = prepared.config
+    model = build_model(prepared.model, cfg.resolved_model_seed).to(prepared.device)
+    task = prepared.task.to(prepared.device)
+    probes = () if cfg.measures is None else (Probe(cfg.measures.every, make_measures(cfg.measures, task)),)
+    trainer = Trainer(task, model, cfg.train, seed=cfg.resolved_model_seed, probes=probes)
+    if state is not None:
+        trainer.load_state(state)
+    return trainer
+
+
+def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], progress: Optional[Progress],
+           threads: Optional[int] = None) -> Run:
+    runtime.set_threads(threads)
     with run_dir.lock():
         run_dir.truncate_metrics(state.step if state else -1)
-        model = build_model(prepared.model, cfg.resolved_model_seed).to(prepared.device)
-        task = prepared.task.to(prepared.device)
-        probes = () if cfg.measures is None else (Probe(cfg.measures.every, make_measures(cfg.measures, task)),)
-        trainer = Trainer(task, model, cfg.train, seed=cfg.resolved_model_seed, probes=probes)
-        if state is not None:
-            trainer.load_state(state)
+        trainer = _trainer(prepared, state)
         recorder = Recorder(run_dir, prepared, run_dir.metric_rows())
         with graceful_stop() as should_stop:
             outcome: Outcome = trainer.run(recorder, should_stop, progress)
         recorder.write_summary(outcome.status, outcome.step)
-    run = Run(run_dir.path)
+    return _final_measures(Run(run_dir.path), prepared, outcome)
+
+
+def _final_measures(run: Run, prepared: Prepared, outcome: Outcome) -> Run:
+    cfg = prepared.config
     if (cfg.measures is not None and "fourier" in cfg.measures.names and cfg.measures.key_freqs == "final"
             and outcome.status in ("finished", "stopped_early")):
         # the paper's choice: the final model's frequencies (the measures at checkpoints only are recomputed)
         measure(run.path, "final", device=str(prepared.device))
     return run
+
+
+def member_name(path: Path) -> str:
+    """A batch member's name in the batch state: its run directory's last two path parts."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def batch_key(config: RunConfig) -> str:
+    """What members of one batch must share (everything but seeds and the shape-free hyper-parameters
+    `groklab.training.population` lets differ): configs with equal keys can be batched together."""
+    data = config.model_dump(mode="json")
+    for key in ("name", "source", "expected", "outcome", "seed", "data_seed", "model_seed"):
+        data.pop(key, None)
+    for key in MEMBER_HPARAMS:
+        data["train"].pop(key, None)
+    data["model"].pop("init_scale", None)
+    return json.dumps(data, sort_keys=True)
+
+
+def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], state_path: Union[str, Path], *,
+              name: str = "batch", device: Optional[str] = None, threads: Optional[int] = None,
+              progress: Optional[Progress] = None) -> list[Run]:
+    """Train several runs together as one population (`groklab.training.population`), each into its
+    own ordinary run directory, and return them. Their configs must agree but for seeds and the
+    hyper-parameters members may differ in (`batch_key`). The batch's resume state — every member's,
+    at one step — is one file, `state_path`, written atomically at each checkpoint: calling this again
+    with the same members resumes them all from it (finished members are skipped); the finished metrics
+    equal those of an uninterrupted batch."""
+    prepared = [resolve(config, device) for config in configs]
+    if len({batch_key(p.config) for p in prepared}) > 1:
+        raise ConfigError("runs of one batch must share everything but seeds, train.lr, weight_decay, betas, eps, "
+                          "momentum and model.init_scale; batch them separately")
+    check_threads(threads)
+    runtime.set_threads(threads)
+    state_path = Path(state_path)
+    dirs = [RunDir.open(Path(p)) if (Path(p) / "config.yaml").is_file() else None for p in paths]
+    dirs = [d or RunDir.create(Path(p), to_yaml(prep.config)) for d, p, prep in zip(dirs, paths, prepared)]
+    saved = load_states(state_path) if state_path.is_file() else {}
+    names = [member_name(d.path) for d in dirs]
+    with contextlib.ExitStack() as locks:
+        for d in dirs:
+            locks.enter_context(d.lock())
+        todo = [i for i, d in enumerate(dirs) if Run(d.path).summary.get("status") not in DONE]
+        if not todo:
+            return [Run(d.path) for d in dirs]
+        states = {n: saved[n] for n in names if n in saved}
+        outcomes: dict[int, Outcome] = {}
+        for i in todo:  # ended (early stop, divergence) in the saved state, but killed before its summary
+            ended = saved.get(names[i])
+            if ended is not None and ended.ended is not None:
+                dirs[i].truncate_metrics(ended.step)
+                Recorder(dirs[i], prepared[i], dirs[i].metric_rows(), batch=name).write_summary(ended.ended, ended.step)
+                outcomes[i] = Outcome(ended.ended, ended.step, ended.elapsed_s)
+        todo = [i for i in todo if i not in outcomes]
+        start = [saved.get(names[i]) for i in todo]
+        if len({s.step if s else -1 for s in start}) > 1:  # not one batch's state: start the unfinished over
+            start = [None] * len(todo)
+            states = {n: s for n, s in states.items() if s.ended is not None}
+        if todo:
+            trainers, recorders = [], []
+            for i, state in zip(todo, start):
+                dirs[i].truncate_metrics(state.step if state else -1)
+                trainers.append(_trainer(prepared[i], state))
+                recorders.append(Recorder(dirs[i], prepared[i], dirs[i].metric_rows(), batch=name, states=states))
+            rng = start[0].rng if start[0] is not None else None
+            with graceful_stop() as should_stop:
+                ends = Population(trainers).run(recorders, should_stop, progress, seed=trainers[0].seed, rng=rng,
+                                                on_checkpoints=lambda: save_states(state_path, states))
+            for i, recorder, outcome in zip(todo, recorders, ends):
+                recorder.write_summary(outcome.status, outcome.step)
+                outcomes[i] = outcome
+    for i, outcome in sorted(outcomes.items()):
+        _final_measures(Run(dirs[i].path), prepared[i], outcome)
+    return [Run(d.path) for d in dirs]
 
 
 def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = None, *,
@@ -196,7 +304,7 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
                 row.update(compute(load(row["step"])))
         run.dir.write_metrics(rows)
         summary = run.summary
-        write_summary(run.dir, run.config, rows, **{k: summary[k] for k in ("status", "step", "device", "pid", "host")
+        write_summary(run.dir, run.config, rows, **{k: summary[k] for k in ("status", "step", "device", "threads", "pid", "host")
                                                     if k in summary})
     return run
 

@@ -66,6 +66,7 @@ class TrainConfig(Strict):
     checkpoint_every: PositiveInt = 100
     early_stop: Optional[EarlyStop] = None
     device: str = "auto"                         # auto | cpu | cuda | cuda:N
+    flush_denormal: bool = True                  # CPU: denormal floats flushed to zero (groklab.runtime)
 
 
 class MeasuresConfig(Strict):

@@ -93,7 +93,8 @@ class Dropout(nn.Module):
     """nn.Dropout with a cheaper mask on CPU, where torch's bernoulli_ is slow (a lab-scale LM step is
     x1.22 faster with this one, benchmarks/lm_step_speed.py): 15 random bits per element, four
     elements per 63-bit draw of the global generator (so seeded and resumable like torch's); an element is dropped with probability round(p * 2^15) / 2^15 (within
-    2e-5 of p) and the kept ones are scaled to keep the expectation. On CUDA: F.dropout."""
+    2e-5 of p) and the kept ones are scaled to keep the expectation. On CUDA and under torch.func.vmap
+    (a population of runs, groklab.training.population): F.dropout."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -102,7 +103,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.p:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(x):  # CUDA; vmap (batched runs)
             return F.dropout(x, self.p, True)
         n, cut = x.numel(), round(self.p * 32768)
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)

@@ -121,11 +121,15 @@ class RunDir:
     def save_checkpoint(self, state: TrainState) -> None:
         """Weights at state.step, then the resume state (in that order: the state never points past
         the last weights on disk)."""
+        self.save_weights(state)
+        tensors, meta = _flatten_state(state)
+        _atomic_write(self.path / STATE, lambda tmp: save_file(tensors, str(tmp), meta))
+
+    def save_weights(self, state: TrainState) -> None:
+        """The weights at state.step only (a member of a batch: its resume state is the batch's)."""
         weights = {k: v.detach().contiguous().cpu() for k, v in state.model.items()}
         meta = {"step": str(state.step)}
         _atomic_write(self._checkpoint_path(state.step), lambda tmp: save_file(weights, str(tmp), meta))
-        tensors, meta = _flatten_state(state)
-        _atomic_write(self.path / STATE, lambda tmp: save_file(tensors, str(tmp), meta))
 
     def load_weights(self, step: int, names: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
         """The weights at `step` (only `names` if given: read lazily from the file)."""
@@ -195,6 +199,34 @@ class Lock:
     def __exit__(self, *exc) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+
+def save_states(path: Path, states: dict[str, TrainState]) -> None:
+    """Several runs' resume states in one file, written atomically (a batch's: its members resume together)."""
+    tensors, meta = {}, {"format": "groklab-states-1", "names": json.dumps(list(states))}
+    for i, state in enumerate(states.values()):
+        flat, flat_meta = _flatten_state(state)
+        tensors.update({f"{i}/{k}": v for k, v in flat.items()})
+        meta.update({f"{i}/{k}": v for k, v in flat_meta.items()})
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), meta))
+
+
+def load_states(path: Path) -> dict[str, TrainState]:
+    """The states `save_states` wrote, by name; RunDirError if the file is corrupt."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            names = json.loads(meta["names"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        states = {}
+        for i, name in enumerate(names):
+            prefix = f"{i}/"
+            states[name] = _unflatten_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                            {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)})
+        return states
+    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise RunDirError(f"batch state {path} is corrupt or unreadable ({type(err).__name__}); delete it to "
+                          "restart the batch's unfinished runs") from None
 
 
 def _flatten_state(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -4,7 +4,8 @@
       sweep.yaml            the base config and the seeds (what `groklab sweep` was asked)
       runs/seed_0007/       one run directory per seed (see run_dir.py); with a grid,
       runs/model.n_layers=4/seed_0007/   one per point of the grid and seed
-      logs/seed_0007.log    each worker's output
+      logs/seed_0007.log    each worker's output (logs/batch-NAME.log: a batch's)
+      batches/batch-NAME.safetensors  a batch's resume state: its members' states at one step (atomic)
       table.csv             one row per seed: status, convergence, final accuracies (atomic)
       map/                  the training map of the sweep (`groklab map`)
 """
@@ -21,7 +22,7 @@ import yaml
 from groklab.errors import RunDirError
 from groklab.store.run_dir import _atomic_write
 
-SWEEP, RUNS, LOGS, TABLE, MAP = "sweep.yaml", "runs", "logs", "table.csv", "map"
+SWEEP, RUNS, LOGS, TABLE, MAP, BATCHES = "sweep.yaml", "runs", "logs", "table.csv", "map", "batches"
 
 
 def point_name(point: dict) -> str:
@@ -101,6 +102,10 @@ class SweepDir:
         """RUNS/seed_NNNN, or RUNS/KEY=VALUE,.../seed_NNNN for a point of the grid."""
         return self.path / RUNS / point_name(point) / f"seed_{seed:04d}" if point else \
             self.path / RUNS / f"seed_{seed:04d}"
+
+    def batch_state_path(self, name: str) -> Path:
+        (self.path / BATCHES).mkdir(exist_ok=True)
+        return self.path / BATCHES / f"{name}.safetensors"
 
     def log_path(self, seed: int, point: Optional[dict] = None) -> Path:
         return self.path / LOGS / (f"{point_name(point)},seed_{seed:04d}.log" if point else f"seed_{seed:04d}.log")

@@ -2,7 +2,8 @@
 run per seed and point, run by parallel local worker processes.
 
 Each seed trains in its own process (`python -m groklab.sweep.worker SWEEP_DIR SEED`), at most
-`workers` at a time, each with cores // workers threads. A seed that fails (an error, a crash, a
+`workers` at a time, each with cpus // workers threads (the CPUs this process may use, see
+`groklab.runtime`). A seed that fails (an error, a crash, a
 killed process, a diverged run) is recorded as such and does not stop the others. Running the same
 command again skips finished runs and resumes the others from their last checkpoint.
 
@@ -11,6 +12,7 @@ Runs are deterministic given the config, the seed and the number of threads per 
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -25,11 +27,14 @@ from typing import Callable, Optional, Sequence, Union
 import pandas as pd
 import yaml
 
+from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_times
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
-from groklab.experiment import resolve
+from groklab.experiment import batch_key, resolve
+from groklab.models import build_model
+from groklab.training import batchable
 from groklab.store import Run, SweepDir
 
 DONE = ("finished", "stopped_early", "diverged")
@@ -72,38 +77,48 @@ def point_config(config: RunConfig, point: dict, seed: int) -> RunConfig:
 
 def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] = None, *, workers: int = 1,
           grid: Optional[dict[str, list]] = None, threads: Optional[int] = None, device: Optional[str] = None,
-          threshold: float = 0.9, progress: Callable[[str], None] = lambda line: None) -> SweepDir:
+          threshold: float = 0.9, batch: int = 1, progress: Callable[[str], None] = lambda line: None) -> SweepDir:
     """Train `config` once per seed (and per point of `grid`, e.g. {"model.n_layers": [2, 4, 6]}) into
-    SWEEP_DIR/runs/... (default sweeps/NAME), `workers` at a time with `threads` each (default:
-    cores // workers), then write the sweep table. Resumes a sweep of the same config in the same directory."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    SWEEP_DIR/runs/... (default sweeps/NAME), `workers` processes at a time with `threads` each (default:
+    cpus // workers), then write the sweep table. With `batch` > 1, up to `batch` runs that share their
+    shapes train together in one process as one population (`groklab.training.population`); grid points
+    that change shapes go into separate batches. Resumes a sweep of the same config in the same directory."""
+    for flag, value in (("--workers", workers), ("--batch", batch)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+    prepared = {}
     for point in points:  # everything checked before any run starts
-        resolve(point_config(config, point, seeds[0]), device)
+        prepared[_key(point, seeds[0])[0]] = resolve(point_config(config, point, seeds[0]), device)
     sweep_dir = SweepDir.create_or_open(Path(out) if out else Path("sweeps") / config.name,
                                         config.model_dump(mode="json"), list(seeds), threshold, grid)
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, runtime.cpu_threads() // workers)
     keys = [_key(point, seed) for point in points for seed in seeds]
-    todo = [key for key in keys if _status(sweep_dir, *key) not in DONE]
-    progress(f"sweep {sweep_dir.path}: {len(keys) - len(todo)} of {len(keys)} runs already done; "
-             f"{len(todo)} to run, {workers} at a time ({threads} thread(s) each)")
-    running: dict[Key, subprocess.Popen] = {}
+    units = [unit for unit in _units(config, keys, batch, prepared)
+             if any(_status(sweep_dir, *key) not in DONE for key in unit)]
+    done = sum(_status(sweep_dir, *key) in DONE for key in keys)
+    progress(f"sweep {sweep_dir.path}: {done} of {len(keys)} runs already done; {len(keys) - done} to run"
+             + (f" in {len(units)} batch(es) of up to {batch}" if batch > 1 else "")
+             + f", {workers} process(es) at a time ({threads} thread(s) each)")
+    running: dict[tuple[Key, ...], subprocess.Popen] = {}
     failed: dict[Key, str] = {}
     try:
-        while todo or running:
-            while todo and len(running) < workers:
-                key = todo.pop(0)
-                running[key] = _start(sweep_dir, key, threads, device)
+        while units or running:
+            while units and len(running) < workers:
+                unit = units.pop(0)
+                running[unit] = _start(sweep_dir, unit, threads, device)
             time.sleep(0.05)
-            for key, proc in list(running.items()):
+            for unit, proc in list(running.items()):
                 if proc.poll() is None:
                     continue
-                del running[key]
-                status = _status(sweep_dir, *key)
-                if proc.returncode != 0 or status not in DONE:
-                    failed[key] = f"exit code {proc.returncode}; see {sweep_dir.log_path(key[1], dict(key[0]))}"
-                progress(f"{_label(key)}: {status}" + (f" ({failed[key]})" if key in failed else ""))
+                del running[unit]
+                for key in unit:
+                    status = _status(sweep_dir, *key)
+                    if proc.returncode != 0 or status not in DONE:
+                        failed[key] = f"exit code {proc.returncode}; see {_log_path(sweep_dir, unit)}"
+                    progress(f"{_label(key)}: {status}" + (f" ({failed[key]})" if key in failed else ""))
     except KeyboardInterrupt:
         for proc in running.values():  # the runs checkpoint and stop; the next `groklab sweep` resumes them
             proc.send_signal(signal.SIGTERM)
@@ -115,17 +130,46 @@ def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] =
     return sweep_dir
 
 
+def _units(config: RunConfig, keys: list[Key], batch: int, prepared: dict) -> list[tuple[Key, ...]]:
+    """The units of work: single runs, or batches of up to `batch` runs whose configs share everything
+    but seeds and the hyper-parameters members may differ in (`batch_key`), in the order of `keys`."""
+    if batch == 1:
+        return [(key,) for key in keys]
+    groups: dict[str, list[Key]] = {}
+    for key in keys:
+        prep = prepared[key[0]]
+        solo = not batchable(build_model(prep.model, 0))
+        group = f"solo:{key}" if solo else batch_key(point_config(config, dict(key[0]), key[1]))
+        groups.setdefault(group, []).append(key)
+    return [tuple(group[i:i + batch]) for group in groups.values() for i in range(0, len(group), batch)]
+
+
+def batch_name(unit: tuple[Key, ...]) -> str:
+    """A batch's name, from its members: the same members give the same name (and resume state)."""
+    return "batch-" + hashlib.sha1(json.dumps([[list(map(list, p)), s] for p, s in unit]).encode()).hexdigest()[:10]
+
+
 def _label(key: Key) -> str:
     point, seed = key
     return ", ".join([f"{k}={v}" for k, v in point] + [f"seed {seed}"])
 
 
-def _start(sweep_dir: SweepDir, key: Key, threads: int, device: Optional[str]) -> subprocess.Popen:
-    point, seed = dict(key[0]), key[1]
+def _log_path(sweep_dir: SweepDir, unit: tuple[Key, ...]) -> Path:
+    if len(unit) == 1:
+        return sweep_dir.log_path(unit[0][1], dict(unit[0][0]))
+    return sweep_dir.path / "logs" / f"{batch_name(unit)}.log"
+
+
+def _start(sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: Optional[str]) -> subprocess.Popen:
     env = {**os.environ, "GROKLAB_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    args = [sys.executable, "-m", "groklab.sweep.worker", str(sweep_dir.path), str(seed)]
-    args += [f"{k}={json.dumps(v)}" for k, v in point.items()] + ([f"--device={device}"] if device else [])
-    with open(sweep_dir.log_path(seed, point), "a") as log:
+    args = [sys.executable, "-m", "groklab.sweep.worker", str(sweep_dir.path)]
+    if len(unit) == 1:
+        point, seed = dict(unit[0][0]), unit[0][1]
+        args += [str(seed)] + [f"{k}={json.dumps(v)}" for k, v in point.items()]
+    else:
+        args += ["--batch", batch_name(unit), json.dumps([[dict(p), s] for p, s in unit])]
+    args += [f"--device={device}"] if device else []
+    with open(_log_path(sweep_dir, unit), "a") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 

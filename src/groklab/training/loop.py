@@ -18,6 +18,7 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
+from groklab import runtime
 from groklab.config import TrainConfig
 from groklab.tasks import Task
 
@@ -161,8 +162,9 @@ class Trainer:
             factor *= max(0.0, (decay - step) / max(decay - warmup, 1))
         return self.cfg.lr * factor
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training batch of `step`: everything, or slice i of epoch e's seeded permutation."""
+    def batch(self, step: int, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch of `step`: everything, or slice i of epoch e's seeded permutation (a language
+        model's cut to its non-padding width, unless `trim` is False)."""
         split, size = self.task.train, self.cfg.batch_size
         if size == "full" or size >= len(split):
             return split.inputs, split.labels
@@ -172,7 +174,7 @@ class Trainer:
             self._epoch = (epoch, torch.randperm(len(split), generator=gen).to(split.inputs.device))
         idx = self._epoch[1][i * size:(i + 1) * size]
         inputs = split.inputs[idx]
-        if self.task.loss == "lm":  # right padding: drop the columns no sequence of the batch reaches
+        if self.task.loss == "lm" and trim:  # right padding: drop the columns no sequence of the batch reaches
             labels = split.labels[idx]
             width = int((labels != -100).any(0).nonzero().max()) + 1
             return inputs[:, :width], labels[:, :width]
@@ -202,7 +204,9 @@ class Trainer:
         if self.ended is not None:
             return Outcome(self.ended, self.step, self.elapsed_s)
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        # late in training, tiny gradients and Adam moments are denormal floats: slow on Intel CPUs
+        flush = runtime.denormals_flushed(cfg.flush_denormal and self.device.type == "cpu")
+        with torch.random.fork_rng(devices=devices), flush:
             if self.rng is None:
                 torch.manual_seed(self.seed)
             else:
