@@ -162,17 +162,23 @@ class Trainer:
             factor *= max(0.0, (decay - step) / max(decay - warmup, 1))
         return self.cfg.lr * factor
 
-    def batch(self, step: int, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training batch of `step`: everything, or slice i of epoch e's seeded permutation (a language
-        model's cut to its non-padding width, unless `trim` is False)."""
+    def batch_index(self, step: int) -> Optional[torch.Tensor]:
+        """The rows of the training split in the batch of `step`: slice i of epoch e's seeded permutation
+        (None: the full batch)."""
         split, size = self.task.train, self.cfg.batch_size
         if size == "full" or size >= len(split):
-            return split.inputs, split.labels
+            return None
         epoch, i = divmod(step, math.ceil(len(split) / size))
         if self._epoch[0] != epoch:
             gen = torch.Generator().manual_seed((self.seed << 32) + epoch)
             self._epoch = (epoch, torch.randperm(len(split), generator=gen).to(split.inputs.device))
-        idx = self._epoch[1][i * size:(i + 1) * size]
+        return self._epoch[1][i * size:(i + 1) * size]
+
+    def batch(self, step: int, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch of `step` (a language model's cut to its non-padding width, unless `trim` is False)."""
+        split, idx = self.task.train, self.batch_index(step)
+        if idx is None:
+            return split.inputs, split.labels
         inputs = split.inputs[idx]
         if self.task.loss == "lm" and trim:  # right padding: drop the columns no sequence of the batch reaches
             labels = split.labels[idx]
@@ -238,8 +244,11 @@ class Trainer:
     def _intervals(self) -> list[int]:
         return [self.cfg.eval_every, *(probe.every for probe in self.probes)]
 
-    def _evaluate(self, sink: Sink, on_step) -> Optional[str]:
-        row = {"step": self.step, **evaluate(self.model, self.task, self.cfg.eval_train_size)}
+    def _evaluate(self, sink: Sink, on_step, scores: Optional[dict] = None) -> Optional[str]:
+        """Evaluate (or take the `scores` computed for it), run the due probes, report the row; the end it
+        calls for ("diverged", "stopped_early") or None."""
+        scores = evaluate(self.model, self.task, self.cfg.eval_train_size) if scores is None else scores
+        row = {"step": self.step, **scores}
         for probe in self.probes:
             if self.step % probe.every == 0 or self.step == self.cfg.max_steps:
                 row.update(probe.fn(self.model))

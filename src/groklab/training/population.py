@@ -23,8 +23,8 @@ updated in place) are not batched.
 """
 from __future__ import annotations
 
-import math
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
@@ -34,6 +34,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from groklab import runtime
 from groklab.training.loop import Outcome, Sink, Trainer, TrainState
 
+EVAL_ROWS = 4096  # examples of all members together in one batched evaluation forward
 # hyper-parameters members may differ in (everything else that shapes the loop must agree)
 MEMBER_HPARAMS = ("lr", "weight_decay", "betas", "eps", "momentum")
 
@@ -64,6 +65,7 @@ class Population:
         self.step = first.step
         self.uniform = all(all(getattr(t.cfg, k) == getattr(self.cfg, k) for k in MEMBER_HPARAMS) for t in trainers)
         self.template = _template(first.model)
+        self._train: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # the members' training sets, stacked
         self._stack()
 
     # -- the stack ---------------------------------------------------------------------------
@@ -118,6 +120,7 @@ class Population:
         """Members `gone` leave the population: slice them out of the stack and the optimizer state."""
         keep = [i for i in range(len(self.trainers)) if i not in gone]
         states = [self.member_optimizer_state(i) for i in keep]
+        self._train = None
         for i in gone:  # detach the member's module from the stack: its weights stay as they are
             for p in self.trainers[i].model.parameters():
                 p.data = p.data.clone()
@@ -130,14 +133,54 @@ class Population:
 
     # -- one step for everyone ---------------------------------------------------------------
     def _batches(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The members' batches of this step, stacked: (M, batch, ...). Language-model batches are cut to
-        the widest member's non-padding width (each member's tokens as alone; more padding is ignored)."""
-        batches = [t.batch(self.step, trim=False) for t in self.trainers]
-        inputs, labels = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        """The members' batches of this step, stacked: (M, batch, ...), each member's rows as alone. One
+        gather from the stacked training sets; a language model's batch is cut to the widest member's
+        non-padding width (more padding is ignored), augmented batches are drawn member by member."""
+        if self.task.augment is not None:
+            batches = [t.batch(self.step) for t in self.trainers]
+            return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        if self._train is None:
+            self._train = (torch.stack([t.task.train.inputs for t in self.trainers]),
+                           torch.stack([t.task.train.labels for t in self.trainers]))
+        inputs, labels = self._train
+        index = [t.batch_index(self.step) for t in self.trainers]
+        if index[0] is None:
+            return inputs, labels
+        rows, index = torch.arange(len(index), device=inputs.device)[:, None], torch.stack(index)  # (M, 1), (M, batch)
+        inputs, labels = inputs[rows, index], labels[rows, index]
         if self.task.loss == "lm":
             width = int((labels != -100).flatten(0, 1).any(0).nonzero().max()) + 1
             inputs, labels = inputs[..., :width], labels[..., :width]
         return inputs, labels
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[list[dict]]:
+        """Every member's train / test (/ held-out) loss and accuracy in one batched forward per chunk, as
+        `groklab.training.evaluate` computes them one member at a time; None where the task evaluates
+        itself (language models: decoding) and each member is evaluated alone."""
+        task = self.task
+        if task.loss == "lm" or task.evaluate is not None:
+            return None
+        template = self.template
+        template.eval()
+        rows: list[dict] = [{} for _ in self.trainers]
+
+        def outputs(params, x):
+            return task.outputs(lambda *a, **k: functional_call(template, params, a, k), x)
+
+        for name in ("train", "test", *task.splits):
+            splits = [t.task.train if name == "train" else t.task.test if name == "test" else t.task.splits[name]
+                      for t in self.trainers]
+            n = self.cfg.eval_train_size if name == "train" and self.cfg.eval_train_size else len(splits[0])
+            inputs = torch.stack([s.inputs[:n] for s in splits])  # (M, n, ...)
+            chunk = max(1, EVAL_ROWS // len(self.trainers))  # examples per member and forward: cache-sized activations
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                logits = torch.cat([vmap(outputs)(self.params, part) for part in inputs.split(chunk, dim=1)], 1)
+            for i, (row, split) in enumerate(zip(rows, splits)):
+                row.update({f"{name}_{k}": v for k, v in task.score(logits[i], split.labels[:n]).items()})
+        template.train()
+        return rows
 
     def train_step(self) -> None:
         inputs, labels = self._batches()
@@ -147,7 +190,9 @@ class Population:
             model = lambda *args, **kwargs: functional_call(template, params, args, kwargs)  # noqa: E731
             return task.objective(task.outputs(model, x), y, dtype)
 
-        losses = vmap(loss, randomness="different")(self.params, inputs, labels)  # (M,)
+        with warnings.catch_warnings():  # vmap runs embedding_bag (the input tables) member by member: measured fastest
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            losses = vmap(loss, randomness="different")(self.params, inputs, labels)  # (M,)
         for p in self.params.values():
             p.grad = None
         losses.sum().backward()
@@ -210,11 +255,12 @@ class Population:
                 self.train_step()
                 elapsed = time.perf_counter() - start
                 due = self.step == cfg.max_steps or any(self.step % every == 0 for every in members[active[0]].trainer._intervals)
-                for i in active:
+                scores = (self.evaluate() if due else None) or [None] * len(active)
+                for i, score in zip(active, scores):
                     t = members[i].trainer
                     t.elapsed_s = elapsed
                     if due:
-                        t.ended = t._evaluate(members[i].sink, on_step)
+                        t.ended = t._evaluate(members[i].sink, on_step, score)
                 if not due and on_step is not None:
                     on_step(self.step, None)
                 interrupted = should_stop()
@@ -291,11 +337,7 @@ def _clip_per_member(grads: list[torch.Tensor], max_norm: torch.Tensor) -> None:
 
 def _template(model: torch.nn.Module) -> torch.nn.Module:
     """The module whose forward every member runs (functional_call over the members' weights); its own
-    weights are never used. Transformers run their plain path, which vmap batches (the input tables'
-    embedding_bag has no batching rule)."""
+    weights are never used."""
     import copy
 
-    template = copy.deepcopy(model)
-    if hasattr(template, "_hooked"):
-        template._hooked = 1
-    return template
+    return copy.deepcopy(model)

@@ -1,0 +1,77 @@
+"""How many seeds an hour: seed-steps per second of a sweep, one run per process versus batched runs.
+
+For each preset, measured end to end in the same run of this script (evaluation, live measures,
+checkpoints and process start-up included, early stopping off so every run does the same steps):
+  (a) one run at a time, on all the CPUs        `groklab sweep PRESET --seeds 0-1`
+  (b) the process pool, 2 workers of 1 thread    `groklab sweep PRESET --seeds 0-1 --workers 2`
+  (c) batches of 8 and of 40 (or --sizes)        `groklab sweep PRESET --seeds 0-7 --batch 8`, ...
+and the ratios to (b). Steps per run are cut (--steps) so the whole benchmark takes minutes; the
+figures are seed-steps per second, which a full run's length does not change much once start-up is
+amortised (that is why each unit runs at least a few hundred steps). Prints the CPU it ran on.
+
+    python benchmarks/seeds_per_hour.py [--presets quick,hu-sparse-parity,...] [--sizes 8,40] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+STEPS = {"quick": 1000, "hu-sparse-parity": 1920, "hu-mod-add": 600, "nanda-mod-add": 300, "structural-qf-lab": 200}
+EVAL = {"structural-qf-lab": 100}  # evaluations (and checkpoints) scaled down with the steps
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+def timed_sweep(preset: str, steps: int, seeds: int, extra: list[str]) -> float:
+    """Wall seconds of `groklab sweep` over `seeds` seeds, `steps` steps each."""
+    sets = ["--set", f"train.max_steps={steps}", "--set", "train.early_stop=null"]
+    if preset in EVAL:
+        every = EVAL[preset]
+        sets += ["--set", f"train.eval_every={every}", "--set", f"train.checkpoint_every={every}",
+                 "--set", f"measures.every={every}"]
+    exe = os.path.join(os.path.dirname(sys.executable), "groklab")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([exe, "sweep", preset, *sets, "--seeds", f"0-{seeds - 1}", "--out", f"{tmp}/s", *extra],
+                       check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default=",".join(STEPS))
+    parser.add_argument("--sizes", default="8,40", help="batch sizes")
+    parser.add_argument("--steps", type=float, default=1.0, help="scale the steps per run")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cpus = len(os.sched_getaffinity(0))
+    print(f"CPU: {cpu_name()}; {cpus} CPUs for this process; device {args.device}; nothing else running "
+          "unless stated")
+    print(f"{'preset':20s} {'steps':>6s} {'(a) 1 at a time':>17s} {'(b) 2 workers':>15s} "
+          + " ".join(f"{'batch ' + str(n):>16s}" for n in sizes) + "   batch / (b)")
+    for preset in args.presets.split(","):
+        steps = max(1, int(STEPS.get(preset, 500) * args.steps))
+        dev = ["--device", args.device]
+        rate = {"a": 2 * steps / timed_sweep(preset, steps, 2, dev),
+                "b": 2 * steps / timed_sweep(preset, steps, 2, ["--workers", "2", "--threads", "1", *dev])}
+        for n in sizes:
+            rate[n] = n * steps / timed_sweep(preset, steps, n, ["--batch", str(n), *dev])
+        print(f"{preset:20s} {steps:6d} {rate['a']:13.1f} s/s {rate['b']:11.1f} s/s "
+              + " ".join(f"{rate[n]:12.1f} s/s" for n in sizes) + "   "
+              + ", ".join(f"x{rate[n] / rate['b']:.1f}" for n in sizes), flush=True)
+    print("s/s: seed-steps per second (seeds an hour = s/s * 3600 / steps per run)")
+
+
+if __name__ == "__main__":
+    main()
