@@ -80,13 +80,6 @@ def measure(env: dict[str, str], condition: str, steps: int) -> float:
             other.wait()
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,7 +99,7 @@ def main() -> None:
             for name, env in runs.items():
                 results[name, condition].append(measure(env, condition, args.steps))
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "..", "src"))
-    from groklab.runtime import SPINCOUNT, cpu_threads
+    from groklab.runtime import SPINCOUNT, cpu_name, cpu_threads
 
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, groklab threads {cpu_threads()}, "
           f"groklab GOMP_SPINCOUNT {SPINCOUNT}; medians of {args.rounds} rounds of {args.steps} steps")

@@ -3,9 +3,10 @@
 For each preset, measured end to end in the same run of this script (evaluation, live measures,
 checkpoints and process start-up included, early stopping off so every run does the same steps):
   (a) one run at a time, on all the CPUs        `groklab sweep PRESET --seeds 0-1`
-  (b) the process pool, 2 workers of 1 thread    `groklab sweep PRESET --seeds 0-1 --workers 2`
-  (c) batches of 8 and of 40 (or --sizes)        `groklab sweep PRESET --seeds 0-7 --batch 8`, ...
-and the ratios to (b). Steps per run are cut (--steps) so the whole benchmark takes minutes; the
+  (b) the process pool, 2 workers of 1 thread    `groklab sweep PRESET --seeds 0-7 --workers 2`, 0-39
+  (c) batches of 8 and of 40 (or --sizes)        `groklab sweep PRESET --seeds 0-7 --batch 8`, 0-39 --batch 40
+and the ratios of (c) to (b) over the same seeds (each run of the pool starts its own process: that
+start-up, ~2 s of imports, is part of what batching saves, so both sides run the same number of runs). Steps per run are cut (--steps) so the whole benchmark takes minutes; the
 figures are seed-steps per second, which a full run's length does not change much once start-up is
 amortised (that is why each unit runs at least a few hundred steps). Prints the CPU it ran on.
 
@@ -20,16 +21,11 @@ import sys
 import tempfile
 import time
 
-STEPS = {"quick": 1000, "hu-sparse-parity": 1920, "hu-mod-add": 600, "nanda-mod-add": 300, "structural-qf-lab": 200}
+from groklab.runtime import cpu_name
+
+STEPS = {"quick": 1000, "hu-sparse-parity": 1920, "hu-mod-add": 600, "nanda-mod-add": 200, "structural-qf-lab": 200}
 EVAL = {"structural-qf-lab": 100}  # evaluations (and checkpoints) scaled down with the steps
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def timed_sweep(preset: str, steps: int, seeds: int, extra: list[str]) -> float:
@@ -58,18 +54,18 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0))
     print(f"CPU: {cpu_name()}; {cpus} CPUs for this process; device {args.device}; nothing else running "
           "unless stated")
-    print(f"{'preset':20s} {'steps':>6s} {'(a) 1 at a time':>17s} {'(b) 2 workers':>15s} "
-          + " ".join(f"{'batch ' + str(n):>16s}" for n in sizes) + "   batch / (b)")
+    print(f"{'preset':20s} {'steps':>6s} {'(a) 1 at a time':>17s} "
+          + " ".join(f"{f'{n} runs: (b) pool / batch':>26s}" for n in sizes) + "   batch / pool")
     for preset in args.presets.split(","):
         steps = max(1, int(STEPS.get(preset, 500) * args.steps))
         dev = ["--device", args.device]
-        rate = {"a": 2 * steps / timed_sweep(preset, steps, 2, dev),
-                "b": 2 * steps / timed_sweep(preset, steps, 2, ["--workers", "2", "--threads", "1", *dev])}
+        rate = {"a": 2 * steps / timed_sweep(preset, steps, 2, dev)}
         for n in sizes:
+            rate["b", n] = n * steps / timed_sweep(preset, steps, n, ["--workers", "2", "--threads", "1", *dev])
             rate[n] = n * steps / timed_sweep(preset, steps, n, ["--batch", str(n), *dev])
-        print(f"{preset:20s} {steps:6d} {rate['a']:13.1f} s/s {rate['b']:11.1f} s/s "
-              + " ".join(f"{rate[n]:12.1f} s/s" for n in sizes) + "   "
-              + ", ".join(f"x{rate[n] / rate['b']:.1f}" for n in sizes), flush=True)
+        print(f"{preset:20s} {steps:6d} {rate['a']:13.1f} s/s "
+              + " ".join(f"{rate['b', n]:9.1f} / {rate[n]:7.1f} s/s" for n in sizes) + "   "
+              + ", ".join(f"x{rate[n] / rate['b', n]:.1f}" for n in sizes), flush=True)
     print("s/s: seed-steps per second (seeds an hour = s/s * 3600 / steps per run)")
 
 

@@ -92,15 +92,6 @@ def mlp_floor(trainer):
     out.sum().backward()
 
 
-def cpu_name() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
 
 def late_steps(n: int, steps: int, rounds: int) -> None:
     """Step time from the canonical run's state after n steps, denormals flushed (as groklab trains) or not."""
@@ -144,7 +135,7 @@ def main():
     parser.add_argument("--grok", action="store_true", help="also run the canonical preset to test acc >= 99%%")
     parser.add_argument("--late", type=int, default=0, metavar="N", help="also time steps after N training steps")
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()}; torch threads {torch.get_num_threads()}")
+    print(f"CPU: {runtime.cpu_name()}; torch threads {torch.get_num_threads()}")
 
     prepared = resolve(groklab.load_preset("nanda-mod-add"))
     cfg = prepared.config

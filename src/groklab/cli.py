@@ -246,7 +246,10 @@ def _print_summary(result) -> None:
                             f"train loss {live['final_train_loss']:.3g}, test loss {live['final_test_loss']:.3g}")]
         if live.get("last_good_step") != live["last_step"]:
             lines += [("last good step", str(live.get("last_good_step")))]
-        lines += [("wall time", f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)")]
+        summary = result.summary
+        where = ", ".join(str(summary[k]) + (" thread(s)" if k == "threads" else "")
+                          for k in ("device", "cpu", "threads", "batch") if summary.get(k))
+        lines += [("wall time", f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)" + (f" on {where}" if where else ""))]
         lines += [] if structural else _phase_lines(detect_phases(metrics))
     else:
         lines += [("metrics", "none yet")]

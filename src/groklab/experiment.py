@@ -153,8 +153,8 @@ class Recorder:
     def write_summary(self, status: str, step: int) -> None:
         extra = {} if self.batch is None else {"batch": self.batch}
         write_summary(self.run_dir, self.prepared.config, self.rows, status=status, step=step,
-                      device=str(self.prepared.device), threads=torch.get_num_threads(), pid=os.getpid(),
-                      host=os.uname().nodename, **extra)
+                      device=str(self.prepared.device), cpu=runtime.cpu_name(), threads=torch.get_num_threads(),
+                      pid=os.getpid(), host=os.uname().nodename, **extra)
 
 
 def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -> None:
@@ -304,7 +304,7 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
                 row.update(compute(load(row["step"])))
         run.dir.write_metrics(rows)
         summary = run.summary
-        write_summary(run.dir, run.config, rows, **{k: summary[k] for k in ("status", "step", "device", "threads", "pid", "host")
+        write_summary(run.dir, run.config, rows, **{k: summary[k] for k in ("status", "step", "device", "cpu", "threads", "pid", "host")
                                                     if k in summary})
     return run
 
