@@ -241,3 +241,16 @@ def test_a_member_resumes_only_with_its_batch(straight_batch, tmp_path):
                     batch_name(tuple(((), s) for s in (0, 1))), members], capture_output=True, timeout=300)
     result = groklab_cli("run", "--resume", str(sweep_dir.run_path(0)))
     assert result.returncode == 2 and "resume it with the same `groklab sweep` command" in result.stderr
+
+
+def test_a_corrupt_batch_state_is_reported_and_named(tmp_path):
+    config = parity_config(max_steps=16)
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0, 1])
+    state = sweep_dir.batch_state_path(batch_name(tuple(((), s) for s in (0, 1))))
+    state.write_bytes(b"not a safetensors file")
+    sweep(config, [0, 1], sweep_dir.path, batch=2)
+    table = pd.read_csv(sweep_dir.path / "table.csv")
+    assert (table["status"] != "finished").all() and table["error"].str.contains("exit code 2").all()
+    log = next((sweep_dir.path / "logs").glob("batch-*.log")).read_text()
+    assert "is corrupt or unreadable" in log and "delete it" in log
+    assert state.read_bytes() == b"not a safetensors file"  # left for the user to look at

@@ -32,7 +32,7 @@ from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_times
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
-from groklab.experiment import batch_key, resolve
+from groklab.experiment import batch_key, check_threads, resolve
 from groklab.models import build_model
 from groklab.training import batchable
 from groklab.store import Run, SweepDir
@@ -89,8 +89,7 @@ def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] =
     for flag, value in (("--workers", workers), ("--batch", batch)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    check_threads(threads)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     prepared = {}
     for point in points:  # everything checked before any run starts

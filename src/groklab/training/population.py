@@ -63,7 +63,7 @@ class Population:
         self.cfg, self.task, self.device = first.cfg, first.task, first.device
         self.trainers = list(trainers)
         self.step = first.step
-        self.uniform = all(all(getattr(t.cfg, k) == getattr(self.cfg, k) for k in MEMBER_HPARAMS) for t in trainers)
+        self.uniform = _uniform(self.trainers)
         size = self.cfg.batch_size
         self.template = _template(first.model, len(self.task.train) if size == "full" else size)
         self._train: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # the members' training sets, stacked
@@ -127,8 +127,7 @@ class Population:
                 p.data = p.data.clone()
         self.trainers = [self.trainers[i] for i in keep]
         if self.trainers:
-            self.uniform = all(all(getattr(t.cfg, k) == getattr(self.trainers[0].cfg, k) for k in MEMBER_HPARAMS)
-                               for t in self.trainers)
+            self.uniform = _uniform(self.trainers)
             self.cfg = self.trainers[0].cfg
             self._stack(states)
 
@@ -326,6 +325,11 @@ class MemberOptimizer:
             slot["exp_avg_sq"].mul_(b2).add_((1 - b2) * g * g)
             denom = (slot["exp_avg_sq"].sqrt() / (1 - b2 ** step).sqrt()).add_(col(self.eps))
             p.sub_(lr / (1 - b1 ** step) * slot["exp_avg"] / denom)
+
+
+def _uniform(trainers: Sequence[Trainer]) -> bool:
+    """Whether the members share every hyper-parameter they may differ in (then torch's optimizer serves)."""
+    return all(getattr(t.cfg, k) == getattr(trainers[0].cfg, k) for t in trainers for k in MEMBER_HPARAMS)
 
 
 def _clip_per_member(grads: list[torch.Tensor], max_norm: torch.Tensor) -> None:
