@@ -254,3 +254,12 @@ def test_a_corrupt_batch_state_is_reported_and_named(tmp_path):
     log = next((sweep_dir.path / "logs").glob("batch-*.log")).read_text()
     assert "is corrupt or unreadable" in log and "delete it" in log
     assert state.read_bytes() == b"not a safetensors file"  # left for the user to look at
+
+
+def test_a_members_summary_keeps_its_batch_after_the_final_measures(tmp_path):
+    """key_freqs: final recomputes the measures when a run ends; the summary still names the batch."""
+    cfgs = configs("nanda-mod-add", TINY_SET + ["train.max_steps=20", "train.eval_every=10", "measures.every=10"],
+                   seeds=[0, 1])
+    runs = run_batch(cfgs, [tmp_path / "m0", tmp_path / "m1"], tmp_path / "b.safetensors", name="b1", threads=1)
+    assert [r.summary["batch"] for r in runs] == ["b1", "b1"]
+    assert runs[0].metrics["restricted_loss"].notna().any()

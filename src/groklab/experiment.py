@@ -304,8 +304,8 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
                 row.update(compute(load(row["step"])))
         run.dir.write_metrics(rows)
         summary = run.summary
-        write_summary(run.dir, run.config, rows, **{k: summary[k] for k in ("status", "step", "device", "cpu", "threads", "pid", "host")
-                                                    if k in summary})
+        kept = ("status", "step", "device", "cpu", "threads", "pid", "host", "batch")  # what training recorded
+        write_summary(run.dir, run.config, rows, **{k: summary[k] for k in kept if k in summary})
     return run
 
 

@@ -32,12 +32,11 @@ from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_times
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
-from groklab.experiment import batch_key, check_threads, resolve
+from groklab.experiment import DONE, batch_key, check_threads, resolve
 from groklab.models import build_model
 from groklab.training import batchable
 from groklab.store import Run, SweepDir
 
-DONE = ("finished", "stopped_early", "diverged")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -63,10 +62,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
     return grid
 
 
-Key = tuple[tuple, int]
+Key = tuple[tuple, int]  # (the point's (key, value) pairs, seed)
 # examples of all members' training batches together in one batched step: more only adds memory traffic
 # (measured: nanda-mod-add, full batches of 3830, is 1.1x the 2-worker pool in batches of 8 but 0.7x in 40)
-MAX_BATCH_ROWS = 32_768  # (the point's (key, value) pairs, seed)
+MAX_BATCH_ROWS = 32_768
 
 
 def _key(point: dict, seed: int) -> Key:
