@@ -1,8 +1,7 @@
 """Kill a groklab process with SIGKILL at an exact moment of its run, for the resume tests.
 
     python tests/kill_at.py EVENT N groklab ARGS...      # the CLI, as `groklab ARGS...`
-    python tests/kill_at.py EVENT N worker SWEEP_DIR SEED  # a sweep worker process
-    python tests/kill_at.py EVENT N worker SWEEP_DIR --batch NAME MEMBERS  # a sweep's batch worker
+    python tests/kill_at.py EVENT N worker SWEEP_DIR '[[POINT, SEED], ...]'  # a sweep's worker (a run or a batch)
 
 EVENT N is the moment, counted in the run-directory writes the process makes:
   metrics N      just after the N-th metrics row is appended (before anything else is written)

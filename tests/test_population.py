@@ -219,11 +219,9 @@ def straight_batch(tmp_path_factory):
 def test_a_killed_batch_resumes_to_the_uninterrupted_batch(tmp_path, straight_batch, event, n):
     config, straight = straight_batch
     sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0, 1, 2])
-    unit = tuple(((), s) for s in (0, 1, 2))
     members = json.dumps([[{}, s] for s in (0, 1, 2)])
     env = {**os.environ, "GROKLAB_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(KILL_AT), event, str(n), "worker", str(sweep_dir.path), "--batch",
-                             batch_name(unit), members], env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, str(KILL_AT), event, str(n), "worker", str(sweep_dir.path), members], env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert Run(sweep_dir.run_path(0)).status in ("killed", "new")
     sweep(config, [0, 1, 2], sweep_dir.path, threads=1, batch=3)
@@ -237,8 +235,8 @@ def test_a_member_resumes_only_with_its_batch(straight_batch, tmp_path):
     config, _ = straight_batch
     sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0, 1])
     members = json.dumps([[{}, s] for s in (0, 1)])
-    subprocess.run([sys.executable, str(KILL_AT), "states", "2", "worker", str(sweep_dir.path), "--batch",
-                    batch_name(tuple(((), s) for s in (0, 1))), members], capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(KILL_AT), "states", "2", "worker", str(sweep_dir.path), members],
+                   capture_output=True, timeout=300)
     result = groklab_cli("run", "--resume", str(sweep_dir.run_path(0)))
     assert result.returncode == 2 and "resume it with the same `groklab sweep` command" in result.stderr
 

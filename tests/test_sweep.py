@@ -104,7 +104,7 @@ def test_sweep_resumes_a_killed_worker(tmp_path, straight_parity_run, event, n):
     sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0])
     env = {**os.environ, "GROKLAB_THREADS": "1"}
     worker = subprocess.run([sys.executable, str(Path(__file__).with_name("kill_at.py")), event, str(n), "worker",
-                             str(sweep_dir.path), "0"], env=env, capture_output=True, text=True, timeout=300)
+                             str(sweep_dir.path), "[[{}, 0]]"], env=env, capture_output=True, text=True, timeout=300)
     assert worker.returncode == -signal.SIGKILL, worker.stderr
     killed = Run(sweep_dir.run_path(0))
     assert killed.status in ("killed", "new"), killed.status  # "new": killed before its first summary

@@ -76,18 +76,102 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
 @click.option("--threads", type=int, help="CPU threads per worker (default: the CPUs this process may use / workers).")
 @click.option("--batch", type=int, default=1, show_default=True,
               help="Runs trained together in one process as one batched model (seeds, lr, weight decay, ... may differ).")
+@click.option("--on", "engine", type=click.Choice(["local", "ray", "slurm", "submitit-local"]), default="local",
+              show_default=True, help="Where the runs train: worker processes here, a Ray cluster, SLURM (through "
+              "submitit), or SLURM's path on this machine (submitit's local executor).")
+@click.option("--address", default="auto", show_default=True,
+              help="[ray] The cluster: auto (the one this machine belongs to), HOST:PORT, or local (a private one).")
+@click.option("--partition", help="[slurm] Partition.")
+@click.option("--time", "time_limit", help="[slurm] Time limit of each array task: minutes or [D-]HH:MM[:SS] (default 24:00:00).")
+@click.option("--mem", "mem_gb", type=float, help="[slurm] Memory per array task, GB.")
+@click.option("--gpus", type=int, help="[slurm] GPUs per array task (default: 1 with --device cuda, else 0).")
+@click.option("--runs-per-job", type=int, help="[slurm] Runs (or batches) one after another in each array task "
+              "(default: packed into at most 64 tasks).")
+@click.option("--max-jobs", type=int, help="[slurm] Array tasks running at once (SLURM's %N).")
 def sweep(spec: str, seeds: str, workers: int, overrides: tuple[str, ...], out: Optional[str], device: Optional[str],
-          threshold: float, grid: tuple[str, ...], depths: Optional[str], threads: Optional[int], batch: int) -> None:
-    """Train PRESET or FILE.yaml once per seed (and grid point), in parallel worker processes, one run or a
-    batch of runs each; resumable."""
+          threshold: float, grid: tuple[str, ...], depths: Optional[str], threads: Optional[int], batch: int, engine: str,
+          address: str, partition: Optional[str], time_limit: Optional[str], mem_gb: Optional[float], gpus: Optional[int],
+          runs_per_job: Optional[int], max_jobs: Optional[int]) -> None:
+    """Train PRESET or FILE.yaml once per seed (and grid point), one run or a batch of runs per unit of work, in
+    local worker processes, on a Ray cluster or on SLURM; shows a live table of the runs; resumable."""
     from groklab.config import load_config
     from groklab.sweep import parse_grid, parse_seeds, sweep as run_sweep
+    from groklab.sweep.engines import EngineOptions
 
     config = load_config(spec, overrides)
     points = parse_grid(list(grid) + ([f"model.n_layers={depths}"] if depths else []))
-    result = run_sweep(config, parse_seeds(seeds), out, workers=workers, grid=points, device=device,
-                       threshold=threshold, threads=threads, batch=batch, progress=lambda line: click.echo(line, err=True))
+    slurm = {k: v for k, v in dict(partition=partition, time=time_limit, mem_gb=mem_gb, gpus=gpus,
+                                    runs_per_job=runs_per_job, max_jobs=max_jobs).items() if v is not None}
+    with _live_sweep() as (say, watch):
+        try:
+            result = run_sweep(config, parse_seeds(seeds), out, workers=workers, grid=points, device=device,
+                               threshold=threshold, threads=threads, batch=batch, on=engine,
+                               engine=EngineOptions(address=address, slurm=slurm), progress=say, watch=watch)
+        except KeyboardInterrupt:
+            click.echo("sweep interrupted: its runs checkpointed and stopped; run the same command again to continue",
+                       err=True)
+            sys.exit(EXIT_INTERRUPTED)
     _print_sweep(result)
+
+
+class _live_sweep:
+    """While a sweep runs: its event lines, and a live table of its runs (a terminal) or its totals line
+    every 30 s (a log)."""
+
+    def __enter__(self):
+        self.live, self.last = None, 0.0
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(stderr=True), refresh_per_second=2, transient=True)
+            self.live.start()
+        return self._say, self._watch
+
+    def _say(self, line: str) -> None:
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False)
+        else:
+            click.echo(line, err=True)
+
+    def _watch(self, sweep_dir) -> None:
+        from groklab.sweep import progress_table, progress_totals
+
+        table = progress_table(sweep_dir)
+        if self.live is not None:
+            self.live.update(_rich_progress(table, progress_totals(table)))
+        elif time.monotonic() - self.last >= 30:
+            click.echo(progress_totals(table), err=True)
+            self.last = time.monotonic()
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _rich_progress(table, totals: str, rows: int = 30):
+    """The running runs first, then the others, at most `rows` lines, and the totals."""
+    from rich.console import Group
+    from rich.table import Table
+
+    shown = table.assign(order=(table["status"] != "running").astype(int)).sort_values("order", kind="stable").head(rows)
+    view = Table(box=None, header_style="bold")
+    keys = [c for c in table.columns if c not in ("seed", "status", "step", "max_steps", "metric", "value", "steps_per_s", "left_s")]
+    for col in [*keys, "seed", "status", "step", "value", "steps/s", "left"]:
+        view.add_column(table["metric"].iloc[0] if col == "value" and len(table) else col,
+                        justify="left" if col == "status" else "right")
+    for _, r in shown.iterrows():
+        view.add_row(*[str(r[k]) for k in keys], str(r["seed"]), r["status"],
+                     "-" if pd_isna(r["step"]) else f"{int(r['step'])}/{r['max_steps']}",
+                     "-" if pd_isna(r["value"]) else f"{r['value']:.3f}",
+                     "-" if pd_isna(r["steps_per_s"]) else f"{r['steps_per_s']:.1f}",
+                     "-" if pd_isna(r["left_s"]) else f"{r['left_s'] / 60:.1f} min")
+    more = [f"... and {len(table) - rows} more"] if len(table) > rows else []
+    return Group(view, *more, totals)
+
+
+def pd_isna(value) -> bool:
+    return value is None or value != value
 
 
 @cli.command("map")
@@ -197,6 +281,16 @@ def _print_sweep(sweep_dir) -> None:
     from groklab.sweep import grid_summary, sweep_table
 
     table = sweep_table(sweep_dir)
+    if (table["status"] == "running").any():  # a sweep still running: where each run is
+        from groklab.sweep import progress_table, progress_totals
+
+        live = progress_table(sweep_dir)
+        totals = progress_totals(live)
+        live = live.assign(step=[f"{s:.0f}/{m}" if s == s else "-" for s, m in zip(live["step"], live["max_steps"])])
+        click.echo(live.drop(columns=["max_steps"]).rename(columns={"steps_per_s": "steps/s", "left_s": "left (s)"})
+                   .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}"))
+        click.echo(totals)
+        return
     sweep_dir.write_table(table)
     grid = list(sweep_dir.points[0])
     structural = any(c.startswith("max_gen_") for c in table)

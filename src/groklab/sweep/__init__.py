@@ -1,11 +1,11 @@
 """Sweeps: one config over many seeds (and a grid of values of any config field, e.g. depths), one
-run per seed and point, run by parallel local worker processes.
+run per seed and point, run as units of work (a run, or a batch of runs trained together) by an engine:
+local worker processes, a Ray cluster or SLURM (`groklab.sweep.engines`; each unit is
+`groklab.sweep.worker.run_unit`, the same on every engine).
 
-Each seed trains in its own process (`python -m groklab.sweep.worker SWEEP_DIR SEED`), at most
-`workers` at a time, each with cpus // workers threads (the CPUs this process may use, see
-`groklab.runtime`). A seed that fails (an error, a crash, a
-killed process, a diverged run) is recorded as such and does not stop the others. Running the same
-command again skips finished runs and resumes the others from their last checkpoint.
+A unit that fails (an error, a crash, a killed process, a diverged run) is recorded as such and does not
+stop the others. Running the same command again skips finished runs and resumes the others from their
+last checkpoint: the sweep directory is the whole state, on every engine.
 
 A config that fixes `data_seed` or `model_seed` keeps them fixed across the sweep; `seed` varies.
 Runs are deterministic given the config, the seed and the number of threads per worker.
@@ -15,12 +15,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -32,10 +29,12 @@ from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_times
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
-from groklab.experiment import DONE, batch_key, check_threads, resolve
+from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
 from groklab.models import build_model
 from groklab.training import batchable
 from groklab.store import Run, SweepDir
+from groklab.sweep.engines import ENGINES, EngineOptions, make_engine
+from groklab.sweep.worker import BUSY, INTERRUPTED, Job
 
 
 
@@ -79,58 +78,92 @@ def point_config(config: RunConfig, point: dict, seed: int) -> RunConfig:
 
 def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] = None, *, workers: int = 1,
           grid: Optional[dict[str, list]] = None, threads: Optional[int] = None, device: Optional[str] = None,
-          threshold: float = 0.9, batch: int = 1, progress: Callable[[str], None] = lambda line: None) -> SweepDir:
+          threshold: float = 0.9, batch: int = 1, on: str = "local", engine: Optional[EngineOptions] = None,
+          progress: Callable[[str], None] = lambda line: None,
+          watch: Callable[[SweepDir], None] = lambda sweep_dir: None) -> SweepDir:
     """Train `config` once per seed (and per point of `grid`, e.g. {"model.n_layers": [2, 4, 6]}) into
-    SWEEP_DIR/runs/... (default sweeps/NAME), `workers` processes at a time with `threads` each (default:
-    cpus // workers), then write the sweep table. With `batch` > 1, up to `batch` runs that share their
-    shapes train together in one process as one population (`groklab.training.population`); grid points
-    that change shapes go into separate batches. Resumes a sweep of the same config in the same directory."""
+    SWEEP_DIR/runs/... (default sweeps/NAME), then write the sweep table. With `batch` > 1, up to `batch` runs
+    that share their shapes train together as one population (`groklab.training.population`); grid points
+    that change shapes go into separate batches. `on` the engine that runs the units (`groklab.sweep.engines`:
+    local processes, `workers` at a time with `threads` each (default cpus // workers); a Ray cluster; SLURM),
+    reached with `engine`'s options. Resumes a sweep of the same config in the same directory. `progress`
+    gets a line per event, `watch` the sweep directory about once a second while it runs."""
     for flag, value in (("--workers", workers), ("--batch", batch)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     check_threads(threads)
+    if on not in ENGINES:
+        raise ConfigError(f"--on takes one of {', '.join(ENGINES)}; got '{on}'")
+    if on != "local" and device not in (None, "auto", "cpu"):  # the runs' machines have the GPUs, maybe not this one
+        resolve_device("cpu" if str(device).startswith("cuda") else device)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     prepared = {}
     for point in points:  # everything checked before any run starts
-        prepared[_key(point, seeds[0])[0]] = resolve(point_config(config, point, seeds[0]), device)
-    sweep_dir = SweepDir.create_or_open(Path(out) if out else Path("sweeps") / config.name,
-                                        config.model_dump(mode="json"), list(seeds), threshold, grid)
-    threads = threads or max(1, runtime.cpu_threads() // workers)
-    keys = [_key(point, seed) for point in points for seed in seeds]
-    units, capped = _units(config, keys, batch, prepared)
-    largest = max(map(len, units))
-    units = [unit for unit in units if any(_status(sweep_dir, *key) not in DONE for key in unit)]
-    done = sum(_status(sweep_dir, *key) in DONE for key in keys)
-    progress(f"sweep {sweep_dir.path}: {done} of {len(keys)} runs already done; {len(keys) - done} to run"
-             + (f" in {len(units)} batch(es) of up to {largest}" + (f" (at most {MAX_BATCH_ROWS} examples a step)"
-                                                                   if capped else "") if batch > 1 else "")
-             + f", {workers} process(es) at a time ({threads} thread(s) each)")
-    running: dict[tuple[Key, ...], subprocess.Popen] = {}
-    failed: dict[Key, str] = {}
+        prepared[_key(point, seeds[0])[0]] = resolve(point_config(config, point, seeds[0]), device if on == "local" else "cpu")
+    out = Path(out) if out else Path("sweeps") / config.name
+    if on == "local":
+        threads = threads or max(1, runtime.cpu_threads() // workers)
+    elif threads is None:
+        raise ConfigError(f"--on {on}: say how many CPU threads each run (or batch) takes, e.g. --threads 4")
+    options = replace(engine or EngineOptions(), workers=workers)
+    executor = make_engine(on, str(out.resolve()), options)  # an engine that is not there fails before the sweep is made
     try:
-        while units or running:
-            while units and len(running) < workers:
-                unit = units.pop(0)
-                running[unit] = _start(sweep_dir, unit, threads, device)
-            time.sleep(0.05)
-            for unit, proc in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[unit]
+        sweep_dir = SweepDir.create_or_open(out, config.model_dump(mode="json"), list(seeds), threshold, grid)
+        keys = [_key(point, seed) for point in points for seed in seeds]
+        units, capped = _units(config, keys, batch, prepared)
+        largest = max(map(len, units))
+        units = [unit for unit in units if any(_status(sweep_dir, *key) not in DONE for key in unit)]
+        done = sum(_status(sweep_dir, *key) in DONE for key in keys)
+        progress(f"sweep {sweep_dir.path}: {done} of {len(keys)} runs already done; {len(keys) - done} to run"
+                 + (f" in {len(units)} batch(es) of up to {largest}" + (f" (at most {MAX_BATCH_ROWS} examples a step)"
+                                                                       if capped else "") if batch > 1 else "")
+                 + (f", {workers} process(es) at a time" if on == "local" else f", on {on}")
+                 + f" ({threads} thread(s) each)")
+        _drive(executor, sweep_dir, units, threads, device, progress, watch)
+    finally:
+        executor.close()
+    return sweep_dir
+
+
+def _drive(executor, sweep_dir: SweepDir, units: list[tuple[Key, ...]], threads: int, device: Optional[str],
+           progress: Callable[[str], None], watch: Callable[[SweepDir], None]) -> dict[Key, str]:
+    """Run the units on the engine, `executor.slots` at a time; record what failed; Ctrl-C asks the running
+    units to checkpoint and stop, then re-raises. Writes the sweep table however it ends."""
+    pending, running, failed = list(units), {}, {}
+    seen = 0.0
+    try:
+        while pending or running:
+            room = len(pending) if executor.slots is None else executor.slots - len(running)
+            if room > 0:
+                batch, pending = pending[:room], pending[room:]
+                for unit, handle in zip(batch, executor.submit([_job(sweep_dir, unit, threads, device) for unit in batch])):
+                    running[handle] = unit
+            for handle, ended in executor.wait(list(running), timeout=0.5).items():
+                unit = running.pop(handle)
                 for key in unit:
                     status = _status(sweep_dir, *key)
-                    if proc.returncode != 0 or status not in DONE:
-                        failed[key] = f"exit code {proc.returncode}; see {_log_path(sweep_dir, unit)}"
+                    if ended.code == BUSY:
+                        failed[key] = f"being trained by another process (an earlier sweep's?); see {_log_path(sweep_dir, unit)}"
+                    elif ended.code != INTERRUPTED and (ended.code != 0 or status not in DONE):
+                        failed[key] = (ended.error or f"exit code {ended.code}") + f"; see {_log_path(sweep_dir, unit)}"
                     progress(f"{_label(key)}: {status}" + (f" ({failed[key]})" if key in failed else ""))
+            if time.monotonic() - seen >= 1.0:
+                watch(sweep_dir)
+                seen = time.monotonic()
     except KeyboardInterrupt:
-        for proc in running.values():  # the runs checkpoint and stop; the next `groklab sweep` resumes them
-            proc.send_signal(signal.SIGTERM)
-        for proc in running.values():
-            proc.wait()
+        progress("interrupted: the running units checkpoint and stop; run the same command again to continue")
+        executor.cancel(list(running))  # the runs checkpoint and stop; the next `groklab sweep` resumes them
         raise
     finally:
-        sweep_dir.write_table(sweep_table(sweep_dir, threshold, failed))
-    return sweep_dir
+        sweep_dir.write_table(sweep_table(sweep_dir, sweep_dir.threshold, failed))
+        watch(sweep_dir)
+    return failed
+
+
+def _job(sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: Optional[str]) -> Job:
+    members = tuple((dict(point), seed) for point, seed in unit)
+    label = _label(unit[0]) if len(unit) == 1 else f"{batch_name(unit)} ({len(unit)} runs)"
+    return Job(str(sweep_dir.path.resolve()), members, threads, device, str(_log_path(sweep_dir, unit).resolve()), label)
 
 
 def _units(config: RunConfig, keys: list[Key], batch: int, prepared: dict) -> tuple[list[tuple[Key, ...]], bool]:
@@ -168,19 +201,6 @@ def _log_path(sweep_dir: SweepDir, unit: tuple[Key, ...]) -> Path:
     if len(unit) == 1:
         return sweep_dir.log_path(unit[0][1], dict(unit[0][0]))
     return sweep_dir.path / "logs" / f"{batch_name(unit)}.log"
-
-
-def _start(sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: Optional[str]) -> subprocess.Popen:
-    env = {**os.environ, "GROKLAB_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    args = [sys.executable, "-m", "groklab.sweep.worker", str(sweep_dir.path)]
-    if len(unit) == 1:
-        point, seed = dict(unit[0][0]), unit[0][1]
-        args += [str(seed)] + [f"{k}={json.dumps(v)}" for k, v in point.items()]
-    else:
-        args += ["--batch", batch_name(unit), json.dumps([[dict(p), s] for p, s in unit])]
-    args += [f"--device={device}"] if device else []
-    with open(_log_path(sweep_dir, unit), "a") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _status(sweep_dir: SweepDir, point, seed: int) -> str:
@@ -234,6 +254,49 @@ def sweep_table(sweep_dir: SweepDir, threshold: Optional[float] = None,
     table = pd.DataFrame(rows)
     table.attrs["threshold"] = threshold
     return table
+
+
+def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
+    """The sweep as it runs, from its runs' summaries (written at each checkpoint): per run its status,
+    step (of the run's max steps), test accuracy or, for held-out task metrics, the first generalization
+    metric, steps per second and the time left at that rate."""
+    base = config_from_dict(sweep_dir.spec["config"])
+    rows = []
+    for point in sweep_dir.points:
+        max_steps = point_config(base, point, 0).train.max_steps
+        for seed in sweep_dir.seeds:
+            path = sweep_dir.run_path(seed, point)
+            run = Run(path) if (path / "config.yaml").is_file() else None
+            summary = run.summary if run is not None else {}
+            gen = sorted(k for k in summary if k.startswith("final_gen_") and k not in ("final_gen_acc", "final_gen_loss"))
+            metric = gen[0][len("final_"):] if gen else "test_acc"
+            step, rate = summary.get("last_step"), summary.get("steps_per_s")
+            status = run.status if run is not None else "not started"
+            left = (max_steps - step) / rate if status == "running" and step is not None and rate else None
+            rows.append({**point, "seed": seed, "status": status, "step": step, "max_steps": max_steps,
+                         "metric": metric, "value": summary.get(f"final_{metric}"), "steps_per_s": rate, "left_s": left})
+    return pd.DataFrame(rows)
+
+
+def progress_totals(table: pd.DataFrame) -> str:
+    """One line: runs by status, the running runs' steps per second together, steps done of all, time left
+    (the longest of the running runs', at their rates)."""
+    counts = table["status"].value_counts()
+    order = ["finished", "stopped_early", "running", "interrupted", "killed", "diverged", "new", "not started"]
+    parts = [f"{counts[s]} {s.replace('_', ' ')}" for s in order + sorted(set(counts.index) - set(order)) if s in counts]
+    running = table[table["status"] == "running"]
+    done = table["step"].fillna(0).sum()
+    line = f"{len(table)} runs: " + ", ".join(parts) + f"; {done:.0f} of {table['max_steps'].sum():.0f} steps"
+    if len(running):
+        line += f"; {running['steps_per_s'].fillna(0).sum():.1f} steps/s running"
+        if running["left_s"].notna().any():
+            line += f", about {_duration(running['left_s'].max())} left for the running runs"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _same_type(value, like):

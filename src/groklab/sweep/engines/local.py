@@ -1,0 +1,47 @@
+"""The local engine: each unit in its own worker process on this machine, `workers` at a time."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from groklab.sweep.engines import Ended
+from groklab.sweep.worker import Job
+
+
+class LocalEngine:
+    def __init__(self, workers: int):
+        self.slots = workers
+
+    def submit(self, jobs: Sequence[Job]) -> list[subprocess.Popen]:
+        return [self._start(job) for job in jobs]
+
+    @staticmethod
+    def _start(job: Job) -> subprocess.Popen:
+        env = {**os.environ, "GROKLAB_THREADS": str(job.threads), "OMP_NUM_THREADS": str(job.threads)}
+        args = [sys.executable, "-m", "groklab.sweep.worker", job.sweep, json.dumps([[dict(p), s] for p, s in job.members])]
+        args += [f"--device={job.device}"] if job.device else []
+        with open(job.log, "a") as log:
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def wait(self, handles: Sequence[subprocess.Popen], timeout: float) -> dict[subprocess.Popen, Ended]:
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = {proc: Ended(proc.returncode) for proc in handles if proc.poll() is not None}
+            if ended or time.monotonic() >= deadline:
+                return ended
+            time.sleep(0.05)
+
+    def cancel(self, handles: Sequence[subprocess.Popen]) -> None:
+        for proc in handles:  # the runs checkpoint and stop
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in handles:
+            proc.wait()
+
+    def close(self) -> None:
+        pass
