@@ -205,6 +205,22 @@ def test_a_sweep_through_submitit_equals_the_local_sweep(local_parity, tmp_path)
     assert len(list((out / "slurm").glob("*_result.pkl"))) == 2  # two array tasks
 
 
+def test_a_submitit_sweep_stops_on_ctrl_c_and_resumes(slow_reference, tmp_path):
+    out = tmp_path / "slurm"
+    args = [str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0", "--on", "submitit-local",
+            "--threads", "1", "--out", str(out)]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = out / "runs" / "seed_0000"
+    _wait_for(lambda: len(_steps(run)) >= 3 and Run(run).status == "running", "a running run")
+    driver.send_signal(signal.SIGINT)  # the driver only, as the engine must pass it on
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 130 and "run the same command again to continue" in stderr, stderr
+    assert Run(run).status == "interrupted"
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    same_runs(SweepDir.open(out), slow_reference, [0])
+
+
 def test_slurm_job_parameters_and_the_sbatch_script(tmp_path):
     """The options only a real cluster uses, as submitit writes them into the job array's sbatch script."""
     from submitit.slurm.slurm import _make_sbatch_string

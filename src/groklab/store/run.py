@@ -85,12 +85,15 @@ def load_run(path: Union[str, Path]) -> Run:
 
 
 def _alive(summary: dict) -> bool:
-    """Whether the process that wrote a 'running' summary still runs (same host, pid alive)."""
+    """Whether the process that wrote a 'running' summary still runs: its pid, on this host; on another host
+    (a cluster node) this cannot be told from here, and the summary is taken at its word."""
     import os
     import socket
 
     pid = summary.get("pid")
-    if not pid or summary.get("host") != socket.gethostname():
+    if summary.get("host") and summary.get("host") != socket.gethostname():
+        return True
+    if not pid:
         return False
     try:
         os.kill(pid, 0)

@@ -107,10 +107,17 @@ class SlurmEngine:
         return ended
 
     def cancel(self, handles: Sequence[tuple]) -> None:
+        import signal
+
         jobs = {id(job): job for job, _ in handles}.values()
         for job in jobs:
-            if not job.done():
-                job.cancel(check=False)  # SIGTERM (SLURM) / SIGINT (local): the running unit checkpoints and stops
+            if job.done():
+                continue
+            process = getattr(job, "_process", None)  # submitit's local controller: it forwards SIGTERM to the task
+            if self.cluster == "local" and process is not None:
+                process.send_signal(signal.SIGTERM)  # (its cancel() sends SIGINT, then SIGKILL a second later)
+            else:
+                job.cancel(check=False)  # scancel: SIGTERM, the running unit checkpoints and stops
         for job in jobs:
             try:
                 job.wait()
