@@ -276,8 +276,9 @@ def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], s
 def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = None, *,
             device: Optional[str] = None, names: Optional[tuple[str, ...]] = None) -> Run:
     """Recompute the measure columns of a run's metrics from its saved checkpoints, leaving the
-    training columns as they are. `key_freqs`: "final" (found in the last checkpoint), "each"
-    (found in each checkpoint) or a list; default: the run's config."""
+    training columns as they are; `names`: only these measure sets (e.g. ("llc",)), the other measure
+    columns kept. `key_freqs`: "final" (found in the last checkpoint), "each" (found in each checkpoint)
+    or a list; default: the run's config."""
     run = Run(path)
     cfg = run.config.measures or MeasuresConfig()
     if names:
@@ -298,8 +299,8 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
             freqs = list(key_freqs)
         compute = make_measures(cfg, task.to(target), freqs)
         for row in rows:
-            for column in [c for c in row if c not in BASE_COLUMNS and c not in task.eval_columns]:
-                del row[column]
+            for column in [c for c in row if c not in BASE_COLUMNS and c not in task.eval_columns] if not names else []:
+                del row[column]  # all recomputed; with `names`, only those sets' columns are (the others kept)
             if row["step"] in steps:
                 row.update(compute(load(row["step"])))
         run.dir.write_metrics(rows)

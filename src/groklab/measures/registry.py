@@ -4,8 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import torch
+
 from groklab.config import MeasuresConfig
 from groklab.errors import ConfigError
+from groklab.measures.llc import estimate_llc
+from groklab.measures.structure import check_structure, structure
 from groklab.measures.lm import attention_entropy, weight_norm
 from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
 from groklab.measures.tree_projection import TASKS as TREE_TASKS, analysis_sample, tree_projection
@@ -52,7 +56,19 @@ def _tree_projection(model, task) -> dict:
     return tree_projection(model, sentences, gold, seed=0)
 
 
+LLC_EXAMPLES = 4096  # training examples the LLC's chains draw their minibatches from (all when fewer)
+
+
+def _llc(model, task) -> dict:
+    """The local learning coefficient (measures.llc) under the task's own training loss, on its first
+    LLC_EXAMPLES training examples (a fixed sample for every checkpoint)."""
+    inputs, labels = task.train.inputs[:LLC_EXAMPLES], task.train.labels[:LLC_EXAMPLES]
+    return estimate_llc(model, inputs, labels, lambda net, x, y: task.objective(task.outputs(net, x), y, torch.float32))
+
+
 MEASURES: dict[str, MeasureSet] = {
+    "llc": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: _llc(model, task)),
+    "structure": MeasureSet(check_structure, lambda model, task, cfg, freqs: structure(model, task)),
     "lm": MeasureSet(_check_lm, lambda model, task, cfg, freqs: _lm_measures(model, task)),
     "tree_projection": MeasureSet(_check_tree_projection,
                                   lambda model, task, cfg, freqs: _tree_projection(model, task)),

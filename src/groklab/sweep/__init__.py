@@ -290,7 +290,7 @@ def progress_totals(table: pd.DataFrame) -> str:
     if len(running):
         line += f"; {running['steps_per_s'].fillna(0).sum():.1f} steps/s running"
         if running["left_s"].notna().any():
-            line += f", about {_duration(running['left_s'].max())} left for the running runs"
+            line += f", up to {_duration(running['left_s'].max())} left for the running runs (at max steps)"
     return line
 
 

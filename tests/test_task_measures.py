@@ -1,0 +1,106 @@
+"""Measures for every task: the local learning coefficient (measures/llc.py, through devinterp) -- a regular
+model's known value, the same estimate twice, a second estimate with other chains, the measure set on a run --
+and `structure` (measures/structure.py)."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import groklab_cli
+from test_sweep import PARITY
+
+from groklab.measures.llc import estimate_llc
+from groklab.store import Run
+
+pytest.importorskip("devinterp", reason="the README's test command installs groklab[llc]")
+
+
+def half_mse(model, x, y):
+    return 0.5 * ((model(x) - y) ** 2).mean()
+
+
+@pytest.fixture(scope="module")
+def regression():
+    """A linear regression with d = 10 parameters at its least-squares solution (unit-variance inputs and noise)."""
+    torch.manual_seed(0)
+    d, n = 10, 5000
+    X = torch.randn(n, d)
+    y = X @ torch.randn(d, 1) + torch.randn(n, 1)
+    model = torch.nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(X, y).solution.T)
+    return model, X, y
+
+
+def test_a_regular_model_has_llc_d_over_2(regression):
+    """λ = d / 2 for a regular model; with localization γ the local posterior's expectation is
+    d/2 · nβ / (nβ + γ) (unit curvature). Both within 20%, with the step size calibrated automatically."""
+    model, X, y = regression
+    before = model.weight.detach().clone()
+    for gamma in (1.0, 100.0):
+        out = estimate_llc(model, X, y, half_mse, gamma=gamma)
+        expected = 10 / 2 * out["llc_nbeta"] / (out["llc_nbeta"] + gamma)
+        assert abs(out["llc"] - expected) <= 0.2 * expected, (gamma, out["llc"], expected, out["llc_epsilon"])
+        assert out["llc_epsilon"] in (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+        trace = json.loads(out["llc_loss_trace"])
+        assert len(trace) == 20 and all(math.isfinite(v) for v in trace)
+    assert torch.equal(model.weight, before)  # the model is left as it was
+
+
+def test_the_estimate_is_deterministic_and_leaves_the_random_state_alone(regression):
+    model, X, y = regression
+    torch.manual_seed(5)
+    a = estimate_llc(model, X, y, half_mse, epsilons=(3e-3,), draws=40, burnin=20)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    b = estimate_llc(model, X, y, half_mse, epsilons=(3e-3,), draws=40, burnin=20)
+    assert a == b and torch.equal(after, expected)
+    c = estimate_llc(model, X, y, half_mse, epsilons=(3e-3,), draws=40, burnin=20, seed=1)
+    assert c["llc"] != a["llc"]
+
+
+def test_llc_measured_on_a_run_and_a_second_estimate_agrees(tmp_path):
+    """`groklab measure RUN --names llc` adds the llc columns at every checkpoint and keeps the run's other
+    measures; a second estimate at the last checkpoint (devinterp, other chains) agrees within 30%."""
+    out = tmp_path / "run"
+    assert groklab_cli("run", "hu-sparse-parity", *PARITY, "--set", "train.checkpoint_every=120", "--out", str(out),
+                       "--no-report").returncode == 0
+    before = Run(out).metrics
+    result = groklab_cli("measure", str(out), "--names", "llc")
+    assert result.returncode == 0, result.stderr
+    metrics = Run(out).metrics
+    measured = metrics.dropna(subset=["llc"])
+    assert list(measured["step"]) == [0, 120, 240]
+    assert (measured["llc_epsilon"] > 0).all() and measured["llc_loss_trace"].map(lambda t: len(json.loads(t))).eq(20).all()
+    pd.testing.assert_series_equal(metrics["l2"], before["l2"])  # weight_stats kept
+    run = Run(out)
+    task = run.task
+    loss = lambda net, x, y: task.objective(task.outputs(net, x), y, torch.float32)  # noqa: E731
+    second = estimate_llc(run.model(240), task.train.inputs, task.train.labels, loss, seed=1)
+    first = measured["llc"].iloc[-1]
+    assert first > 0 and abs(second["llc"] - first) <= 0.3 * abs(first), (first, second["llc"])
+
+
+def test_structure_of_sparse_parity_is_the_weight_share_on_the_relevant_bits(tmp_path):
+    from groklab.measures.structure import relevant_share
+
+    W = torch.zeros(8, 12)
+    W[:, :3] = torch.randn(8, 3)
+    assert relevant_share(W, 3) == pytest.approx(1.0)
+    assert relevant_share(torch.ones(8, 12), 3) == pytest.approx(3 / 12)
+    out = tmp_path / "run"  # live, on a run that learns: the share moves from about k / n_bits towards 1
+    result = groklab_cli("run", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=1200", "--set",
+                         "measures.names=[structure,weight_stats]", "--out", str(out), "--no-report")
+    assert result.returncode == 0, result.stderr
+    metrics = Run(out).metrics
+    assert metrics["structure"].iloc[0] == pytest.approx(3 / 12, abs=0.15)
+    assert metrics["structure"].iloc[-1] > 2 * metrics["structure"].iloc[0] and metrics["train_acc"].iloc[-1] > 0.95
+
+
+def test_structure_where_a_task_has_none():
+    result = groklab_cli("run", "power-mod-div", "--set", "measures.names=[structure]", "--out", "/tmp/never")
+    assert result.returncode == 2 and "'structure' is defined for" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
