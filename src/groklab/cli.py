@@ -316,7 +316,7 @@ def _print_sweep(sweep_dir) -> None:
 
 def _print_summary(result) -> None:
     """The run's summary, computed from its metrics now (so a run in progress or killed shows too)."""
-    from groklab.dynamics import detect_phases, summarize
+    from groklab.dynamics import detect_phases, detect_stages, summarize
     from groklab.dynamics.summary import is_structural, structural_headline
 
     metrics = result.metrics
@@ -345,11 +345,25 @@ def _print_summary(result) -> None:
                           for k in ("device", "cpu", "threads", "batch") if summary.get(k))
         lines += [("wall time", f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)" + (f" on {where}" if where else ""))]
         lines += [] if structural else _phase_lines(detect_phases(metrics))
+        lines += _stage_lines(detect_stages(metrics))
     else:
         lines += [("metrics", "none yet")]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def _stage_lines(stages: dict) -> list[tuple[str, str]]:
+    """The stages every run has (memorized, structure / LLC onsets, generalized, cleanup) on one line."""
+    if not stages:
+        return []
+    names = {"memorized_step": "memorized", "structure_onset_step": "structure moves", "llc_onset_step": "LLC moves",
+             "generalized_step": "generalized", "cleanup_end_step": "cleanup ends"}
+    found = sorted((v, names[k]) for k, v in stages.items() if k in names and v is not None)
+    text = ", ".join(f"{name} at {step}" for step, name in found) or "none found"
+    leads = ", ".join(f"{k.split('_')[0]} leads by {stages[k]:.0%} of the delay" for k in ("structure_lead", "llc_lead")
+                      if stages.get(k) is not None)
+    return [("stages", text + (f" ({leads})" if leads else ""))] + ([("", stages["stages_note"])] if stages.get("stages_note") else [])
 
 
 def _phase_lines(phases: dict) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ import torch
 
 from groklab import runtime
 from groklab.config import MeasuresConfig, ModelConfig, RunConfig, TaskConfig, to_yaml
-from groklab.dynamics import detect_phases, phase_evidence, summarize
+from groklab.dynamics import detect_phases, detect_stages, phase_evidence, summarize
 from groklab.dynamics.summary import is_structural
 from groklab.errors import ConfigError, RunDirError
 from groklab.measures import check_measures, final_key_frequencies, make_measures
@@ -158,12 +158,13 @@ class Recorder:
 
 
 def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -> None:
-    """summary.json: the run's status and headline figures, and the phases found in its metrics (not for
-    structural-grokking LMs, whose token-level train / test accuracy the phases do not describe)."""
+    """summary.json: the run's status and headline figures, Nanda et al.'s three phases found in its metrics
+    (not for structural-grokking LMs, whose token-level train / test accuracy they do not describe), and the
+    stages every run has (`dynamics.detect_stages`: memorized, structure and LLC onsets, generalized, cleanup)."""
     metrics = pd.DataFrame(rows)
     phases = {} if is_structural(metrics) else detect_phases(metrics)
     run_dir.write_summary({**fields, "name": cfg.name, "source": cfg.source, "expected": cfg.expected,
-                           **summarize(metrics), **phases, **phase_evidence(metrics, phases)})
+                           **summarize(metrics), **phases, **phase_evidence(metrics, phases), **detect_stages(metrics)})
 
 
 def _trainer(prepared: Prepared, state: Optional[TrainState]) -> Trainer:

@@ -116,3 +116,95 @@ def phase_evidence(metrics: pd.DataFrame, phases: dict) -> dict:
     if "sum_sq_weights" in m:
         out["sum_sq_weights_drop"] = float(1 - m.loc[t_clean, "sum_sq_weights"] / m.loc[t_circ, "sum_sq_weights"])
     return out
+
+
+# -- stages: the same reading for every task -------------------------------------------------------------
+
+STRUCTURE_COLUMNS = ("structure", "fourier_mult_fve", "t_score")  # the first present is the structure measure
+NORM_COLUMNS = ("weight_norm", "sum_sq_weights", "l2")  # the first present is the weight norm
+
+
+def metric_columns(metrics: pd.DataFrame) -> dict[str, Optional[str]]:
+    """Which columns play which part: the held-out metric (test_acc, or the task's first generalization
+    metric gen_* of a structural LM), the train metric (train_acc, or the held-out metric's in-distribution
+    id_* twin), the structure measure, the LLC and the weight norm (None where the table has none)."""
+    gen = sorted(c for c in metrics.columns if c.startswith("gen_") and c not in ("gen_acc", "gen_loss"))
+    held = gen[0] if gen else "test_acc" if "test_acc" in metrics else None
+    twin = "id_" + held[len("gen_"):] if gen else None
+    pick = lambda names: next((c for c in names if c in metrics and metrics[c].notna().any()), None)  # noqa: E731
+    return {"held_out": held, "train": twin if twin in metrics else "train_acc" if "train_acc" in metrics else None,
+            "structure": pick(STRUCTURE_COLUMNS), "llc": pick(("llc",)), "norm": pick(NORM_COLUMNS)}
+
+
+def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0.2, norm_fall: float = 0.1) -> dict:
+    """The stages of any run, from named columns (`metric_columns`), for modular arithmetic, structural LMs
+    and sparse parity alike:
+
+    - memorized_step: the train metric first reaches min(0.99, 0.99 x its maximum) (None if its maximum
+      stays below 0.5);
+    - generalized_step: the held-out metric first crosses halfway from its value at memorization (at the
+      start, without one) to its maximum — only if that rise is at least `min_rise` (else None: no jump);
+    - structure_onset_step, llc_onset_step: the measure first leaves its starting value by `onset` of its
+      range over the run, and stays out at the next evaluation (None without the column or a range);
+    - cleanup_end_step: after generalization, the weight norm has completed 90% of its fall from its peak
+      — only if it falls by at least `norm_fall` of the peak;
+    and the evidence: structure_lead, llc_lead (generalized - onset, as a fraction of the delay from
+    memorization to generalization: > 0, the measure moved first), norm_drop (the fall over the peak).
+    A boundary a run does not have is None, and stages_note says why: nothing is invented."""
+    cols = metric_columns(metrics)
+    keys = ("memorized_step", "generalized_step", "structure_onset_step", "llc_onset_step", "cleanup_end_step")
+    out: dict = {k: None for k in keys}
+    notes = []
+    if metrics.empty or cols["held_out"] is None or cols["train"] is None:
+        return {}
+    m = metrics.sort_values("step").reset_index(drop=True)
+    train, held = m[cols["train"]], m[cols["held_out"]]
+    if train.max() >= 0.5:
+        out["memorized_step"] = _first(m, train >= min(0.99, 0.99 * train.max()))
+    else:
+        notes.append(f"never fit the training data ({cols['train']} at most {train.max():.2f})")
+    base_at = out["memorized_step"] if out["memorized_step"] is not None else int(m["step"].iloc[0])
+    base = float(held[m["step"] == base_at].iloc[0])
+    top = float(held[m["step"] >= base_at].max())
+    if top - base >= min_rise:
+        out["generalized_step"] = _first(m, held >= base + 0.5 * (top - base), after=base_at)
+    else:
+        notes.append(f"no generalization: {cols['held_out']} rose by {top - base:.2f} (< {min_rise}) after "
+                     f"{'memorization' if out['memorized_step'] is not None else 'the start'}")
+    for name, key in (("structure", "structure_onset_step"), ("llc", "llc_onset_step")):
+        if cols[name] is not None:
+            out[key] = _onset(m, cols[name], onset)
+    delay = None if None in (out["memorized_step"], out["generalized_step"]) else \
+        out["generalized_step"] - out["memorized_step"]
+    for name in ("structure", "llc"):
+        t = out[f"{name}_onset_step"]
+        if t is not None and out["generalized_step"] is not None and delay:
+            out[f"{name}_lead"] = (out["generalized_step"] - t) / delay
+    if cols["norm"] is not None and out["generalized_step"] is not None:
+        norm = m[cols["norm"]]
+        after = m[m["step"] >= out["generalized_step"]]
+        if after[cols["norm"]].notna().any():
+            peak_i = after[cols["norm"]].idxmax()
+            peak = float(norm[peak_i])
+            fall = peak - float(norm[peak_i:].min())
+            if peak > 0 and fall >= norm_fall * peak:
+                out["cleanup_end_step"] = _first(m, norm <= peak - 0.9 * fall, after=int(m.loc[peak_i, "step"]))
+                out["norm_drop"] = fall / peak
+            else:
+                notes.append(f"no cleanup: {cols['norm']} fell by {fall / peak if peak else 0:.0%} after generalization")
+    out["stages_note"] = "; ".join(notes)
+    out["stages_columns"] = ",".join(f"{k}={v}" for k, v in cols.items() if v is not None)
+    return out
+
+
+def _onset(m: pd.DataFrame, column: str, fraction: float) -> Optional[int]:
+    x = m[column]
+    valid = x.dropna()
+    if len(valid) < 3:
+        return None
+    span = float(valid.max() - valid.min())
+    if not span > 0:
+        return None
+    out_ = ((x - valid.iloc[0]).abs() >= fraction * span)
+    sustained = out_ & out_.shift(-1, fill_value=True)
+    return _first(m, sustained & x.notna())
