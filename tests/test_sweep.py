@@ -173,6 +173,12 @@ def test_map_of_a_sweep(parity_sweep):
     table = Run(out / "runs" / "seed_0002").metrics
     assert (model.predict(table) == paths[paths["seed"] == 2]["state"].to_numpy()).all()
 
+    # convergence read from another metric (a structural sweep's gen_* metric, here the train accuracy)
+    again = groklab_cli("map", str(out), "--states", "2", "--restarts", "1", "--jobs", "1", "--metric", "train_acc",
+                        "--threshold", "0.8")
+    assert again.returncode == 0, again.stderr
+    assert "train_acc &gt;= 0.8" in (map_dir / "report.html").read_text() or "train_acc >= 0.8" in (map_dir / "report.html").read_text()
+
 
 def test_map_errors(parity_sweep, tmp_path):
     out, _ = parity_sweep
@@ -181,6 +187,7 @@ def test_map_errors(parity_sweep, tmp_path):
     bad(["map", str(out), "--states", "many"], "--states takes")
     bad(["map", str(out), "--features", "l1,accuracy"], "no column(s) accuracy")
     bad(["map", str(out), "--features", "best"], "unknown feature set 'best'")
+    bad(["map", str(out), "--metric", "gen_first_word_acc"], "no column 'gen_first_word_acc'")
     empty = SweepDir.create_or_open(tmp_path / "empty", parity_config().model_dump(mode="json"), [0, 1])
     bad(["map", str(empty.path)], "needs at least 3")
 

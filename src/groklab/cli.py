@@ -185,8 +185,10 @@ def pd_isna(value) -> bool:
 @click.option("--restarts", type=int, default=5, show_default=True, help="Seeded EM restarts per K.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the restarts (random_state).")
 @click.option("--jobs", type=int, default=-1, show_default=True, help="Processes for the fits (-1: all cores).")
+@click.option("--metric", default="test_acc", show_default=True,
+              help="The metrics column convergence is read from (e.g. gen_first_word_acc for a structural sweep).")
 def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float], zscore: str, restarts: int,
-         seed: int, jobs: int) -> None:
+         seed: int, jobs: int, metric: str) -> None:
     """Fit the HMM training map of a sweep; write SWEEP_DIR/map/ (map SVG/PNG, CSV tables, report.html)."""
     from groklab.store import SweepDir
     from groklab.sweep.maps import map_sweep
@@ -202,7 +204,7 @@ def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float],
     sweep = SweepDir.open(sweep_dir)
     threshold = sweep.threshold if threshold is None else threshold
     result = map_sweep(sweep, features if "," not in features else features.split(","), states, threshold,
-                       zscore=zscore, n_restarts=restarts, random_state=seed, n_jobs=jobs,
+                       column=metric, zscore=zscore, n_restarts=restarts, random_state=seed, n_jobs=jobs,
                        progress=lambda line: click.echo(line, err=True))
     model, detours = result.model, result.detours
     click.echo(f"training map: {result.path}  (report: {result.path / 'report.html'})")

@@ -22,7 +22,8 @@ measured on the linear regression, the smaller one is the more biased, low); fai
 usable one. Each chain first takes
 BURNIN steps that are not averaged. The columns: llc, llc_sd (over the chains), and
 the settings and the diagnostic: llc_epsilon, llc_nbeta, llc_gamma, llc_draws, llc_chains,
-llc_init_loss, llc_loss_trace (the chains' mean loss at every tenth draw, as JSON text).
+llc_init_loss, llc_tried (step sizes run to choose one: the cost is that many chains x draws), llc_loss_trace
+(the chains' mean loss at every tenth draw, as JSON text).
 Deterministic: the chains are seeded (`seed` + chain) and the caller's random state is left as it was.
 """
 from __future__ import annotations
@@ -66,10 +67,11 @@ def estimate_llc(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Ten
     def evaluate(net, batch):
         return loss(net, batch[0], batch[1]), {}
 
-    tried = []
+    tried, attempts = [], 0
     devices = [torch.cuda.current_device()] if inputs.is_cuda else []
     with torch.random.fork_rng(devices=devices):
         for epsilon in epsilons:
+            attempts += 1
             torch.manual_seed(seed)
             loader = torch.utils.data.DataLoader(data, batch_size=m, shuffle=True)
             try:
@@ -98,7 +100,7 @@ def estimate_llc(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Ten
     mean = trace.mean(0)
     return {"llc": float(out["llc/mean"]), "llc_sd": float(out["llc/std"]), "llc_epsilon": epsilon, "llc_nbeta": nbeta,
             "llc_gamma": gamma, "llc_draws": draws, "llc_chains": chains, "llc_init_loss": init_loss,
-            "llc_tried": len(tried), "llc_loss_trace": json.dumps([round(float(v), 6) for v in mean[::10]])}
+            "llc_tried": attempts, "llc_loss_trace": json.dumps([round(float(v), 6) for v in mean[::10]])}
 
 
 def _agree(a: float, b: float) -> bool:

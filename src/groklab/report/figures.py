@@ -281,5 +281,17 @@ def header(run: Run) -> dict:
             ("train acc >= 99%", f"step {summary.get('step_train_acc_99')}"),
             ("phases", ", ".join(f"{n} ends at step {s}" if s is not None else f"no {n}" for n, s in phases)
              + (f" ({summary['phase_note']})" if summary.get("phase_note") else "")),
-        ]),
+        ]) + _stages(summary),
     }
+
+
+def _stages(summary: dict) -> list[tuple[str, str]]:
+    """The stages every run has (dynamics.detect_stages), as the header's row."""
+    names = (("memorized", "memorized_step"), ("structure moves", "structure_onset_step"),
+             ("LLC moves", "llc_onset_step"), ("generalized", "generalized_step"), ("cleanup ends", "cleanup_end_step"))
+    found = sorted((summary[key], name) for name, key in names if summary.get(key) is not None)
+    if "stages_columns" not in summary:
+        return []
+    text = ", ".join(f"{name} at step {step}" for step, name in found) or "none found"
+    return [("stages", text + (f" ({summary['stages_note']})" if summary.get("stages_note") else "")
+             + f" [{summary['stages_columns']}]")]

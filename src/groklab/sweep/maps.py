@@ -43,6 +43,9 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
     runs, skipped = _usable_runs(sweep_dir)
     names = _check_features(features, runs)
+    if not any(column in table for table in runs.values()):
+        raise UserError(f"--metric: the runs' metrics have no column '{column}'; e.g. test_acc, or a structural "
+                        "task's gen_* metric")
     progress(f"map {sweep_dir.path}: {len(runs)} runs x {int(np.mean([len(t) for t in runs.values()]))} "
              f"checkpoints x {len(names)} features; skipped {len(skipped)}; fitting "
              f"{'K = ' + str(n_states) if isinstance(n_states, int) else 'K = 1..8 by ' + n_states.upper()}, "
