@@ -47,9 +47,9 @@ def ray_cluster():
             assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
             time.sleep(0.2)
     yield f"127.0.0.1:{port}"
-    os.killpg(head.pid, signal.SIGTERM)
+    os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` itself may not exit on it: SIGKILL after 3 s
     try:
-        head.wait(10)
+        head.wait(3)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()

@@ -62,6 +62,7 @@ class SlurmEngine:
         if cluster == "slurm" and not shutil.which("sbatch"):
             raise ConfigError("--on slurm: no SLURM here (sbatch not found); run the command on the cluster's login "
                               "node, or try the sweep on this machine with --on submitit-local")
+        self.gpus = options.pop("gpus", None)  # per array task; default: one with --device cuda
         self.submitit, self.cluster, self.options = submitit, cluster, options
         self.runs_per_job = runs_per_job
         if runs_per_job is not None and runs_per_job < 1:
@@ -76,13 +77,14 @@ class SlurmEngine:
         per = self.runs_per_job or (max(1, math.ceil(len(jobs) / max(1, runtime.cpu_threads() // jobs[0].threads)))
                                     if self.cluster == "local" else max(1, math.ceil(len(jobs) / MAX_ARRAY)))
         chunks = [list(jobs[i:i + per]) for i in range(0, len(jobs), per)]
+        gpus = jobs[0].gpus if self.gpus is None else self.gpus
         if self.cluster == "local":
             executor = self.submitit.LocalExecutor(folder=self.folder)
             executor.update_parameters(timeout_min=_minutes(self.options.get("time") or "24:00:00"),
-                                       gpus_per_node=jobs[0].gpus, cpus_per_task=jobs[0].threads)
+                                       gpus_per_node=gpus, cpus_per_task=jobs[0].threads)
         else:
             executor = self.submitit.SlurmExecutor(folder=self.folder)
-            executor.update_parameters(**slurm_parameters(self.name, jobs[0].threads, jobs[0].gpus, **self.options))
+            executor.update_parameters(**slurm_parameters(self.name, jobs[0].threads, gpus, **self.options))
         submitted = executor.map_array(run_units, chunks)
         return [(sub, i) for sub, chunk in zip(submitted, chunks) for i in range(len(chunk))]
 
