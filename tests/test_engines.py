@@ -129,9 +129,8 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_resumes(ray_cluster, slow_re
 
 
 def test_a_ray_sweep_stops_on_ctrl_c_and_resumes_after_its_driver_dies(ray_cluster, slow_reference, tmp_path):
-    """Ctrl-C: the runs checkpoint and stop, the command says how to continue; `groklab show` from another
-    terminal shows the live table meanwhile; the driver killed outright: re-running the command resumes.
-    The end: the runs of the same sweep run locally."""
+    """Ctrl-C: the runs checkpoint and stop, the command says how to continue; the driver killed outright:
+    re-running the command resumes. The end: the runs of the same sweep run locally."""
     out = tmp_path / "ray"
     args = [str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0-1", "--on", "ray", "--address",
             ray_cluster, "--threads", "1", "--out", str(out)]
@@ -144,9 +143,6 @@ def test_a_ray_sweep_stops_on_ctrl_c_and_resumes_after_its_driver_dies(ray_clust
     for stop in (signal.SIGINT, signal.SIGKILL):
         driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for(lambda: (out / "runs").is_dir() and running(before), "a running run")
-        if stop == signal.SIGINT:
-            show = groklab_cli("show", str(out))
-            assert show.returncode == 0 and "running" in show.stdout and "steps/s" in show.stdout, show.stdout
         driver.send_signal(stop)
         _, stderr = driver.communicate(timeout=300)
         if stop == signal.SIGINT:
@@ -157,6 +153,28 @@ def test_a_ray_sweep_stops_on_ctrl_c_and_resumes_after_its_driver_dies(ray_clust
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     same_runs(SweepDir.open(out), slow_reference, [0, 1])
+
+
+def test_groklab_show_prints_the_live_table_of_a_running_sweep(tmp_path):
+    """From another terminal while a sweep runs: each run's status, step of max steps, steps/s, time left,
+    and the totals line."""
+    out = tmp_path / "s"
+    driver = subprocess.Popen([str(BIN / "groklab"), "sweep", "hu-sparse-parity", "--set", "train.max_steps=200000",
+                               "--seeds", "0", "--threads", "1", "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = out / "runs" / "seed_0000"
+    try:
+        _wait_for(lambda: len(_steps(run)) >= 2 and Run(run).status == "running", "a running run")
+        show = groklab_cli("show", str(out))
+    finally:
+        driver.send_signal(signal.SIGINT)
+        driver.communicate(timeout=300)
+    assert show.returncode == 0, show.stderr
+    lines = show.stdout.splitlines()
+    assert lines[0].split() == ["seed", "status", "step", "metric", "value", "steps/s", "left", "(s)"]
+    assert lines[1].split()[:2] == ["0", "running"] and lines[1].split()[2].endswith("/200000")
+    assert lines[-1].startswith("1 runs: 1 running;") and "steps/s running" in lines[-1]
+    assert Run(run).status == "interrupted"
 
 
 def test_a_failed_run_on_ray_is_recorded_and_the_others_finish(ray_cluster, tmp_path):
@@ -192,7 +210,9 @@ def test_engine_errors(tmp_path):
          str(tmp_path / "s")], "no SLURM here")
     bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "submitit-local", "--threads", "1",
          "--time", "soon", "--out", str(tmp_path / "u")], "--time takes")
-    assert not any((tmp_path / d).exists() for d in "rtsu")  # nothing made for a sweep that cannot start
+    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "submitit-local", "--threads", "1",
+         "--device", "tpu", "--out", str(tmp_path / "d")], "unknown device 'tpu'")
+    assert not any((tmp_path / d).exists() for d in "rtsud")  # nothing made for a sweep that cannot start
 
 
 def test_a_sweep_through_submitit_equals_the_local_sweep(local_parity, tmp_path):

@@ -127,13 +127,13 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
 
     small = [f"--set=task.{k}={v}" for k, v in SMALL.items()]
     out = tmp_path / "depths"
-    result = groklab_cli("sweep", "structural-qf-lab", *small, "--set", "train.max_steps=10", "--set", "train.eval_every=10",
-                         "--set", "train.checkpoint_every=10", "--set", "measures.every=10", "--set", "model.d_model=16",
-                         "--set", "model.d_head=4", "--set", "model.d_mlp=32", "--depths", "1,2", "--seeds", "0-1",
+    result = groklab_cli("sweep", "structural-qf-lab", *small, "--set", "train.max_steps=20", "--set", "train.eval_every=4",
+                         "--set", "train.checkpoint_every=4", "--set", "measures.every=4", "--set", "model.d_model=16",
+                         "--set", "model.d_head=4", "--set", "model.d_mlp=32", "--depths", "1,2", "--seeds", "0-2",
                          "--workers", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "table.csv")
-    assert sorted(zip(table["model.n_layers"], table["seed"])) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert sorted(zip(table["model.n_layers"], table["seed"])) == [(d, s) for d in (1, 2) for s in range(3)]
     assert (table["status"] == "finished").all() and table["final_t_score"].notna().all()
     for depth in (1, 2):
         assert Run(out / "runs" / f"model.n_layers={depth}" / "seed_0000").config.model.n_layers == depth
@@ -142,3 +142,10 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
                    "t_score_final_mean"):
         assert column in per_point
     assert "converged (test acc" not in result.stdout  # token-level test accuracy is not the headline here
+    # the weight statistics are logged for LM presets too: a training map of one depth, convergence read
+    # from the generalization metric
+    mapped = groklab_cli("map", str(out), "--point", "model.n_layers=2", "--states", "2", "--restarts", "1", "--jobs",
+                         "1", "--metric", "gen_first_word_acc", "--threshold", "0.5")
+    assert mapped.returncode == 0, mapped.stderr
+    page = (out / "map" / "model.n_layers=2" / "report.html").read_text()
+    assert "gen_first_word_acc" in page

@@ -188,6 +188,7 @@ def test_map_errors(parity_sweep, tmp_path):
     bad(["map", str(out), "--features", "l1,accuracy"], "no column(s) accuracy")
     bad(["map", str(out), "--features", "best"], "unknown feature set 'best'")
     bad(["map", str(out), "--metric", "gen_first_word_acc"], "no column 'gen_first_word_acc'")
+    bad(["map", str(out), "--point", "train.lr=0.1"], "has no grid: drop --point")
     empty = SweepDir.create_or_open(tmp_path / "empty", parity_config().model_dump(mode="json"), [0, 1])
     bad(["map", str(empty.path)], "needs at least 3")
 
@@ -195,25 +196,30 @@ def test_map_errors(parity_sweep, tmp_path):
 def test_grid_sweep(tmp_path):
     """--grid runs every point for every seed, each in its own directory with its own config."""
     out = tmp_path / "grid"
-    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-1",
+    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-2",
                          "--grid", "train.lr=0.05,0.1", "--workers", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "table.csv")
-    assert len(table) == 4 and sorted(zip(table["train.lr"], table["seed"])) == [(0.05, 0), (0.05, 1), (0.1, 0), (0.1, 1)]
+    assert len(table) == 6 and sorted(zip(table["train.lr"], table["seed"])) == [(lr, s) for lr in (0.05, 0.1) for s in range(3)]
     assert (table["status"] == "finished").all()
     for lr in (0.05, 0.1):
         run = Run(out / "runs" / f"train.lr={lr}" / "seed_0001")
         assert run.config.train.lr == lr and run.config.seed == 1
     assert "per grid point" in result.stdout
-    again = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-1",
+    again = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-2",
                         "--grid", "train.lr=0.05,0.1", "--out", str(out))
-    assert again.returncode == 0 and "4 of 4 runs already done" in again.stderr
+    assert again.returncode == 0 and "6 of 6 runs already done" in again.stderr
     bad(["sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-1", "--grid",
          "train.lr=0.05,0.2", "--out", str(out)], "another config or grid", run_dir=out)
     bad(["sweep", "hu-sparse-parity", "--grid", "train.lr", "--seeds", "0"], "--grid takes")
     bad(["sweep", "hu-sparse-parity", "--grid", "train.lrr=1,2", "--seeds", "0", "--out", str(tmp_path / "x")],
         "unknown key 'train.lrr'")
-    bad(["map", str(out)], "sweeps a grid")
+    bad(["map", str(out)], "sweeps a grid: map one point of it with --point, one of: train.lr=0.05; train.lr=0.1")
+    bad(["map", str(out), "--point", "train.lr=0.3"], "one of: train.lr=0.05")
+    mapped = groklab_cli("map", str(out), "--point", "train.lr=0.1", "--states", "2", "--restarts", "1", "--jobs", "1")
+    assert mapped.returncode == 0, mapped.stderr
+    assert (out / "map" / "train.lr=0.1" / "report.html").is_file()
+    assert sorted(pd.read_csv(out / "map" / "train.lr=0.1" / "paths.csv")["seed"].unique()) == [0, 1, 2]
 
 
 def test_grid_summary_counts_seeds_that_cross():

@@ -162,15 +162,15 @@ def _rich_progress(table, totals: str, rows: int = 30):
                         justify="left" if col == "status" else "right")
     for _, r in shown.iterrows():
         view.add_row(*[str(r[k]) for k in keys], str(r["seed"]), r["status"],
-                     "-" if pd_isna(r["step"]) else f"{int(r['step'])}/{r['max_steps']}",
-                     "-" if pd_isna(r["value"]) else f"{r['value']:.3f}",
-                     "-" if pd_isna(r["steps_per_s"]) else f"{r['steps_per_s']:.1f}",
-                     "-" if pd_isna(r["left_s"]) else f"{r['left_s'] / 60:.1f} min")
+                     "-" if _missing(r["step"]) else f"{int(r['step'])}/{r['max_steps']}",
+                     "-" if _missing(r["value"]) else f"{r['value']:.3f}",
+                     "-" if _missing(r["steps_per_s"]) else f"{r['steps_per_s']:.1f}",
+                     "-" if _missing(r["left_s"]) else f"{r['left_s'] / 60:.1f} min")
     more = [f"... and {len(table) - rows} more"] if len(table) > rows else []
     return Group(view, *more, totals)
 
 
-def pd_isna(value) -> bool:
+def _missing(value) -> bool:
     return value is None or value != value
 
 
@@ -187,8 +187,10 @@ def pd_isna(value) -> bool:
 @click.option("--jobs", type=int, default=-1, show_default=True, help="Processes for the fits (-1: all cores).")
 @click.option("--metric", default="test_acc", show_default=True,
               help="The metrics column convergence is read from (e.g. gen_first_word_acc for a structural sweep).")
+@click.option("--point", multiple=True, metavar="KEY.PATH=VALUE",
+              help="For a grid sweep: the point whose seeds are mapped (e.g. model.n_layers=4); into map/POINT/.")
 def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float], zscore: str, restarts: int,
-         seed: int, jobs: int, metric: str) -> None:
+         seed: int, jobs: int, metric: str, point: tuple[str, ...]) -> None:
     """Fit the HMM training map of a sweep; write SWEEP_DIR/map/ (map SVG/PNG, CSV tables, report.html)."""
     from groklab.store import SweepDir
     from groklab.sweep.maps import map_sweep
@@ -204,7 +206,7 @@ def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float],
     sweep = SweepDir.open(sweep_dir)
     threshold = sweep.threshold if threshold is None else threshold
     result = map_sweep(sweep, features if "," not in features else features.split(","), states, threshold,
-                       column=metric, zscore=zscore, n_restarts=restarts, random_state=seed, n_jobs=jobs,
+                       column=metric, point=_point(point), zscore=zscore, n_restarts=restarts, random_state=seed, n_jobs=jobs,
                        progress=lambda line: click.echo(line, err=True))
     model, detours = result.model, result.detours
     click.echo(f"training map: {result.path}  (report: {result.path / 'report.html'})")
@@ -275,6 +277,16 @@ def show(run_dir: str) -> None:
         _print_sweep(SweepDir.open(run_dir))
     else:
         _print_summary(groklab.load_run(run_dir))
+
+
+def _point(items: tuple[str, ...]) -> Optional[dict]:
+    """--point KEY.PATH=VALUE (repeatable) -> {key: value}, or None."""
+    from groklab.sweep import parse_grid
+
+    grid = parse_grid(list(items))
+    if any(len(values) != 1 for values in grid.values()):
+        raise UserError("--point takes KEY.PATH=VALUE with one value (repeat it for several keys)")
+    return {key: values[0] for key, values in grid.items()} or None
 
 
 def _print_sweep(sweep_dir) -> None:

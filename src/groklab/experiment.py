@@ -47,22 +47,23 @@ class Prepared:
     device: torch.device
 
 
-def resolve_device(spec: str) -> torch.device:
-    """auto (CUDA when available, else CPU) | cpu | cuda | cuda:N."""
+def resolve_device(spec: str, here: bool = True) -> torch.device:
+    """auto (CUDA when available, else CPU) | cpu | cuda | cuda:N. `here=False`: only check the name (the
+    runs train on other machines, a cluster's, whose devices this one cannot see)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
         raise ConfigError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and here:
         if not torch.cuda.is_available():
             raise ConfigError(f"device '{spec}' requested but CUDA is not available here; use --device cpu "
                               "(or install a CUDA build of torch, see README)")
         if (device.index or 0) >= torch.cuda.device_count():
             raise ConfigError(f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    elif device.type != "cpu":
-        raise ConfigError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
     return device
 
 

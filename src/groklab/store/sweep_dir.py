@@ -7,7 +7,7 @@
       logs/seed_0007.log    each worker's output (logs/batch-NAME.log: a batch's)
       batches/batch-NAME.safetensors  a batch's resume state: its members' states at one step (atomic)
       table.csv             one row per seed: status, convergence, final accuracies (atomic)
-      map/                  the training map of the sweep (`groklab map`)
+      map/                  the training map of the sweep (`groklab map`); map/KEY=VALUE/: of one grid point
 """
 from __future__ import annotations
 
@@ -110,15 +110,22 @@ class SweepDir:
     def log_path(self, seed: int, point: Optional[dict] = None) -> Path:
         return self.path / LOGS / (f"{point_name(point)},seed_{seed:04d}.log" if point else f"seed_{seed:04d}.log")
 
+    def map_path(self, point: Optional[dict] = None) -> Path:
+        """MAP/, or MAP/KEY=VALUE,.../ for the map of one point of the grid."""
+        return self.path / MAP / point_name(point) if point else self.path / MAP
+
     @property
     def map_dir(self) -> Path:
-        return self.path / MAP
+        return self.map_path()
 
-    def write_map(self, tables: dict[str, pd.DataFrame], page: str, save_map, save_model) -> Path:
-        """Replace MAP/ with the new training map: CSV tables, report.html, the drawings written by
-        `save_map(dir)` and the fitted model by `save_model(path)`. Written next to it first and swapped in,
-        so an interrupted `groklab map` leaves the previous map whole."""
-        tmp = self.path / f".{MAP}.tmp"
+    def write_map(self, tables: dict[str, pd.DataFrame], page: str, save_map, save_model,
+                  point: Optional[dict] = None) -> Path:
+        """Replace the training map (MAP/, or MAP/POINT/ for a point of the grid) with the new one: CSV tables,
+        report.html, the drawings written by `save_map(dir)` and the fitted model by `save_model(path)`.
+        Written next to it first and swapped in, so an interrupted `groklab map` leaves the previous map whole."""
+        target = self.map_path(point)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp, old = target.parent / f".{target.name}.tmp", target.parent / f".{target.name}.old"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for name, table in tables.items():
@@ -126,13 +133,12 @@ class SweepDir:
         (tmp / "report.html").write_text(page)
         save_map(tmp)
         save_model(tmp / "training_map.json")
-        old = self.path / f".{MAP}.old"
         shutil.rmtree(old, ignore_errors=True)
-        if self.map_dir.exists():
-            self.map_dir.rename(old)
-        tmp.rename(self.map_dir)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
-        return self.map_dir
+        return target
 
     def write_table(self, table: pd.DataFrame) -> None:
         _atomic_write(self.path / TABLE, lambda tmp: table.to_csv(tmp, index=False))

@@ -94,8 +94,8 @@ def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] =
     check_threads(threads)
     if on not in ENGINES:
         raise ConfigError(f"--on takes one of {', '.join(ENGINES)}; got '{on}'")
-    if on != "local" and device not in (None, "auto", "cpu"):  # the runs' machines have the GPUs, maybe not this one
-        resolve_device("cpu" if str(device).startswith("cuda") else device)
+    if on != "local" and device is not None:  # the runs' machines have the GPUs, maybe not this one
+        resolve_device(device, here=False)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     prepared = {}
     for point in points:  # everything checked before any run starts

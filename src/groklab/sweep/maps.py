@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -36,12 +36,14 @@ class MapResult:
 def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequence[str]] = "base",
               n_states: Union[int, str] = "bic", threshold: float = 0.9, column: str = "test_acc",
               zscore: str = "per_run", n_restarts: int = 5, random_state: int = 0, alpha: float = 0.05,
-              n_jobs: int = 1, png: bool = True, progress: Callable[[str], None] = lambda line: None) -> MapResult:
+              n_jobs: int = 1, png: bool = True, point: Optional[dict] = None,
+              progress: Callable[[str], None] = lambda line: None) -> MapResult:
     """Fit a TrainingMap over the sweep's finished runs and write SWEEP_DIR/map/: training_map.png/.svg,
     report.html, training_map.json (the fitted model) and the CSV tables selection, restarts, states,
-    detours, transitions, transition_features, paths and convergence."""
+    detours, transitions, transition_features, paths and convergence. A grid sweep is mapped one `point`
+    of its grid at a time (e.g. {"model.n_layers": 4}), into SWEEP_DIR/map/KEY=VALUE/."""
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
-    runs, skipped = _usable_runs(sweep_dir)
+    runs, skipped = _usable_runs(sweep_dir, point)
     names = _check_features(features, runs)
     if not any(column in table for table in runs.values()):
         raise UserError(f"--metric: the runs' metrics have no column '{column}'; e.g. test_acc, or a structural "
@@ -69,18 +71,21 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
               "transitions": transitions, "transition_features": _transition_features(model, used, transitions),
               "paths": _paths_table(model, used), "convergence": convergence}
     page, save_drawings = _report(sweep_dir, model, tables, threshold, column, skipped, png)
-    path = sweep_dir.write_map(tables, page, save_drawings, model.save)
+    path = sweep_dir.write_map(tables, page, save_drawings, model.save, point)
     return MapResult(path, model, convergence, detours, states, skipped)
 
 
-def _usable_runs(sweep_dir: SweepDir) -> tuple[dict[int, pd.DataFrame], dict[int, str]]:
+def _usable_runs(sweep_dir: SweepDir, point: Optional[dict] = None) -> tuple[dict[int, pd.DataFrame], dict[int, str]]:
     from groklab.sweep import sweep_runs
 
-    if sweep_dir.spec.get("grid"):
-        raise UserError(f"{sweep_dir.path} sweeps a grid ({', '.join(sweep_dir.spec['grid'])}); a training map is fitted "
-                        "over the seeds of one config: sweep that config alone")
+    points = sweep_dir.points
+    if points == [{}] and point:
+        raise UserError(f"{sweep_dir.path} has no grid: drop --point")
+    if points != [{}] and point not in points:  # a map is fitted over the seeds of one config
+        choices = "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in points)
+        raise UserError(f"{sweep_dir.path} sweeps a grid: map one point of it with --point, one of: {choices}")
     runs, skipped = {}, {}
-    started = sweep_runs(sweep_dir)
+    started = sweep_runs(sweep_dir, point)
     for seed in sweep_dir.seeds:
         run = started.get(seed)
         status = run.status if run is not None else "not started"
@@ -129,7 +134,7 @@ def _state_table(model: TrainingMap, runs: dict, detours: pd.DataFrame) -> pd.Da
                           "n_runs": (counts > 0).sum().to_numpy(), "mean_time": mean_time.to_numpy(),
                           "test_acc": test_acc.to_numpy()})
     table = table.merge(detours[["state", "detour", "obligatory", "r", "p", "p_holm", "mean_conv_visit",
-                                 "mean_conv_not"]], on="state")
+                                 "mean_conv_not"]], on="state", how="left")  # a state the test could not score stays
     means = model.means_original_.add_prefix("mean_").reset_index(drop=True)
     return pd.concat([table, means], axis=1)
 
