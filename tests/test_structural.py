@@ -127,7 +127,7 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
 
     small = [f"--set=task.{k}={v}" for k, v in SMALL.items()]
     out = tmp_path / "depths"
-    result = groklab_cli("sweep", "structural-qf-lab", *small, "--set", "train.max_steps=20", "--set", "train.eval_every=4",
+    result = groklab_cli("sweep", "structural-qf-lab", *small, "--set", "train.max_steps=12", "--set", "train.eval_every=4",
                          "--set", "train.checkpoint_every=4", "--set", "measures.every=4", "--set", "model.d_model=16",
                          "--set", "model.d_head=4", "--set", "model.d_mlp=32", "--depths", "1,2", "--seeds", "0-2",
                          "--workers", "2", "--out", str(out))
