@@ -60,7 +60,7 @@ def ray_cluster():
 def local_parity(tmp_path_factory):
     """The reference: seeds 0-3 of the tiny parity config swept locally, one run per process."""
     out = tmp_path_factory.mktemp("local") / "s"
-    return sweep(parity_config(max_steps=160), [0, 1, 2, 3], out, threads=1)
+    return sweep(parity_config(max_steps=160), [0, 1, 2, 3], out, workers=2, threads=1)
 
 
 # the hu-sparse-parity preset cut to 3200 steps: a few seconds a run, long enough to stop it part-way
@@ -73,7 +73,7 @@ def slow_reference(tmp_path_factory):
     from groklab.config import load_config
 
     out = tmp_path_factory.mktemp("slow") / "s"
-    return sweep(load_config("hu-sparse-parity", [s for s in SLOW if s != "--set"]), [0, 1], out, threads=1)
+    return sweep(load_config("hu-sparse-parity", [s for s in SLOW if s != "--set"]), [0, 1], out, workers=2, threads=1)
 
 
 def same_runs(sweep_dir: SweepDir, reference: SweepDir, seeds) -> None:
