@@ -12,8 +12,9 @@ array through submitit; `submitit-local`: the same path through submitit's local
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Optional, Protocol, Sequence
+from typing import Any, Callable, Hashable, Optional, Protocol, Sequence, TypeVar
 
 from groklab.sweep.worker import Job
 
@@ -33,6 +34,20 @@ class Engine(Protocol):
     def wait(self, handles: Sequence[Hashable], timeout: float) -> dict[Hashable, Ended]: ...
     def cancel(self, handles: Sequence[Hashable]) -> None: ...
     def close(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+def poll(finished: Callable[[], T], timeout: float, every: float) -> T:
+    """`finished()` again every `every` seconds until it is not empty or `timeout` seconds have passed (an
+    engine's `wait` where the engine itself cannot block)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ended = finished()
+        if ended or time.monotonic() >= deadline:
+            return ended
+        time.sleep(every)
 
 
 @dataclass(frozen=True)

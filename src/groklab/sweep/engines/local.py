@@ -6,10 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Sequence
 
-from groklab.sweep.engines import Ended
+from groklab.sweep.engines import Ended, poll
 from groklab.sweep.worker import Job
 
 
@@ -29,12 +28,7 @@ class LocalEngine:
             return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, handles: Sequence[subprocess.Popen], timeout: float) -> dict[subprocess.Popen, Ended]:
-        deadline = time.monotonic() + timeout
-        while True:
-            ended = {proc: Ended(proc.returncode) for proc in handles if proc.poll() is not None}
-            if ended or time.monotonic() >= deadline:
-                return ended
-            time.sleep(0.05)
+        return poll(lambda: {proc: Ended(proc.returncode) for proc in handles if proc.poll() is not None}, timeout, 0.05)
 
     def cancel(self, handles: Sequence[subprocess.Popen]) -> None:
         for proc in handles:  # the runs checkpoint and stop

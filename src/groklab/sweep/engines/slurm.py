@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
 from pathlib import Path
 from typing import Optional, Sequence
 
 from groklab import runtime
 from groklab.errors import ConfigError
-from groklab.sweep.engines import Ended
+from groklab.sweep.engines import Ended, poll
 from groklab.sweep.worker import INTERRUPTED, Job, run_job
 
 MAX_ARRAY = 64  # array tasks per sweep when runs_per_job is not given: units are packed to stay under it
@@ -89,14 +90,7 @@ class SlurmEngine:
         return [(sub, i) for sub, chunk in zip(submitted, chunks) for i in range(len(chunk))]
 
     def wait(self, handles: Sequence[tuple], timeout: float) -> dict[tuple, Ended]:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            done = {job for job, _ in handles if job.done()}
-            if done or time.monotonic() >= deadline:
-                break
-            time.sleep(0.2)
+        done = poll(lambda: {job for job, _ in handles if job.done()}, timeout, 0.2)
         ended = {}
         for job in done:
             try:
@@ -109,8 +103,6 @@ class SlurmEngine:
         return ended
 
     def cancel(self, handles: Sequence[tuple]) -> None:
-        import signal
-
         jobs = {id(job): job for job, _ in handles}.values()
         for job in jobs:
             if job.done():
