@@ -1,4 +1,6 @@
+import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -37,15 +39,37 @@ def test_run_show_and_presets(finished_run):
     assert presets.stdout.count("source:") == presets.stdout.count("expected:") >= 3
 
 
+def cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`groklab ARGS` through the console script's own entry point (groklab.cli.main), in this process: the
+    same parsing, errors and exit code, without starting Python and importing torch again (seconds per call)."""
+    from groklab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+    return subprocess.CompletedProcess(["groklab", *args], code, out.getvalue(), err.getvalue())
+
+
 def bad(args, match, run_dir=None, tmp_path=None):
+    """A user error: exit code 2, one line on stderr saying what is wrong, and no existing run changed."""
     before = snapshot(run_dir) if run_dir else None
-    result = groklab_cli(*args)
+    result = cli_in_process(*args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert match in lines[0], lines[0]
     if run_dir:
         assert snapshot(run_dir) == before, "an existing run was modified"
+
+
+def test_the_console_script_exits_2_with_one_line_on_a_user_error():
+    result = groklab_cli("run", "nanda-mod-ad")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "unknown preset 'nanda-mod-ad'" in lines[0]
 
 
 @pytest.mark.parametrize("args, match", [

@@ -229,17 +229,31 @@ def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float],
                                   "(default: the run's config)")
 @click.option("--names", help="measure sets, comma-separated (default: the run's config; e.g. weights,fourier)")
 @click.option("--device", help="cpu (default), cuda or cuda:N.")
-def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device: Optional[str]) -> None:
-    """Recompute the measures over a run's saved checkpoints and rewrite those metrics columns."""
-    from groklab.experiment import measure as remeasure
+@click.option("--every", type=int, help="Only the checkpoints at multiples of this many steps (e.g. the LLC on a subset).")
+def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device: Optional[str],
+            every: Optional[int]) -> None:
+    """Recompute the measures over a run's saved checkpoints (or every finished run of a sweep) and rewrite
+    those metrics columns."""
+    from groklab.experiment import DONE, measure as remeasure
+    from groklab.store import SweepDir
 
     if key_freqs not in (None, "final", "each"):
         try:
             key_freqs = [int(k) for k in key_freqs.split(",")]
         except ValueError:
             raise UserError(f"--key-freqs takes final, each or a list like 14,35,41; got '{key_freqs}'") from None
-    result = remeasure(run_dir, key_freqs, device=device, names=tuple(names.split(",")) if names else None)
-    _print_summary(result)
+    names = tuple(names.split(",")) if names else None
+    if SweepDir.is_sweep(run_dir):
+        from groklab.sweep import sweep_runs
+
+        sweep = SweepDir.open(run_dir)
+        runs = [run for point in sweep.points for run in sweep_runs(sweep, point).values() if run.status in DONE]
+        for i, run in enumerate(runs, 1):
+            click.echo(f"[{i}/{len(runs)}] {run.path}", err=True)
+            remeasure(run.path, key_freqs, device=device, names=names, every=every)
+        click.echo(f"measured {len(runs)} finished run(s) of {run_dir}")
+        return
+    _print_summary(remeasure(run_dir, key_freqs, device=device, names=names, every=every))
 
 
 @cli.command()
@@ -252,6 +266,37 @@ def report(run_dirs: tuple[str, ...], out: Optional[str], png: Optional[str]) ->
     from groklab.report import write_report
 
     click.echo(f"report: {write_report(list(run_dirs), out, png)}")
+
+
+@cli.command()
+@click.argument("sweeps", nargs=-1, required=True, metavar="SWEEP_DIR[@KEY=VALUE,...] ...")
+@click.option("-o", "--out", type=click.Path(), default="compare.html", show_default=True,
+              help="The page; its tables go beside it (OUT_runs.csv, OUT_stats.csv, OUT_verdicts.csv).")
+@click.option("--labels", help="Names of the populations, comma-separated (default: the sweep directories' names).")
+@click.option("--no-maps", is_flag=True, help="Do not fit training maps the sweeps lack (stored maps are still shown).")
+@click.option("--min-runs", type=int, default=3, show_default=True,
+              help="Runs a population needs before a claim is judged for it.")
+def compare(sweeps: tuple[str, ...], out: str, labels: Optional[str], no_maps: bool, min_runs: int) -> None:
+    """Compare populations (sweeps, or points of a grid sweep) through the same lenses: stages in normalized
+    time, leads of the structure measure and the LLC, cleanup, training maps, and a verdict claim by claim."""
+    from groklab.sweep.compare import compare_sweeps
+
+    if min_runs < 2:
+        raise UserError(f"--min-runs must be at least 2 (a bootstrap of one run says nothing), got {min_runs}")
+    result = compare_sweeps(list(sweeps), out, labels.split(",") if labels else None, fit_maps=not no_maps,
+                            min_runs=min_runs, progress=lambda line: click.echo(line, err=True))
+    for pop in result.populations:
+        click.echo(f"{pop.label}: {len(pop.runs)} run(s), {int(pop.table['generalizes'].sum())} generalize; "
+                   f"map: {pop.map_note}")
+    with _wide_pandas():
+        click.echo(result.verdicts.to_string(index=False))
+    click.echo(f"compare: {result.path}")
+
+
+def _wide_pandas():
+    import pandas as pd
+
+    return pd.option_context("display.width", 250, "display.max_colwidth", 70)
 
 
 @cli.command()

@@ -276,11 +276,14 @@ def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], s
 
 
 def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = None, *,
-            device: Optional[str] = None, names: Optional[tuple[str, ...]] = None) -> Run:
+            device: Optional[str] = None, names: Optional[tuple[str, ...]] = None, every: Optional[int] = None) -> Run:
     """Recompute the measure columns of a run's metrics from its saved checkpoints, leaving the
     training columns as they are; `names`: only these measure sets (e.g. ("llc",)), the other measure
     columns kept. `key_freqs`: "final" (found in the last checkpoint), "each" (found in each checkpoint)
-    or a list; default: the run's config."""
+    or a list; default: the run's config. `every`: only the checkpoints at multiples of this many steps
+    (an expensive measure such as the LLC on a subset; the other rows are left as they are)."""
+    if every is not None and every < 1:
+        raise ConfigError(f"--every takes a positive number of steps, got {every}")
     run = Run(path)
     cfg = run.config.measures or MeasuresConfig()
     if names:
@@ -301,9 +304,11 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
             freqs = list(key_freqs)
         compute = make_measures(cfg, task.to(target), freqs)
         for row in rows:
-            for column in [c for c in row if c not in BASE_COLUMNS and c not in task.eval_columns] if not names else []:
-                del row[column]  # all recomputed; with `names`, only those sets' columns are (the others kept)
-            if row["step"] in steps:
+            measured = row["step"] in steps and (every is None or row["step"] % every == 0)
+            if not names and (measured or every is None):  # all recomputed; with `names`, only those sets' columns
+                for column in [c for c in row if c not in BASE_COLUMNS and c not in task.eval_columns]:
+                    del row[column]
+            if measured:
                 row.update(compute(load(row["step"])))
         run.dir.write_metrics(rows)
         summary = run.summary

@@ -144,8 +144,10 @@ def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0
       stays below 0.5);
     - generalized_step: the held-out metric first crosses halfway from its value at memorization (at the
       start, without one) to its maximum — only if that rise is at least `min_rise` (else None: no jump);
-    - structure_onset_step, llc_onset_step: the measure first leaves its starting value by `onset` of its
-      range over the run, and stays out at the next evaluation (None without the column or a range);
+    - structure_onset_step, llc_onset_step: after memorization (from the start, without one), the measure
+      first leaves its value at memorization by `onset` of its range from then on, and stays out at the next
+      evaluation (None without the column or a range). From memorization, because the LLC also rises while
+      the network memorizes: the onset that matters is the one that breaks the memorizing plateau;
     - cleanup_end_step: after generalization, the weight norm has completed 90% of its fall from its peak
       — only if it falls by at least `norm_fall` of the peak;
     and the evidence: structure_lead, llc_lead (generalized - onset, as a fraction of the delay from
@@ -173,7 +175,7 @@ def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0
                      f"{'memorization' if out['memorized_step'] is not None else 'the start'}")
     for name, key in (("structure", "structure_onset_step"), ("llc", "llc_onset_step")):
         if cols[name] is not None:
-            out[key] = _onset(m, cols[name], onset)
+            out[key] = _onset(m[m["step"] >= base_at], cols[name], onset)
     delay = None if None in (out["memorized_step"], out["generalized_step"]) else \
         out["generalized_step"] - out["memorized_step"]
     for name in ("structure", "llc"):
@@ -205,6 +207,6 @@ def _onset(m: pd.DataFrame, column: str, fraction: float) -> Optional[int]:
     span = float(valid.max() - valid.min())
     if not span > 0:
         return None
-    out_ = ((x - valid.iloc[0]).abs() >= fraction * span)
+    out_ = (valid - valid.iloc[0]).abs() >= fraction * span  # over the evaluations that have the measure
     sustained = out_ & out_.shift(-1, fill_value=True)
-    return _first(m, sustained & x.notna())
+    return _first(m.loc[valid.index], sustained)

@@ -31,6 +31,9 @@ class Trace:
     kind: str = "line"          # line | bar
     dash: bool = False
     color: Optional[str] = None
+    width: float = 1.8
+    opacity: float = 1.0
+    legend: bool = True          # listed in the legend (one entry per name)
 
 
 @dataclass

@@ -64,13 +64,15 @@ def plotly_figure(fig: Figure) -> go.Figure:
         for trace in panel.traces:
             color = trace.color or colors.setdefault(trace.name, PALETTE[len(colors) % len(PALETTE)])
             first = trace.name not in shown
-            shown.add(trace.name)
-            common = {"name": trace.name, "legendgroup": trace.name, "showlegend": first}
+            if trace.legend:
+                shown.add(trace.name)
+            common = {"name": trace.name, "legendgroup": trace.name, "showlegend": first and trace.legend,
+                      "opacity": trace.opacity}
             if trace.kind == "bar":
                 out.add_trace(go.Bar(x=list(trace.x), y=np.asarray(trace.y), marker_color=color, **common), row=1, col=col)
             else:
                 out.add_trace(go.Scatter(x=np.asarray(trace.x), y=np.asarray(trace.y, dtype=float), mode="lines",
-                                         line={"color": color, "dash": "dash" if trace.dash else "solid", "width": 1.8},
+                                         line={"color": color, "dash": "dash" if trace.dash else "solid", "width": trace.width},
                                          **common), row=1, col=col)
         out.update_xaxes(title_text=panel.xlabel, row=1, col=col)
         out.update_yaxes(title_text=panel.ylabel, type="log" if panel.logy else None, row=1, col=col)

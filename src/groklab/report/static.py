@@ -51,8 +51,8 @@ def save_static(fig: Figure, directory: Path) -> list[Path]:
                     width = 0.8 * (np.diff(np.unique(x)).min() if len(np.unique(x)) > 1 else 1.0)
                     ax.bar(x, np.asarray(trace.y), width=width, color=color, label=trace.name)
             else:
-                ax.plot(np.asarray(trace.x), np.asarray(trace.y, dtype=float), color=color,
-                        ls="--" if trace.dash else "-", lw=1.4, label=trace.name)
+                ax.plot(np.asarray(trace.x), np.asarray(trace.y, dtype=float), color=color, alpha=trace.opacity,
+                        ls="--" if trace.dash else "-", lw=trace.width * 0.8, label=trace.name if trace.legend else None)
         if panel.logy:
             ax.set_yscale("log")
         ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)

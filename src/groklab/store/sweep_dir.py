@@ -140,6 +140,16 @@ class SweepDir:
         shutil.rmtree(old, ignore_errors=True)
         return target
 
+    def read_map(self, point: Optional[dict] = None,
+                 names: tuple[str, ...] = ("states", "detours", "transitions", "convergence")) -> Optional[dict]:
+        """The stored training map's tables {name: DataFrame} (of one point of the grid), or None when the
+        sweep has no map (or it cannot be read: it is fitted again)."""
+        target = self.map_path(point)
+        try:
+            return {name: pd.read_csv(target / f"{name}.csv") for name in names}
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            return None
+
     def write_table(self, table: pd.DataFrame) -> None:
         _atomic_write(self.path / TABLE, lambda tmp: table.to_csv(tmp, index=False))
 

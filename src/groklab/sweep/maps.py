@@ -65,7 +65,7 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
     used = {seed: table for seed, table in runs.items() if seed in model.paths_}
     convergence = convergence_times(used, column, threshold)
     detours = detour_test(model.paths_, convergence, alpha=alpha)
-    states = _state_table(model, used, detours)
+    states = _state_table(model, used, detours, column)
     transitions = transition_table(model.paths_, model)
     tables = {"selection": model.selection_, "restarts": model.restarts_, "states": states, "detours": detours,
               "transitions": transitions, "transition_features": _transition_features(model, used, transitions),
@@ -116,16 +116,16 @@ def _check_features(features, runs: dict[int, pd.DataFrame]) -> tuple[str, ...]:
     return names
 
 
-def _state_table(model: TrainingMap, runs: dict, detours: pd.DataFrame) -> pd.DataFrame:
-    """Per state: occupancy, runs visiting, mean test acc, mean time (fraction of the run), the detour
-    statistics and the raw feature means."""
+def _state_table(model: TrainingMap, runs: dict, detours: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame:
+    """Per state: occupancy, runs visiting, the mean of the convergence metric `column` (as test_acc), mean
+    time (fraction of the run), the detour statistics and the raw feature means."""
     k = model.n_states_
     counts = state_occupancy(model.paths_, k, normalize=False)
     times, accs, states = [], [], []
     for seed, path in model.paths_.items():
         n = len(path)
         times.append(np.arange(n) / max(n - 1, 1))
-        accs.append(runs[seed]["test_acc"].to_numpy(dtype=float)[:n] if "test_acc" in runs[seed] else np.full(n, np.nan))
+        accs.append(runs[seed][column].to_numpy(dtype=float)[:n] if column in runs[seed] else np.full(n, np.nan))
         states.append(path)
     states = np.concatenate(states)
     mean_time = pd.Series(np.concatenate(times)).groupby(states).mean().reindex(range(k))

@@ -1,0 +1,152 @@
+"""`groklab compare`: populations of planted runs (a modular-arithmetic-like population whose structure
+measure and LLC lead generalization and whose weights shrink after it; a structural-LM-like one without the
+LLC and without cleanup) through the same lenses — per-run stages, bootstrap intervals, the verdict claim
+by claim — and the page in a real browser."""
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import groklab_cli
+from test_cli import bad
+from test_report import drawn, open_in_browser
+
+from groklab.config import load_preset
+from groklab.dynamics import FEATURE_SETS
+from groklab.dynamics.compare import bootstrap_mean, population_stats, run_table, verdicts
+from groklab.store import RunDir, SweepDir
+from groklab.sweep.compare import compare_sweeps
+from groklab.sweep.maps import map_sweep
+
+
+def sigmoid(steps, at, width=50.0):
+    return 1 / (1 + np.exp(-np.clip((steps - at) / width, -50, 50)))
+
+
+def modular_run(seed: int, rng) -> pd.DataFrame:
+    """Memorizes by 1000, generalizes at ~3000 (seed-dependent), structure and LLC move first, the weight
+    norm falls after generalization; the 14 weight statistics drift with it (for the training map)."""
+    steps = np.arange(0, 6000, 100)
+    gen = 2500 + 150 * seed
+    table = {"step": steps, "train_acc": np.minimum(1.0, steps / 1000), "train_loss": 1.0, "test_loss": 1.0,
+             "test_acc": 0.03 + 0.97 * sigmoid(steps, gen), "structure": 0.9 * sigmoid(steps, gen - 900, 100),
+             "llc": 300 + 500 * sigmoid(steps, 500) - 600 * sigmoid(steps, gen - 600, 100),
+             "sum_sq_weights": 2000 + 500 * sigmoid(steps, 800) - 1500 * sigmoid(steps, gen + 500, 150)}
+    for i, name in enumerate(FEATURE_SETS["base"]):
+        table[name] = (i + 1) * sigmoid(steps, gen, 300) + 0.05 * rng.standard_normal(len(steps))
+    return pd.DataFrame(table)
+
+
+def structural_run(seed: int, rng) -> pd.DataFrame:
+    """A structural LM: in-distribution first-word accuracy saturates by 1500, generalization rises at
+    ~8000 (seed 3 never), the t-score first; the weight norm only grows; no LLC measured."""
+    steps = np.arange(0, 15000, 500)
+    gen = 7000 + 500 * seed if seed != 3 else 10 ** 6
+    return pd.DataFrame({"step": steps, "train_acc": 0.9, "test_acc": 0.9,
+                         "id_first_word_acc": np.minimum(1.0, steps / 1500),
+                         "gen_first_word_acc": 0.05 + 0.9 * sigmoid(steps, gen, 400),
+                         "t_score": 0.4 + 0.4 * sigmoid(steps, gen - 2500, 400), "weight_norm": 30 + steps / 1000})
+
+
+def plant_sweep(path, preset: str, make, seeds=range(6)):
+    config = load_preset(preset).model_dump(mode="json")
+    sweep = SweepDir.create_or_open(path, config, list(seeds))
+    rng = np.random.default_rng(0)
+    for seed in seeds:
+        run = RunDir.create(sweep.run_path(seed), yaml.safe_dump({**config, "seed": seed}))
+        run.write_metrics(make(seed, rng).to_dict("records"))
+        run.write_summary({"status": "finished"})
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    modular = plant_sweep(root / "modular", "quick", modular_run)
+    structural = plant_sweep(root / "structural", "structural-qf-lab", structural_run)
+    return modular, structural
+
+
+def test_run_table_reads_every_stage_in_normalized_time(sweeps):
+    modular, _ = sweeps
+    row = run_table({0: modular_run(0, np.random.default_rng(0))}).iloc[0]
+    assert row["generalizes"] and row["three_stages"]
+    assert row["memorized_step"] == 1000 and row["generalized_step"] == 2600  # first evaluation past halfway
+    assert row["memorization"] == pytest.approx(1000 / 2600) and row["delay"] == pytest.approx(1600 / 2600)
+    assert 0 < row["llc_lead"] < row["structure_lead"] < 1  # structure moves first, then the LLC
+    assert 0.5 < row["norm_fall"] < 0.65 and row["cleanup"] > 0
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    values = np.random.default_rng(1).normal(3.0, 1.0, 40)
+    mean, low, high = bootstrap_mean(values)
+    assert low < mean < high and low < 3.0 < high
+    assert bootstrap_mean(values) == (mean, low, high)  # same seed, same interval
+    assert high - low > bootstrap_mean(np.tile(values, 4))[2] - bootstrap_mean(np.tile(values, 4))[1]  # more runs: narrower
+    assert all(np.isnan(v) for v in bootstrap_mean([]))
+
+
+def test_verdicts_claim_by_claim(sweeps):
+    modular, structural = sweeps
+    rng = np.random.default_rng(0)
+    stats = {"modular": population_stats(run_table({s: modular_run(s, rng) for s in range(6)})),
+             "structural": population_stats(run_table({s: structural_run(s, rng) for s in range(6)}))}
+    s = stats["structural"].set_index("quantity")
+    assert s.loc["generalizes", "mean"] == pytest.approx(5 / 6) and s.loc["generalizes", "n"] == 6
+    detours = {"modular": pd.DataFrame({"state": [0, 1, 2], "r": [np.nan, 0.6, -0.6], "p_holm": [np.nan, 0.01, 0.01],
+                                        "obligatory": [True, False, False], "detour": [False, True, False]}),
+               "structural": None}
+    table = verdicts(stats, detours).set_index("claim")
+    verdict = table["verdict"].to_dict()
+    by_quantity = lambda word: next(v for k, v in verdict.items() if word in k)  # noqa: E731
+    assert by_quantity("structure measure") == "same"        # both lead
+    assert by_quantity("cleanup shrinks") == "different"     # the LM's norm never falls
+    assert by_quantity("three stages") == "different"
+    assert by_quantity("LLC moves") == "not enough runs"     # the structural population has no LLC
+    assert by_quantity("detour") == "not enough runs"        # no map for one of them
+    assert table.loc[next(k for k in verdict if "detour" in k), "modular"].startswith("yes: state 1 (r = +0.60")
+    assert table.loc[next(k for k in verdict if "LLC" in k), "structural"] == "n/a: no run has it"
+
+
+def test_compare_page_in_the_browser(sweeps, tmp_path):
+    modular, structural = sweeps
+    map_sweep(modular, n_states=2, n_restarts=1, png=False)  # a stored map; the structural one gets none (--no-maps)
+    out = tmp_path / "cmp" / "compare.html"
+    result = groklab_cli("compare", str(modular.path), str(structural.path), "-o", str(out), "--no-maps",
+                         "--labels", "modular,structural")
+    assert result.returncode == 0, result.stderr
+    assert "different" in result.stdout and f"compare: {out}" in result.stdout
+    runs = pd.read_csv(tmp_path / "cmp" / "compare_runs.csv")
+    assert sorted(runs["population"].unique()) == ["modular", "structural"] and len(runs) == 12
+    assert set(pd.read_csv(tmp_path / "cmp" / "compare_verdicts.csv")["verdict"]) <= {
+        "same", "different", "not enough runs"}
+    errors, shots, text = open_in_browser(out)
+    assert errors == []
+    assert {"normalized_curves", "stage_statistics", "training_map_0"} <= set(shots)
+    assert all(drawn(shots[key]) for key in ("normalized_curves", "stage_statistics", "training_map_0"))
+    for words in ("Verdict, claim by claim", "held_out = gen_first_word_acc", "no training map (not fitted: --no-maps)",
+                  "the sweep's stored map", "modular (median of 6)"):
+        assert words in text
+    assert not (structural.path / "map").exists()  # --no-maps: nothing written into the sweep
+
+
+def test_compare_fits_a_missing_map_into_the_sweep(sweeps, tmp_path):
+    _, structural = sweeps
+    modular = plant_sweep(tmp_path / "modular", "quick", modular_run)
+    result = compare_sweeps([modular.path, structural.path], tmp_path / "c.html", n_boot=200)
+    fitted, lacking = result.populations
+    assert fitted.map_note == "fitted now and stored in the sweep" and (modular.path / "map" / "detours.csv").is_file()
+    assert lacking.map_note.startswith("no training map: the runs' metrics have no column(s)")  # no weight statistics
+    assert not (structural.path / "map").exists()
+
+
+def test_compare_errors(sweeps, tmp_path):
+    modular, structural = sweeps
+    bad(["compare", str(modular.path)], "at least two sweeps")
+    bad(["compare", str(modular.path), str(tmp_path / "nowhere")], "no sweep directory")
+    bad(["compare", str(modular.path), str(structural.path), "--labels", "a"], "1 label(s) for 2 sweeps")
+    bad(["compare", str(modular.path), str(modular.path)], "share the label")
+    bad(["compare", str(modular.path), f"{structural.path}@model.n_layers=4"], "no such point")
+    empty = SweepDir.create_or_open(tmp_path / "empty", load_preset("quick").model_dump(mode="json"), [0])
+    bad(["compare", str(modular.path), str(empty.path)], "no finished run to compare")
+    bad(["compare", str(modular.path), str(structural.path), "--min-runs", "1"], "--min-runs must be at least 2")
