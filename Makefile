@@ -27,7 +27,7 @@ browser:
 	  echo "note: could not install chromium (apt-get failed); the browser test will say so and be skipped"
 
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py

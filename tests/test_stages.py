@@ -58,3 +58,12 @@ def test_a_structural_lm_is_read_from_its_task_metrics():
     assert stages["memorized_step"] == 800 and stages["generalized_step"] == 4000
     assert stages["structure_onset_step"] < stages["generalized_step"] and stages["cleanup_end_step"] is None
     assert "no cleanup" in stages["stages_note"]
+
+
+def test_reports_shade_the_stages_of_a_run_without_modular_phases():
+    from groklab.report.figures import phase_bands
+
+    lm = {"memorization_end": None, "memorized_step": 800, "generalized_step": 4000, "cleanup_end_step": None}
+    assert phase_bands(lm) == [(0, 800, "memorization"), (800, 4000, "until generalization")]
+    modular = {"memorization_end": 1400, "circuit_formation_end": 9400, "cleanup_end": 14000, "memorized_step": 1200}
+    assert [band[2] for band in phase_bands(modular)] == ["memorization", "circuit formation", "cleanup"]

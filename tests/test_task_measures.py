@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import groklab_cli
+from test_cli import bad, cli_in_process
 from test_sweep import PARITY
 
 from groklab.measures.llc import estimate_llc
@@ -82,6 +83,17 @@ def test_llc_measured_on_a_run_and_a_second_estimate_agrees(tmp_path):
     second = estimate_llc(run.model(240), task.train.inputs, task.train.labels, loss, seed=1)
     first = measured["llc"].iloc[-1]
     assert first > 0 and abs(second["llc"] - first) <= 0.3 * abs(first), (first, second["llc"])
+    # a cheaper pass on a subset: a fixed step size (no calibration), fewer chains, only steps at multiples of 200
+    result = cli_in_process("measure", str(out), "--names", "llc", "--every", "200", "--set", "measures.llc_epsilon=1e-3",
+                            "--set", "measures.llc_chains=2", "--set", "measures.llc_draws=40")
+    assert result.returncode == 0, result.stderr
+    again = Run(out).metrics.dropna(subset=["llc"]).set_index("step")
+    assert again.loc[0, "llc_epsilon"] == 1e-3 and again.loc[0, "llc_tried"] == 1 and again.loc[0, "llc_chains"] == 2
+    assert again.loc[240, "llc"] == first  # not a multiple of 200: left as it was
+    assert Run(out).config.measures.llc_epsilon == "each"  # the run's config is not changed
+    bad(["measure", str(out), "--names", "llc", "--set", "train.lr=1"], "measure takes only measures.KEY=VALUE")
+    bad(["measure", str(out), "--names", "llc", "--set", "measures.llc_epsilon=big"], "llc_epsilon")
+    bad(["measure", str(out), "--names", "llc", "--every", "0"], "--every takes a positive number")
 
 
 def test_structure_of_sparse_parity_is_the_weight_share_on_the_relevant_bits(tmp_path):

@@ -230,8 +230,10 @@ def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float],
 @click.option("--names", help="measure sets, comma-separated (default: the run's config; e.g. weights,fourier)")
 @click.option("--device", help="cpu (default), cuda or cuda:N.")
 @click.option("--every", type=int, help="Only the checkpoints at multiples of this many steps (e.g. the LLC on a subset).")
+@click.option("--set", "overrides", multiple=True, metavar="measures.KEY=VALUE",
+              help="A measure setting for this pass (repeatable), e.g. measures.llc_epsilon=1e-3.")
 def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device: Optional[str],
-            every: Optional[int]) -> None:
+            every: Optional[int], overrides: tuple[str, ...]) -> None:
     """Recompute the measures over a run's saved checkpoints (or every finished run of a sweep) and rewrite
     those metrics columns."""
     from groklab.experiment import DONE, measure as remeasure
@@ -250,10 +252,10 @@ def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device
         runs = [run for point in sweep.points for run in sweep_runs(sweep, point).values() if run.status in DONE]
         for i, run in enumerate(runs, 1):
             click.echo(f"[{i}/{len(runs)}] {run.path}", err=True)
-            remeasure(run.path, key_freqs, device=device, names=names, every=every)
+            remeasure(run.path, key_freqs, device=device, names=names, every=every, overrides=overrides)
         click.echo(f"measured {len(runs)} finished run(s) of {run_dir}")
         return
-    _print_summary(remeasure(run_dir, key_freqs, device=device, names=names, every=every))
+    _print_summary(remeasure(run_dir, key_freqs, device=device, names=names, every=every, overrides=overrides))
 
 
 @cli.command()

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from groklab import runtime
-from groklab.config import MeasuresConfig, ModelConfig, RunConfig, TaskConfig, to_yaml
+from groklab.config import (MeasuresConfig, ModelConfig, RunConfig, TaskConfig, apply_overrides, config_from_dict,
+                            to_yaml)
 from groklab.dynamics import detect_phases, detect_stages, phase_evidence, summarize
 from groklab.dynamics.summary import is_structural
 from groklab.errors import ConfigError, RunDirError
@@ -276,16 +277,21 @@ def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], s
 
 
 def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = None, *,
-            device: Optional[str] = None, names: Optional[tuple[str, ...]] = None, every: Optional[int] = None) -> Run:
+            device: Optional[str] = None, names: Optional[tuple[str, ...]] = None, every: Optional[int] = None,
+            overrides: Sequence[str] = ()) -> Run:
     """Recompute the measure columns of a run's metrics from its saved checkpoints, leaving the
     training columns as they are; `names`: only these measure sets (e.g. ("llc",)), the other measure
     columns kept. `key_freqs`: "final" (found in the last checkpoint), "each" (found in each checkpoint)
     or a list; default: the run's config. `every`: only the checkpoints at multiples of this many steps
-    (an expensive measure such as the LLC on a subset; the other rows are left as they are)."""
+    (an expensive measure such as the LLC on a subset; the other rows are left as they are). `overrides`:
+    measures.KEY=VALUE settings for this pass (e.g. measures.llc_epsilon=1e-3), not stored in the run's config."""
     if every is not None and every < 1:
         raise ConfigError(f"--every takes a positive number of steps, got {every}")
+    if any(not item.startswith("measures.") for item in overrides):
+        raise ConfigError(f"--set: measure takes only measures.KEY=VALUE settings, got {', '.join(overrides)}")
     run = Run(path)
-    cfg = run.config.measures or MeasuresConfig()
+    config = config_from_dict(apply_overrides(run.config.model_dump(mode="json"), overrides)) if overrides else run.config
+    cfg = config.measures or MeasuresConfig()
     if names:
         cfg = cfg.model_copy(update={"names": tuple(names)})
     key_freqs = key_freqs if key_freqs is not None else cfg.key_freqs

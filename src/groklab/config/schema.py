@@ -83,6 +83,13 @@ class MeasuresConfig(Strict):
     min_share: float = Field(0.01, ge=0.0, le=1.0)      # ... and at least this fraction of neurons per frequency
     rel_threshold: float = Field(0.1, gt=0.0, le=1.0)   # wl_norm / we_norm: fraction of the largest frequency norm
     per_frequency: bool = False                     # also excluded_loss_f1 .. f(p-1)/2
+    # measure set "llc" (measures.llc): the SGLD step size, calibrated at each checkpoint ("each") or fixed
+    # (the same at every checkpoint: comparable values, and one chain set per checkpoint instead of up to 7);
+    # chains, draws and burn-in per step size
+    llc_epsilon: Union[Literal["each"], PositiveFloat] = "each"
+    llc_chains: PositiveInt = 4
+    llc_draws: int = Field(200, ge=8)
+    llc_burnin: NonNegativeInt = 100
 
 
 class RunConfig(Strict):

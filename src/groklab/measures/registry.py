@@ -8,7 +8,7 @@ import torch
 
 from groklab.config import MeasuresConfig
 from groklab.errors import ConfigError
-from groklab.measures.llc import estimate_llc
+from groklab.measures.llc import EPSILONS, estimate_llc
 from groklab.measures.structure import check_structure, structure
 from groklab.measures.lm import attention_entropy, weight_norm
 from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
@@ -59,15 +59,18 @@ def _tree_projection(model, task) -> dict:
 LLC_EXAMPLES = 4096  # training examples the LLC's chains draw their minibatches from (all when fewer)
 
 
-def _llc(model, task) -> dict:
+def _llc(model, task, cfg: MeasuresConfig) -> dict:
     """The local learning coefficient (measures.llc) under the task's own training loss, on its first
-    LLC_EXAMPLES training examples (a fixed sample for every checkpoint)."""
+    LLC_EXAMPLES training examples (a fixed sample for every checkpoint); the step size calibrated at each
+    checkpoint or fixed (cfg.llc_epsilon), cfg.llc_chains x (cfg.llc_burnin + cfg.llc_draws) SGLD steps."""
     inputs, labels = task.train.inputs[:LLC_EXAMPLES], task.train.labels[:LLC_EXAMPLES]
-    return estimate_llc(model, inputs, labels, lambda net, x, y: task.objective(task.outputs(net, x), y, torch.float32))
+    epsilons = EPSILONS if cfg.llc_epsilon == "each" else (cfg.llc_epsilon,)
+    return estimate_llc(model, inputs, labels, lambda net, x, y: task.objective(task.outputs(net, x), y, torch.float32),
+                        epsilons=epsilons, chains=cfg.llc_chains, draws=cfg.llc_draws, burnin=cfg.llc_burnin)
 
 
 MEASURES: dict[str, MeasureSet] = {
-    "llc": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: _llc(model, task)),
+    "llc": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: _llc(model, task, cfg)),
     "structure": MeasureSet(check_structure, lambda model, task, cfg, freqs: structure(model, task)),
     "lm": MeasureSet(_check_lm, lambda model, task, cfg, freqs: _lm_measures(model, task)),
     "tree_projection": MeasureSet(_check_tree_projection,

@@ -18,7 +18,8 @@ from groklab.errors import ConfigError
 from groklab.measures import component_norms, fourier_basis, frequency_fve, frequency_norms
 from groklab.store import Run
 
-PHASE_COLORS = {"memorization": "#f4d4a8", "circuit formation": "#c9dcf0", "cleanup": "#cdeac0"}
+PHASE_COLORS = {"memorization": "#f4d4a8", "circuit formation": "#c9dcf0", "cleanup": "#cdeac0",
+                "until generalization": "#e3daf0"}  # the last: a run's stages where it has no modular phases
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MAX_SNAPSHOTS = 100  # checkpoints drawn in the step x frequency heatmap and the slider
 
@@ -56,11 +57,17 @@ class Figure:
     panels: list[Panel]
 
 
-def phase_bands(summary: dict, last_step: int) -> list[tuple[float, float, str]]:
-    """Shaded x ranges for the phases found in the run's summary."""
-    ends = [summary.get(k) for k in ("memorization_end", "circuit_formation_end", "cleanup_end")]
+def phase_bands(summary: dict, last_step: int = 0) -> list[tuple[float, float, str]]:
+    """Shaded x ranges for the phases found in the run's summary (modular arithmetic: memorization, circuit
+    formation, cleanup), or else for its stages (any task: memorization, until generalization, cleanup)."""
+    if summary.get("memorization_end") is not None:
+        ends = [summary.get(k) for k in ("memorization_end", "circuit_formation_end", "cleanup_end")]
+        names = ("memorization", "circuit formation", "cleanup")
+    else:
+        ends = [summary.get(k) for k in ("memorized_step", "generalized_step", "cleanup_end_step")]
+        names = ("memorization", "until generalization", "cleanup")
     bands, start = [], 0
-    for name, end in zip(PHASE_COLORS, ends):
+    for name, end in zip(names, ends):
         if end is None:
             break
         bands.append((start, end, name))
@@ -148,9 +155,12 @@ def structural_figures(runs: list[Run]) -> list[Figure]:
     panels += [p for p in (_column_panel(runs, *spec) for spec in STRUCTURAL_PANELS) if p.traces]
     if not panels:
         return []
+    if len(runs) == 1:
+        for panel in panels:
+            panel.bands = phase_bands(runs[0].summary)
     caption = ("Each task metric on the in-distribution set (solid) and the generalization set (dashed), whose items "
                "only the hierarchical rule explains: structural grokking is the dashed curve rising long after the "
-               "solid one saturates. Tree-structuredness: t-score (higher: more tree-like) and PARSEVAL F1 of the "
+               "solid one saturates (one run: its stages shaded). Tree-structuredness: t-score (higher: more tree-like) and PARSEVAL F1 of the "
                "induced trees against gold parses, beside the right-branching baseline.")
     return [Figure("structural", "Structural grokking (Murty et al. 2023)", caption, panels)]
 

@@ -94,9 +94,10 @@ def render_html(title: str, headers: list[dict], figures: list[Figure]) -> str:
         parts.append(f"<p class=verdict>{_html.escape(head['verdict'])}</p><table class=header>")
         parts += [f"<tr><td>{_html.escape(k)}</td><td>{_html.escape(str(v))}</td></tr>" for k, v in head["rows"]]
         parts.append("</table>")
-    if len(headers) == 1 and any(p.bands for f in figures for p in f.panels):
-        parts.append("<p class=legend>" + "".join(f"<span style='background:{c}'>{n}</span>" for n, c in PHASE_COLORS.items())
-                     + "</p>")
+    used = {band[2] for f in figures for p in f.panels for band in p.bands}
+    if len(headers) == 1 and used:
+        parts.append("<p class=legend>" + "".join(f"<span style='background:{c}'>{n}</span>"
+                                                  for n, c in PHASE_COLORS.items() if n in used) + "</p>")
     for fig in figures:
         body = plotly_figure(fig).to_html(full_html=False, include_plotlyjs=False, div_id=fig.key, config=CONFIG,
                                           auto_play=False)
