@@ -34,6 +34,7 @@ def modular_run(seed: int, rng) -> pd.DataFrame:
              "sum_sq_weights": 2000 + 500 * sigmoid(steps, 800) - 1500 * sigmoid(steps, gen + 500, 150)}
     for i, name in enumerate(FEATURE_SETS["base"]):
         table[name] = (i + 1) * sigmoid(steps, gen, 300) + 0.05 * rng.standard_normal(len(steps))
+        table[name][1::2] = np.nan  # logged at every other evaluation only (e.g. at checkpoints): maps use those rows
     return pd.DataFrame(table)
 
 

@@ -6,6 +6,7 @@ detours, and write the map, its tables and an HTML report into SWEEP_DIR/map/.
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
     runs, skipped = _usable_runs(sweep_dir, point)
     names = _check_features(features, runs)
+    # the evaluations that have every feature (weight statistics may be logged at checkpoints only)
+    runs = {seed: table.dropna(subset=list(names)).reset_index(drop=True) for seed, table in runs.items()}
     if not any(column in table for table in runs.values()):
         raise UserError(f"--metric: the runs' metrics have no column '{column}'; e.g. test_acc, or a structural "
                         "task's gen_* metric")
@@ -54,14 +57,23 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
              f"{n_restarts} restarts each")
     model = TrainingMap(n_states=n_states, features=features, zscore=zscore, n_restarts=n_restarts,
                         random_state=random_state, n_jobs=n_jobs)
+    hmm_log = logging.getLogger("hmmlearn")
+    level = hmm_log.level
+    hmm_log.setLevel(logging.ERROR)  # its per-iteration "not converging" lines: convergence is in the selection table
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model.fit(runs)
         except (ValueError, RuntimeError) as err:
             raise UserError(f"cannot fit the training map: {err}") from None
-    for warning in caught:
-        progress(f"warning: {warning.message}")
+        finally:
+            hmm_log.setLevel(level)
+    counts: dict[str, int] = {}
+    for warning in caught:  # hmmlearn repeats its warnings for every restart: each once, with its count
+        text = str(warning.message).split(" Current:")[0]
+        counts[text] = counts.get(text, 0) + 1
+    for text, n in counts.items():
+        progress(f"warning: {text}" + (f" ({n} times over the fits)" if n > 1 else ""))
     used = {seed: table for seed, table in runs.items() if seed in model.paths_}
     convergence = convergence_times(used, column, threshold)
     detours = detour_test(model.paths_, convergence, alpha=alpha)
