@@ -51,6 +51,7 @@ def test_a_structural_lm_is_read_from_its_task_metrics():
     steps = np.arange(0, 5000, 100)
     table = pd.DataFrame({"step": steps, "train_acc": 0.9, "test_acc": 0.9,  # token-level: saturated throughout
                           "id_first_word_acc": np.minimum(1.0, steps / 800), "gen_acc": 0.5,
+                          "id_aux_rank_acc": 1.0, "gen_aux_rank_acc": 0.3,  # sorts first; the paper's metric is first word
                           "gen_first_word_acc": 0.2 + 0.7 * sigmoid(steps, 4000), "t_score": 1 + 3 * sigmoid(steps, 3000),
                           "weight_norm": 30 + steps / 1000})
     stages = detect_stages(table)

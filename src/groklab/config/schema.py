@@ -85,8 +85,9 @@ class MeasuresConfig(Strict):
     per_frequency: bool = False                     # also excluded_loss_f1 .. f(p-1)/2
     # measure set "llc" (measures.llc): the SGLD step size, calibrated at each checkpoint ("each") or fixed
     # (the same at every checkpoint: comparable values, and one chain set per checkpoint instead of up to 7);
-    # chains, draws and burn-in per step size
+    # chains, draws and burn-in per step size; the minibatch of each SGLD step (n.beta = m / log m)
     llc_epsilon: Union[Literal["each"], PositiveFloat] = "each"
+    llc_batch: int = Field(256, ge=2)
     llc_chains: PositiveInt = 4
     llc_draws: int = Field(200, ge=8)
     llc_burnin: NonNegativeInt = 100

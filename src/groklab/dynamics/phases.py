@@ -120,15 +120,19 @@ def phase_evidence(metrics: pd.DataFrame, phases: dict) -> dict:
 
 # -- stages: the same reading for every task -------------------------------------------------------------
 
+# the papers' own generalization metrics, preferred where a task logs several (Murty et al. 2023, §3: question
+# formation's first word, tense inflection's main verb, Dyck's closing brackets)
+HEADLINE_GEN = ("gen_first_word_acc", "gen_main_verb_acc", "gen_closing_acc")
 STRUCTURE_COLUMNS = ("structure", "fourier_mult_fve", "t_score")  # the first present is the structure measure
 NORM_COLUMNS = ("weight_norm", "sum_sq_weights", "l2")  # the first present is the weight norm
 
 
 def metric_columns(metrics: pd.DataFrame) -> dict[str, Optional[str]]:
-    """Which columns play which part: the held-out metric (test_acc, or the task's first generalization
-    metric gen_* of a structural LM), the train metric (train_acc, or the held-out metric's in-distribution
+    """Which columns play which part: the held-out metric (test_acc, or a structural LM's generalization
+    metric: its paper's headline metric, HEADLINE_GEN, else the first gen_* column), the train metric (train_acc, or the held-out metric's in-distribution
     id_* twin), the structure measure, the LLC and the weight norm (None where the table has none)."""
     gen = sorted(c for c in metrics.columns if c.startswith("gen_") and c not in ("gen_acc", "gen_loss"))
+    gen = [c for c in HEADLINE_GEN if c in gen] + [c for c in gen if c not in HEADLINE_GEN]
     held = gen[0] if gen else "test_acc" if "test_acc" in metrics else None
     twin = "id_" + held[len("gen_"):] if gen else None
     pick = lambda names: next((c for c in names if c in metrics and metrics[c].notna().any()), None)  # noqa: E731

@@ -62,11 +62,13 @@ LLC_EXAMPLES = 4096  # training examples the LLC's chains draw their minibatches
 def _llc(model, task, cfg: MeasuresConfig) -> dict:
     """The local learning coefficient (measures.llc) under the task's own training loss, on its first
     LLC_EXAMPLES training examples (a fixed sample for every checkpoint); the step size calibrated at each
-    checkpoint or fixed (cfg.llc_epsilon), cfg.llc_chains x (cfg.llc_burnin + cfg.llc_draws) SGLD steps."""
+    checkpoint or fixed (cfg.llc_epsilon), cfg.llc_chains x (cfg.llc_burnin + cfg.llc_draws) SGLD steps on
+    minibatches of cfg.llc_batch."""
     inputs, labels = task.train.inputs[:LLC_EXAMPLES], task.train.labels[:LLC_EXAMPLES]
     epsilons = EPSILONS if cfg.llc_epsilon == "each" else (cfg.llc_epsilon,)
     return estimate_llc(model, inputs, labels, lambda net, x, y: task.objective(task.outputs(net, x), y, torch.float32),
-                        epsilons=epsilons, chains=cfg.llc_chains, draws=cfg.llc_draws, burnin=cfg.llc_burnin)
+                        epsilons=epsilons, chains=cfg.llc_chains, draws=cfg.llc_draws, burnin=cfg.llc_burnin,
+                        batch_size=cfg.llc_batch)
 
 
 MEASURES: dict[str, MeasureSet] = {
