@@ -126,7 +126,7 @@ def test_compare_page_in_the_browser(sweeps, tmp_path):
     assert {"normalized_curves", "stage_statistics", "training_map_0"} <= set(shots)
     assert all(drawn(shots[key]) for key in ("normalized_curves", "stage_statistics", "training_map_0"))
     for words in ("Verdict, claim by claim", "held_out = gen_first_word_acc", "no training map (not fitted: --no-maps)",
-                  "the sweep's stored map", "modular (median of 6)"):
+                  "the sweep's stored map", "modular (median)"):
         assert words in text
     assert not (structural.path / "map").exists()  # --no-maps: nothing written into the sweep
 

@@ -31,7 +31,7 @@ TABLE_STYLE = ("table.data{border-collapse:collapse;font-size:.92em;margin:8px 0
 
 def curves_figure(populations) -> Figure:
     """One panel per lens; x = step / the run's generalization step (1 = generalization). Thin lines: runs;
-    thick: the population's median (where at least half its generalizing runs reach that t)."""
+    thick: the population's median over the runs that have the measure (where at least half of them reach that t)."""
     panels = {name: Panel(title, xlabel="t = step / generalization step", ylabel=ylabel)
               for name, (title, ylabel) in PANELS.items()}
     for i, pop in enumerate(populations):
@@ -53,7 +53,7 @@ def curves_figure(populations) -> Figure:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # columns no run reaches: all NaN
                     median = np.where(enough, np.nanmedian(grid, axis=0), np.nan)
-                panel.traces.append(Trace(f"{pop.label} (median of {len(grid)})", GRID, median, color=color, width=3.5))
+                panel.traces.append(Trace(f"{pop.label} (median)", GRID, median, color=color, width=3.5))
     caption = ("Every run that generalizes, against normalized time t = step / its generalization step (the held-out "
                "metric crosses halfway to its maximum at t = 1), so tasks of any length line up. Thin: runs; thick: each "
                "population's median. A lens whose measure leads generalization moves before t = 1.")
