@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +7,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A shell starts a background job (`make test &`, `nohup ... &`) with SIGINT ignored, and every process the
+# tests start would inherit that: the Ctrl-C tests would find their sweeps deaf to Ctrl-C. The tests send
+# SIGINT on purpose, so their processes get the default disposition whatever the shell did.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _shared_data() -> Path:
