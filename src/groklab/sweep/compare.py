@@ -18,6 +18,7 @@ from groklab.dynamics.compare import population_stats, run_table, verdicts
 from groklab.dynamics.phases import metric_columns
 from groklab.errors import UserError
 from groklab.store import SweepDir
+from groklab.store.sweep_dir import point_name
 from groklab.sweep.maps import MIN_RUNS, USABLE, map_sweep
 
 
@@ -48,62 +49,70 @@ def parse_population(spec: Union[str, Path]) -> tuple[SweepDir, Optional[dict]]:
     sweep = SweepDir.open(Path(path))
     if not point_text:
         if sweep.points != [{}]:
-            raise UserError(f"{path} sweeps a grid: compare one point of it, e.g. {path}@"
-                            + ",".join(f"{k}={v}" for k, v in sweep.points[0].items()))
+            raise UserError(f"{path} sweeps a grid: compare one point of it, e.g. {path}@{point_name(sweep.points[0])}")
         return sweep, None
     for point in sweep.points:
-        if point and point_text == ",".join(f"{k}={v}" for k, v in point.items()):
+        if point and point_text == point_name(point):
             return sweep, point
     raise UserError(f"{text}: no such point in the sweep's grid; one of: "
-                    + "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in sweep.points if p))
+                    + "; ".join(point_name(p) for p in sweep.points if p))
 
 
-def load_population(spec: Union[str, Path], label: Optional[str] = None, fit_map: bool = True, n_boot: int = 2000,
-                    progress: Callable[[str], None] = lambda line: None) -> Population:
-    """Read a population's finished runs, their stages and statistics, and its training map (the stored one;
-    fitted now and stored in the sweep when there is none and `fit_map`)."""
+def load_population(sweep: SweepDir, point: Optional[dict], label: str, n_boot: int = 2000) -> Population:
+    """Read a population's finished runs and compute their stages and statistics; its stored training map,
+    if any (`attach_map` fits a missing one)."""
     from groklab.sweep import sweep_runs
 
-    sweep, point = parse_population(spec)
-    label = label or (sweep.path.name + (f"@{','.join(f'{k}={v}' for k, v in point.items())}" if point else ""))
     runs = {seed: run.metrics for seed, run in sweep_runs(sweep, point).items()
             if run.status in USABLE and not run.metrics.empty}
     if not runs:
-        raise UserError(f"{spec}: no finished run to compare; finish the sweep first (run its `groklab sweep` "
-                        "command again)")
-    columns = metric_columns(next(iter(runs.values())))
+        raise UserError(f"{label}: no finished run to compare in {sweep.path}; finish the sweep first (run its "
+                        "`groklab sweep` command again)")
     table = run_table(runs)
-    maps, note = sweep.read_map(point), "the sweep's stored map"
-    if maps is None and not fit_map:
-        note = "no training map (not fitted: --no-maps)"
-    elif maps is None and len(runs) < MIN_RUNS:
-        note = f"no training map: {len(runs)} finished run(s), a map needs {MIN_RUNS}"
-    elif maps is None:
-        progress(f"{label}: no training map yet; fitting one (groklab map {sweep.path} --metric {columns['held_out']})")
+    maps = sweep.read_map(point)
+    return Population(label, sweep, point, runs, table, population_stats(table, n_boot=n_boot),
+                      metric_columns(next(iter(runs.values()))), maps, "the sweep's stored map" if maps else "")
+
+
+def attach_map(pop: Population, fit: bool = True, progress: Callable[[str], None] = lambda line: None) -> None:
+    """Give a population without a stored map one: fitted now (with its held-out metric as the convergence
+    column) and stored in the sweep, or a note saying why there is none."""
+    if pop.map is not None:
+        return
+    if not fit:
+        pop.map_note = "no training map (not fitted: --no-maps)"
+    elif len(pop.runs) < MIN_RUNS:
+        pop.map_note = f"no training map: {len(pop.runs)} finished run(s), a map needs {MIN_RUNS}"
+    else:
+        held = pop.columns["held_out"]
+        progress(f"{pop.label}: no training map yet; fitting one (groklab map {pop.sweep.path} --metric {held})")
         try:
-            map_sweep(sweep, column=columns["held_out"], threshold=sweep.threshold, point=point, progress=progress)
-            maps, note = sweep.read_map(point), "fitted now and stored in the sweep"
+            map_sweep(pop.sweep, column=held, threshold=pop.sweep.threshold, point=pop.point, progress=progress)
+            pop.map, pop.map_note = pop.sweep.read_map(pop.point), "fitted now and stored in the sweep"
         except UserError as err:
-            note = f"no training map: {err}"
-    return Population(label, sweep, point, runs, table, population_stats(table, n_boot=n_boot), columns, maps, note)
+            pop.map_note = f"no training map: {err}"
 
 
 def compare_sweeps(specs: Sequence[Union[str, Path]], out: Union[str, Path] = "compare.html",
                    labels: Optional[Sequence[str]] = None, fit_maps: bool = True, min_runs: int = 3,
                    n_boot: int = 2000, progress: Callable[[str], None] = lambda line: None) -> CompareResult:
     """Compare two or more populations and write the page `out` (self-contained HTML) and its tables beside
-    it (OUT_runs.csv, OUT_stats.csv, OUT_verdicts.csv)."""
+    it (OUT_runs.csv, OUT_stats.csv, OUT_verdicts.csv). Every population is read and checked before any map
+    is fitted, so a bad argument fails at once and changes no sweep."""
     from groklab.report.compare import render_compare_page
 
     if len(specs) < 2:
         raise UserError("compare needs at least two sweeps (populations)")
     if labels is not None and len(labels) != len(specs):
         raise UserError(f"--labels: {len(labels)} label(s) for {len(specs)} sweeps")
-    populations = [load_population(spec, labels[i] if labels else None, fit_maps, n_boot, progress)
-                   for i, spec in enumerate(specs)]
-    names = [p.label for p in populations]
+    parsed = [parse_population(spec) for spec in specs]
+    names = list(labels) if labels else [sweep.path.name + (f"@{point_name(point)}" if point else "")
+                                         for sweep, point in parsed]
     if len(set(names)) < len(names):
         raise UserError(f"two populations share the label {names}; name them with --labels")
+    populations = [load_population(sweep, point, name, n_boot) for (sweep, point), name in zip(parsed, names)]
+    for pop in populations:
+        attach_map(pop, fit_maps, progress)
     table = verdicts({p.label: p.stats for p in populations},
                      {p.label: p.map["detours"] if p.map else None for p in populations}, min_runs=min_runs)
     out = Path(out)

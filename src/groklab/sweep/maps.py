@@ -19,6 +19,7 @@ from groklab.dynamics import (FEATURE_SETS, TrainingMap, convergence_times, deto
                               transition_features, transition_table)
 from groklab.errors import ConfigError, UserError
 from groklab.store import SweepDir
+from groklab.store.sweep_dir import point_name
 
 USABLE = ("finished", "stopped_early", "diverged")  # a diverged run has a path up to its divergence
 MIN_RUNS = 3
@@ -94,7 +95,7 @@ def _usable_runs(sweep_dir: SweepDir, point: Optional[dict] = None) -> tuple[dic
     if points == [{}] and point:
         raise UserError(f"{sweep_dir.path} has no grid: drop --point")
     if points != [{}] and point not in points:  # a map is fitted over the seeds of one config
-        choices = "; ".join(",".join(f"{k}={v}" for k, v in p.items()) for p in points)
+        choices = "; ".join(point_name(p) for p in points)
         raise UserError(f"{sweep_dir.path} sweeps a grid: map one point of it with --point, one of: {choices}")
     runs, skipped = {}, {}
     started = sweep_runs(sweep_dir, point)
