@@ -235,3 +235,14 @@ def test_grid_summary_counts_seeds_that_cross():
     assert summary.loc[2, "gen_first_word_acc_crossed_0.8"] == 0.5 and summary.loc[4, "gen_first_word_acc_crossed_0.8"] == 1.0
     assert summary.loc[4, "gen_first_word_acc_final_mean"] == pytest.approx(0.85)
     assert summary.loc[2, "gen_first_word_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())
+
+
+def test_a_sweep_made_before_a_config_field_existed_resumes(tmp_path):
+    """A field added to the schema since the sweep was made (with its default) is no difference in config."""
+    config = load_preset("quick").model_dump(mode="json")
+    old = {**config, "measures": {k: v for k, v in config["measures"].items() if not k.startswith("llc_")}}
+    SweepDir.create_or_open(tmp_path / "s", old, [0])
+    assert SweepDir.create_or_open(tmp_path / "s", config, [0, 1]).seeds == [0, 1]
+    changed = {**config, "train": {**config["train"], "lr": 0.5}}
+    with pytest.raises(Exception, match="another config"):
+        SweepDir.create_or_open(tmp_path / "s", changed, [0])

@@ -30,6 +30,17 @@ def point_name(point: dict) -> str:
     return ",".join(f"{key}={value}" for key, value in point.items())
 
 
+def _normalized(config: dict) -> dict:
+    """A stored config as today's schema reads it: a field added since (with its default) is no difference."""
+    from groklab.config import config_from_dict
+    from groklab.errors import ConfigError
+
+    try:
+        return config_from_dict(config).model_dump(mode="json")
+    except ConfigError:
+        return config
+
+
 class SweepDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -54,7 +65,7 @@ class SweepDir:
                     raise RunDirError(f"{path} exists and is not a groklab sweep; choose another --out")
             else:
                 old = cls.open(path).spec
-                if old["config"] != config or old.get("grid", {}) != spec["grid"]:
+                if _normalized(old["config"]) != config or old.get("grid", {}) != spec["grid"]:
                     raise RunDirError(f"{path} holds a sweep of another config or grid; resume it with its own "
                                       "command or choose another --out")
                 spec["seeds"] = sorted(set(old["seeds"]) | set(seeds))
