@@ -11,7 +11,7 @@ LLC onsets), and from them
 - structure_lead, llc_lead: how far the measure's onset precedes generalization, as a fraction of the
   delay (> 0: it moved first; detect_stages);
 - norm_fall: the weight norm's fall after generalization, (peak after generalization - lowest after that
-  peak) / peak, whatever its size (cleanup: Nanda et al.'s weight decay removing the memorizing solution);
+  peak) / peak, whatever its size (detect_stages; cleanup: Nanda et al.'s weight decay removing the memorizing solution);
 - three_stages: the run memorized, then generalized, then its weight norm completed a fall of >= 10%.
 
 Per population (`population_stats`): each quantity's mean over the runs that have it, with a percentile
@@ -62,20 +62,9 @@ def run_row(metrics: pd.DataFrame) -> dict:
         row["memorization"] = mem / gen if mem is not None else None
         row["delay"] = (gen - mem) / gen if mem is not None else None
         row["cleanup"] = (clean - gen) / gen if clean is not None else None
-        row["norm_fall"] = _norm_fall(metrics, metric_columns(metrics)["norm"], gen)
+        row["norm_fall"] = stages.get("norm_fall")
     row["stages_note"] = stages.get("stages_note", "")
     return row
-
-
-def _norm_fall(metrics: pd.DataFrame, column: Optional[str], generalized: int) -> Optional[float]:
-    if column is None:
-        return None
-    after = metrics[metrics["step"] >= generalized].dropna(subset=[column]).sort_values("step")
-    if after.empty:
-        return None
-    norm = after[column].to_numpy(dtype=float)
-    peak = int(np.argmax(norm))
-    return float((norm[peak] - norm[peak:].min()) / norm[peak]) if norm[peak] > 0 else None
 
 
 def run_table(runs: Mapping[int, pd.DataFrame]) -> pd.DataFrame:

@@ -155,7 +155,8 @@ def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0
     - cleanup_end_step: after generalization, the weight norm has completed 90% of its fall from its peak
       — only if it falls by at least `norm_fall` of the peak;
     and the evidence: structure_lead, llc_lead (generalized - onset, as a fraction of the delay from
-    memorization to generalization: > 0, the measure moved first), norm_drop (the fall over the peak).
+    memorization to generalization: > 0, the measure moved first), norm_fall (the weight norm's fall after
+    generalization over its peak there, whatever its size) and norm_drop (the same, only with a cleanup).
     A boundary a run does not have is None, and stages_note says why: nothing is invented."""
     cols = metric_columns(metrics)
     keys = ("memorized_step", "generalized_step", "structure_onset_step", "llc_onset_step", "cleanup_end_step")
@@ -193,6 +194,7 @@ def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0
             peak_i = after[cols["norm"]].idxmax()
             peak = float(norm[peak_i])
             fall = peak - float(norm[peak_i:].min())
+            out["norm_fall"] = fall / peak if peak > 0 else None  # measured whatever its size
             if peak > 0 and fall >= norm_fall * peak:
                 out["cleanup_end_step"] = _first(m, norm <= peak - 0.9 * fall, after=int(m.loc[peak_i, "step"]))
                 out["norm_drop"] = fall / peak
