@@ -63,6 +63,31 @@ def test_the_estimate_is_deterministic_and_leaves_the_random_state_alone(regress
     assert c["llc"] != a["llc"]
 
 
+def test_chains_that_leave_the_basin_give_no_estimate_or_are_tightened(regression):
+    """The basin check: chains whose loss rises more than BASIN of the way from L_n(w*) to `ceiling` (the
+    loss of knowing nothing) are not an estimate of the basin's LLC: NaN, with the rise recorded, or, with
+    `escalate`, the next setting of the ladder (n/log n, 10x the localization), whose chains stay closer.
+    The same chains against the regression's real ceiling (the zero output's loss, E y^2 / 2) rise by a
+    tiny fraction and are kept."""
+    from groklab.measures.llc import ladder
+
+    model, X, y = regression
+    kw = dict(epsilons=(3e-3,), draws=40, burnin=20)
+    inside = estimate_llc(model, X, y, half_mse, ceiling=float(0.5 * (y ** 2).mean()), **kw)
+    assert 0 < inside["llc_rise"] < 0.05 and inside["llc"] > 0 and inside["llc_tried"] == 1
+    assert inside["llc_nbeta"] == pytest.approx(256 / math.log(256)) and inside["llc_gamma"] == 100
+    init = inside["llc_init_loss"]
+    ceiling = init + inside["llc_rise"] * (float(0.5 * (y ** 2).mean()) - init)  # the chains' mean loss: rise 1
+    outside = estimate_llc(model, X, y, half_mse, ceiling=ceiling, escalate=False, **kw)
+    assert math.isnan(outside["llc"]) and outside["llc_rise"] == pytest.approx(1.0)
+    assert outside["llc_epsilon"] == 3e-3 and len(json.loads(outside["llc_loss_trace"])) == 4
+    tightened = estimate_llc(model, X, y, half_mse, ceiling=ceiling, **{**kw, "epsilons": (3e-3, 3e-4)})
+    assert tightened["llc_nbeta"] == pytest.approx(5000 / math.log(5000)) and tightened["llc_gamma"] == 1000
+    assert tightened["llc_rise"] < 0.5 and tightened["llc"] > 0 and tightened["llc_epsilon"] == 3e-4, tightened
+    assert ladder("batch", 100.0) == [("batch", 100.0), ("dataset", 1000.0), ("dataset", 10000.0)]
+    assert ladder("dataset", 1000.0) == [("dataset", 1000.0), ("dataset", 10000.0), ("dataset", 100000.0)]
+
+
 def test_llc_measured_on_a_run_and_a_second_estimate_agrees(tmp_path):
     """`groklab measure RUN --names llc` adds the llc columns at every checkpoint and keeps the run's other
     measures; a second estimate at the last checkpoint (devinterp, other chains) agrees within 30%."""
@@ -76,6 +101,10 @@ def test_llc_measured_on_a_run_and_a_second_estimate_agrees(tmp_path):
     measured = metrics.dropna(subset=["llc"])
     assert list(measured["step"]) == [0, 240]
     assert (measured["llc_epsilon"] > 0).all() and measured["llc_loss_trace"].map(lambda t: len(json.loads(t))).eq(20).all()
+    # stayed in the basin: below half-way to the hinge's chance loss (1); at init the model is no better than
+    # chance, so there is no basin to leave (NaN)
+    assert measured["llc_init_loss"].iloc[0] >= 1 and math.isnan(measured["llc_rise"].iloc[0])
+    assert 0 < measured["llc_rise"].iloc[1] <= 0.5
     pd.testing.assert_series_equal(metrics["l2"], before["l2"])  # weight_stats kept
     run = Run(out)
     task = run.task

@@ -85,9 +85,13 @@ class MeasuresConfig(Strict):
     per_frequency: bool = False                     # also excluded_loss_f1 .. f(p-1)/2
     # measure set "llc" (measures.llc): the SGLD step size, calibrated at each checkpoint ("each") or fixed
     # (the same at every checkpoint: comparable values, and one chain set per checkpoint instead of up to 7);
-    # chains, draws and burn-in per step size; the minibatch of each SGLD step (n.beta = m / log m)
+    # chains, draws and burn-in per step size; the minibatch of each SGLD step; the inverse temperature
+    # n.beta: "batch" (m / log m, devinterp's default), "dataset" (n / log n, Lau et al.) or a number;
+    # the localization gamma (see measures/llc.py for which to choose for a large model)
     llc_epsilon: Union[Literal["each"], PositiveFloat] = "each"
     llc_batch: int = Field(256, ge=2)
+    llc_nbeta: Union[Literal["dataset", "batch"], PositiveFloat] = "batch"
+    llc_gamma: PositiveFloat = 100.0
     llc_chains: PositiveInt = 4
     llc_draws: int = Field(200, ge=8)
     llc_burnin: NonNegativeInt = 100

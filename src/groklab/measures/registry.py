@@ -61,14 +61,23 @@ LLC_EXAMPLES = 4096  # training examples the LLC's chains draw their minibatches
 
 def _llc(model, task, cfg: MeasuresConfig) -> dict:
     """The local learning coefficient (measures.llc) under the task's own training loss, on its first
-    LLC_EXAMPLES training examples (a fixed sample for every checkpoint); the step size calibrated at each
-    checkpoint or fixed (cfg.llc_epsilon), cfg.llc_chains x (cfg.llc_burnin + cfg.llc_draws) SGLD steps on
-    minibatches of cfg.llc_batch."""
+    LLC_EXAMPLES training examples (a fixed sample for every checkpoint), cfg.llc_chains x (cfg.llc_burnin +
+    cfg.llc_draws) SGLD steps on minibatches of cfg.llc_batch, the chains kept in the basin: below half-way
+    to the loss of the model's zero output (chance: log of the classes for cross-entropy, 1 for the hinge).
+    cfg.llc_epsilon "each": calibrated at each checkpoint, the step size and, where no step size keeps the
+    chains in the basin at (cfg.llc_nbeta, cfg.llc_gamma), the inverse temperature and localization
+    (`llc.ladder`); a fixed step size fixes all three (values comparable across checkpoints; NaN where
+    the chains leave the basin)."""
     inputs, labels = task.train.inputs[:LLC_EXAMPLES], task.train.labels[:LLC_EXAMPLES]
-    epsilons = EPSILONS if cfg.llc_epsilon == "each" else (cfg.llc_epsilon,)
-    return estimate_llc(model, inputs, labels, lambda net, x, y: task.objective(task.outputs(net, x), y, torch.float32),
-                        epsilons=epsilons, chains=cfg.llc_chains, draws=cfg.llc_draws, burnin=cfg.llc_burnin,
-                        batch_size=cfg.llc_batch)
+    calibrate = cfg.llc_epsilon == "each"
+    loss = lambda net, x, y: task.objective(task.outputs(net, x), y, torch.float32)  # noqa: E731
+    was_training = model.training
+    with torch.no_grad():  # in eval mode: no dropout, no draw from the random state
+        chance = float(task.objective(torch.zeros_like(task.outputs(model.eval(), inputs)), labels, torch.float32))
+    model.train(was_training)
+    return estimate_llc(model, inputs, labels, loss, epsilons=EPSILONS if calibrate else (cfg.llc_epsilon,),
+                        escalate=calibrate, chains=cfg.llc_chains, draws=cfg.llc_draws, burnin=cfg.llc_burnin,
+                        batch_size=cfg.llc_batch, nbeta=cfg.llc_nbeta, gamma=cfg.llc_gamma, ceiling=chance)
 
 
 MEASURES: dict[str, MeasureSet] = {
