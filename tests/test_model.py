@@ -18,6 +18,22 @@ TL_SHAPES = {  # TransformerLens names and shapes for Nanda's model
 }
 
 
+
+def test_biases_at_pytorch_init_as_in_murtys_released_model():
+    """bias_init "pytorch": nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for every bias, the weights unchanged."""
+    murty = dict(d_vocab=30, n_ctx=8, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=64, init="xavier",
+                 biases=frozenset({"mlp", "unembed"}))
+    zero = Transformer(TransformerConfig(**murty), seed=0).state_dict()
+    kept = Transformer(TransformerConfig(**murty, bias_init="pytorch"), seed=0).state_dict()
+    biases = [k for k in zero if k.rsplit(".", 1)[-1].startswith("b_")]
+    assert sorted(biases) == ["blocks.0.mlp.b_in", "blocks.0.mlp.b_out", "blocks.1.mlp.b_in", "blocks.1.mlp.b_out",
+                              "unembed.b_U"]
+    assert all(torch.equal(zero[k], kept[k]) for k in zero if k not in biases)
+    for name in biases:
+        fan_in = 64 if name.endswith("b_out") else 16
+        bias = kept[name]
+        assert (zero[name] == 0).all() and 0.4 / math.sqrt(fan_in) < bias.abs().max() <= 1 / math.sqrt(fan_in), name
+
 def test_nanda_model_names_shapes_and_parameter_count():
     model = Transformer(TransformerConfig(**NANDA))
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == TL_SHAPES

@@ -1,4 +1,5 @@
 """Structural-grokking tasks as language models: tokens, presets at the paper's scale, a tiny run end to end."""
+import collections
 import math
 
 import pandas as pd
@@ -149,3 +150,30 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
     assert mapped.returncode == 0, mapped.stderr
     page = (out / "map" / "model.n_layers=2" / "report.html").read_text()
     assert "gen_first_word_acc" in page
+
+
+def test_held_out_items_as_the_released_code_chooses_them(monkeypatch):
+    """eval_sample "released" (the paper-scale presets): QF scores every quest item, tense every in-distribution
+    item and a fixed 2,000 generalization items drawn from the data seed, Dyck whole strings until >= 5,000
+    closers; "first" (the lab presets) the first eval_items of each set. (The scoring functions are replaced by
+    recorders of what they are given: which items, not how they are scored, is the question here.)"""
+    from groklab.tasks import lm_eval
+
+    scored = []
+    for name in ("qf_accuracies", "tense_main_verb_accuracy", "dyck_accuracies"):
+        monkeypatch.setattr(lm_eval, name, lambda fn, vocab, items, *a, name=name, **kw:
+                            scored.append((name, len(items), kw)) or collections.defaultdict(float))
+    sizes = dict(n_train=50, n_val=300, n_test=2500)
+    tasks = {"question_formation": sizes, "tense_inflection": sizes, "dyck": {**sizes, "n_test": 300}}
+    seen = {}
+    for sample in ("first", "released"):
+        scored.clear()
+        for name, params in tasks.items():
+            build_task(TaskConfig(name=name, eval_items=100, eval_sample=sample, **params), seed=3).evaluate(torch.nn.Linear(1, 1))
+        seen[sample] = scored[:]
+    assert [n for _, n, _ in seen["first"]] == [100] * 6
+    (_, qf_id, _), (_, qf_gen, _), (_, t_id, t_id_kw), (_, t_gen, t_gen_kw), (_, d_id, d_id_kw), (_, d_gen, d_gen_kw) = seen["released"]
+    assert 100 < qf_id < 300 and qf_gen == 2500  # every quest item (the generalization set holds only quest items)
+    assert (t_id, t_gen, t_id_kw["max_items"], t_gen_kw["max_items"], t_gen_kw["seed"]) == (300, 2500, None, 2000, 3)
+    assert (d_id, d_gen, d_id_kw["max_prefixes"], d_gen_kw["max_prefixes"]) == (300, 300, 5000, 5000)
+    assert seen["first"][3][2]["max_items"] is None and seen["first"][4][2]["max_prefixes"] is None

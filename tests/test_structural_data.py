@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SHARED_DATA
 
 from groklab.errors import ConfigError
@@ -281,12 +282,21 @@ def test_scoring_helpers():
     assert mccoy.exact_match(" ".join(gold), gold) and not mccoy.exact_match(gold[:-1], gold)
     assert mccoy.aux_rank_correct({"do": 0.1, "does": 0.5, "don't": -1.0, "doesn't": 2.0}, gold)
     assert not mccoy.aux_rank_correct([0.0, 3.0, 0.0, 2.0], gold)
-    assert mccoy.aux_rank_correct([0.0, 1.0, 0.0, 1.0], "does ...") and not mccoy.aux_rank_correct([0, 1, 0, 1], gold)
+    # exact ties in the released code's order: doesn't, does, do, don't
+    assert mccoy.aux_rank_correct([0.0, 1.0, 0.0, 1.0], gold) and not mccoy.aux_rank_correct([0, 1, 0, 1], "does ...")
+    assert mccoy.aux_rank_correct([1.0, 1.0, 1.0, 0.0], "does ...") and mccoy.aux_rank_correct([1, 0, 1, 0], "do ...")
+    assert not mccoy.aux_rank_correct([1, 0, 1, 0], "don't ...")
     assert mccoy.main_verb("the newt who swims eats .") == "eats"
     assert mccoy.main_verb("the newt near the yaks eats the yak who swims .") == "eats"
     gold_t = "my walrus who amuses the yaks giggles ."
     assert mccoy.main_verb_correct(gold_t, gold_t)
-    assert mccoy.main_verb_correct("my yak who amuse the yak giggles", gold_t)  # only POS and main verb count
+    assert mccoy.main_verb_correct("my yak who amuse the yak giggles .", gold_t)  # only POS and main verb count
+    # the end: the released code drops the last token whatever it is; "final_period" drops only a final "."
+    assert not mccoy.main_verb_correct("my yak who amuse the yak giggles", gold_t)  # loses "giggles"
+    assert mccoy.main_verb_correct("my yak who amuse the yak giggles", gold_t, end="final_period")
+    assert not mccoy.main_verb_correct(gold_t + " .", gold_t)  # keeps one "."
+    wrong_end = gold_t[:-1] + "yak"  # "... giggles yak": the released rule drops "yak", the other keeps it
+    assert mccoy.main_verb_correct(wrong_end, gold_t) and not mccoy.main_verb_correct(wrong_end, gold_t, end="final_period")
     assert not mccoy.main_verb_correct("my walrus who amuses the yaks giggle .", gold_t)
     assert not mccoy.main_verb_correct("my walrus who amuses yaks giggles .", gold_t)  # POS sequence differs
     assert not mccoy.main_verb_correct("my walrus who amuses the yaks blorps .", gold_t)
@@ -303,6 +313,32 @@ def test_mccoy_save_load_roundtrip(tmp_path, generated):
     mccoy.save(tmp_path / "tense.gen", items)
     assert mccoy.load(tmp_path / "tense.gen") == items
     assert (tmp_path / "tense.gen").read_text().splitlines()[0] == items[0].line
+
+
+@pytest.mark.parametrize("task", ["question", "tense"])
+def test_both_layouts_of_the_released_files(tmp_path, generated, task):
+    """McCoy's repository (.train/.dev/.test/.gen: .test in-distribution, .gen the generalization set) and
+    Murty et al.'s copies (.train/.val/.test: .test = McCoy's .gen) give the same task; a generalization
+    file on which the two rules never disagree (an in-distribution file under the wrong name) is refused."""
+    from groklab.config import TaskConfig
+    from groklab.tasks import build_task
+
+    splits = generated[task]
+    name = {"question": "question_formation", "tense": "tense_inflection"}[task]
+    files = {"mccoy": {"train": splits.train, "dev": splits.val, "test": splits.val[::-1], "gen": splits.test},
+             "murty": {"train": splits.train, "val": splits.val, "test": splits.test}}
+    built = {}
+    for layout, contents in files.items():
+        (tmp_path / layout).mkdir()
+        for ext, items in contents.items():
+            mccoy.save(tmp_path / layout / f"{task}.{ext}", items)
+        built[layout] = build_task(TaskConfig(name=name, path=str(tmp_path / layout)), seed=0)
+    for split in ("train", "test"):
+        assert torch.equal(getattr(built["mccoy"], split).inputs, getattr(built["murty"], split).inputs)
+    assert torch.equal(built["mccoy"].splits["gen"].inputs, built["murty"].splits["gen"].inputs)
+    mccoy.save(tmp_path / "murty" / f"{task}.test", splits.val)  # McCoy's in-distribution .test in Murty's layout
+    with pytest.raises(ConfigError, match=rf"{task}.test: the linear and hierarchical rules agree on every item.*{task}.gen"):
+        build_task(TaskConfig(name=name, path=str(tmp_path / "murty")), seed=0)
 
 
 @pytest.mark.parametrize("content, task, problem", [

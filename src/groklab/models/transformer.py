@@ -47,6 +47,7 @@ class TransformerConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     biases: frozenset[Bias] = frozenset({"mlp"})
     init: Literal["nanda", "gpt2", "pytorch", "xavier"] = "nanda"
+    bias_init: Literal["zero", "pytorch"] = "zero"  # "pytorch": nn.Linear's U(+-1/sqrt(fan_in)) (Murty's released model)
     embed_scale: bool = False               # multiply token embeddings by sqrt(d_model) (Vaswani; Murty et al.)
     init_scale: float = Field(1.0, gt=0.0)  # multiplies every initial weight (Omnigrok's alpha)
 
@@ -339,7 +340,10 @@ def sinusoidal(n_ctx: int, d_model: int) -> torch.Tensor:
 
 @torch.no_grad()
 def init_weights(model: Transformer, gen: torch.Generator) -> None:
-    """Initialise every weight from `gen`, then multiply by init_scale; biases start at zero.
+    """Initialise every weight from `gen`, then multiply by init_scale; biases start at zero, or with
+    bias_init "pytorch" at torch.nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from `gen`
+    after every weight (so the weights are the same either way), unscaled: Murty et al.'s released model
+    re-initializes only its weight matrices and keeps these (spec structural-grokking.md §3).
 
     - "nanda": N(0, 1) / sqrt(fan), with fan = d_model for every matrix except W_U (d_vocab),
       as in Nanda et al.'s released code (spec §1; W_out is / sqrt(d_model), not / sqrt(d_mlp)).
@@ -373,3 +377,10 @@ def init_weights(model: Transformer, gen: torch.Generator) -> None:
         else:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.02 / (math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1))
         p.mul_(cfg.init_scale)
+    if cfg.bias_init == "pytorch":
+        bias_fan_in = {"b_O": cfg.n_heads * cfg.d_head, "b_out": cfg.d_mlp}  # else d_model (b_Q/K/V, b_in, b_U)
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith("b_"):
+                bound = 1 / math.sqrt(bias_fan_in.get(leaf, cfg.d_model))
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)

@@ -19,7 +19,8 @@ Metrics (names of the metrics table, §6) and which variant each function implem
   restricted to do / does / don't / doesn't); `qf_first_word_accuracy`: `qf_first_word_greedy_acc`, the
   paper's (first word of the greedy decode); `qf_exact_match_accuracy`: `qf_exact_match` (§6 #11).
 - `tense_main_verb_accuracy`: the released tense scorer (POS sequence and main verb) on a greedy
-  decode to EOS or 50 tokens, a final "." stripped from both sides (§6 #13); every item is scored, or a
+  decode to EOS or 50 tokens, its last token removed from both sides as the released code does (or, as an
+  option, only a final "."; §6 #13); every item is scored, or a
   subset of `max_items` drawn once from `seed` (§6 #12: the released code's unseeded 2k subsets are gone).
 
 Every function is batched and deterministic (randomness only from an explicit `seed`).
@@ -297,8 +298,8 @@ def qf_aux_rank_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Itera
                          max_items: Optional[int] = None, seed: int = 0) -> float:
     """`qf_aux_rank_acc`, the released code's QF metric (spec §5.1, §6 #11): for each `quest` item feed
     [SOS] + source (up to and including `quest`), restrict the next-token logits to do / does / don't /
-    doesn't, correct iff the argmax is the gold first word (`mccoy.aux_rank_correct`; ties to the first in
-    mccoy.AUXILIARIES order). Other items are skipped; max_items: a fixed subset drawn from `seed`. NaN if none."""
+    doesn't, correct iff the argmax is the gold first word (`mccoy.aux_rank_correct`; exact ties to the first in
+    the released code's order, mccoy.RANKING_TIES). Other items are skipped; max_items: a fixed subset drawn from `seed`. NaN if none."""
     its = _select(items, True, max_items, seed)
     index = _index(tuple(vocab))
     aux = torch.tensor([index[a] for a in mccoy.AUXILIARIES])
@@ -350,32 +351,24 @@ def qf_accuracies(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[Ite
             "qf_exact_match": _mean([mccoy.exact_match(p, it.target) for p, it in zip(preds, its)])}
 
 
-def main_verb_correct(pred: Words, gold: Words, pos_table: Optional[Mapping[str, Optional[str]]] = None) -> bool:
-    """The released tense scorer (spec §5.1) with a given POS table (e.g. `mccoy.load_pos("pos_tense.txt")`):
-    a final "." stripped from both, POS sequences equal and main verbs identical (the second V if the third
-    word is tagged R, else the first). A word without a tag (absent, or empty like SOS) is tagged "?".
-    pos_table=None: `mccoy.main_verb_correct` (the built-in table, equal to pos_tense on the task's words)."""
-    if pos_table is None:
-        return mccoy.main_verb_correct(pred, gold)
-    tag = lambda w: pos_table.get(w) or "?"  # noqa: E731
-    strip = lambda t: t[:-1] if t and t[-1] == "." else t  # noqa: E731
-
-    def verb(w: tuple[str, ...]) -> Optional[str]:
-        verbs = [x for x in w if tag(x) == "V"]
-        k = 1 if len(w) > 2 and tag(w[2]) == "R" else 0
-        return verbs[k] if len(verbs) > k else None
-
-    p, g = strip(_words(pred)), strip(_words(gold))
-    return [tag(x) for x in p] == [tag(x) for x in g] and verb(p) is not None and verb(p) == verb(g)
+def main_verb_correct(pred: Words, gold: Words, pos_table: Optional[Mapping[str, Optional[str]]] = None,
+                      end: mccoy.TenseEnd = "last_token") -> bool:
+    """The released tense scorer (spec §5.1, `mccoy.main_verb_correct`) with a given POS table (e.g.
+    `mccoy.load_pos("pos_tense.txt")`; None: the built-in table, equal to pos_tense on the task's words):
+    the end removed from both (the released code's last token, or a final "."), POS sequences equal and
+    main verbs identical (the second V if the third word is tagged R, else the first)."""
+    return mccoy.main_verb_correct(_words(pred), _words(gold), mccoy.POS if pos_table is None else pos_table, end)
 
 
 def tense_main_verb_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[ItemLike],
                              pos_table: Optional[Mapping[str, Optional[str]]] = None, max_new: int = 50,
-                             batch_size: int = 64, max_items: Optional[int] = None, seed: int = 0) -> float:
+                             batch_size: int = 64, max_items: Optional[int] = None, seed: int = 0,
+                             end: mccoy.TenseEnd = "last_token") -> float:
     """The released tense metric (spec §5.1, §6 #12-#13): greedy-decode after the source (to EOS or
-    max_new tokens), strip a final "." from prediction and target, correct iff their POS sequences are equal
-    and the main verbs identical (`main_verb_correct` with pos_table). Every item (PAST and PRESENT) is
-    scored, or max_items of them drawn once from `seed`. NaN if none."""
+    max_new tokens), remove the end from prediction and target (`end`: the released code's last token
+    before EOS, or a final "."), correct iff their POS sequences are equal and the main verbs identical
+    (`main_verb_correct` with pos_table). Every item (PAST and PRESENT) is scored, or max_items of them
+    drawn once from `seed`. NaN if none."""
     its = _select(items, False, max_items, seed)
     preds = _decoded(logits_fn, vocab, its, max_new, batch_size)
-    return _mean([main_verb_correct(p, it.target, pos_table) for p, it in zip(preds, its)])
+    return _mean([main_verb_correct(p, it.target, pos_table, end) for p, it in zip(preds, its)])

@@ -47,6 +47,7 @@ PAST = dict(giggle="giggled", smile="smiled", sleep="slept", swim="swam", wait="
 THIRD_SG = {v: v + "s" for v in VERBS_INTRANS + VERBS_TRANS}  # giggles, high_fives, ...
 AUX_SG, AUX_PL = ("does", "doesn't"), ("do", "don't")
 AUXILIARIES = ("do", "does", "don't", "doesn't")  # the four candidates of the aux-ranking metric (§5.1)
+RANKING_TIES = ("doesn't", "does", "do", "don't")  # exact ties go to the first of these, as in the released code
 NEGATE = {"do": "don't", "don't": "do", "does": "doesn't", "doesn't": "does"}
 PREPOSITIONS = ("around", "near", "with", "upon", "by", "behind", "above", "below")
 RELATIVIZERS = ("who", "that")
@@ -349,30 +350,39 @@ def first_word_correct(pred: Tokens, gold: Tokens) -> bool:
 def aux_rank_correct(scores: Mapping[str, float] | Sequence[float], gold: Tokens) -> bool:
     """Released code's QF metric (`qf_aux_rank_acc`): the model's next-token scores after `quest`, restricted
     to the four auxiliaries (a mapping, or a sequence in AUXILIARIES order), rank the gold first word top.
-    Ties go to the first in AUXILIARIES order (torch argmax)."""
+    Exact ties go to the first in RANKING_TIES order (doesn't, does, do, don't), the order of the released
+    code's candidate list, whose argmax takes the first maximum."""
     values = [scores[a] for a in AUXILIARIES] if isinstance(scores, Mapping) else list(scores)
     if len(values) != len(AUXILIARIES):
         raise ValueError(f"need one score for each of {AUXILIARIES}, got {len(values)}")
-    return AUXILIARIES[int(np.argmax(values))] == _tokens(gold)[0]
+    return max(RANKING_TIES, key=dict(zip(AUXILIARIES, values)).__getitem__) == _tokens(gold)[0]
 
 
-def main_verb(tokens: Tokens) -> str | None:
+def main_verb(tokens: Tokens, pos: Mapping[str, str | None] = POS) -> str | None:
     """Main verb as the released tense scorer finds it (§5.1): a final `.` stripped, the second V (by POS)
     if the third word is a relativizer (a relative clause on the subject), else the first; None if absent."""
     w = _tokens(tokens)
     w = w[:-1] if w and w[-1] == "." else w
-    verbs = [x for x in w if POS.get(x) == "V"]
-    k = 1 if len(w) > 2 and POS.get(w[2]) == "R" else 0
+    verbs = [x for x in w if pos.get(x) == "V"]
+    k = 1 if len(w) > 2 and pos.get(w[2]) == "R" else 0
     return verbs[k] if len(verbs) > k else None
 
 
-def main_verb_correct(pred: Tokens, gold: Tokens) -> bool:
-    """Released tense metric (§5.1): with a final `.` stripped from both, the POS sequences are equal and the
-    main verbs identical (unknown words never match a tag)."""
-    strip = lambda t: t[:-1] if t and t[-1] == "." else t  # noqa: E731
-    p, g = strip(_tokens(pred)), strip(_tokens(gold))
-    return ([POS.get(x, "?") for x in p] == [POS.get(x, "?") for x in g] and main_verb(p) is not None
-            and main_verb(p) == main_verb(g))
+TenseEnd = Literal["last_token", "final_period"]
+
+
+def main_verb_correct(pred: Tokens, gold: Tokens, pos: Mapping[str, str | None] = POS,
+                      end: TenseEnd = "last_token") -> bool:
+    """Released tense metric (§5.1): with the end removed from both, the POS sequences are equal and the main
+    verbs identical (a word without a tag, unknown or tagged empty, is tagged "?"). The end: "last_token",
+    as the released code does (its decoder keeps the output up to the token before EOS, whatever that token
+    is: a prediction without its final `.` loses its last word, one with two keeps a `.`); "final_period":
+    a final `.` if there is one (kinder to malformed outputs early in training; they differ on no well-
+    formed output)."""
+    cut = (lambda t: t[:-1]) if end == "last_token" else (lambda t: t[:-1] if t and t[-1] == "." else t)
+    p, g = cut(_tokens(pred)), cut(_tokens(gold))
+    tag = lambda w: pos.get(w) or "?"  # noqa: E731
+    return [tag(x) for x in p] == [tag(x) for x in g] and main_verb(p, pos) is not None and main_verb(p, pos) == main_verb(g, pos)
 
 
 # ---------------------------------------------------------------- items, generation, files
