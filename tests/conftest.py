@@ -62,6 +62,16 @@ def write_idx(path: Path, array, gz: bool = False) -> None:
 
 
 @pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """The `quick` preset run once, from the command line, with its report (its outcome: test_presets.py;
+    its report: test_report.py)."""
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    result = groklab_cli("run", "quick", "--out", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
     """A tiny MNIST in the original IDX format (train files gzipped, test files not): the label is the
     brightest of ten image columns, so a model can learn it."""

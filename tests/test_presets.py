@@ -2,10 +2,10 @@
 (The long presets' outcomes are checked by benchmarks/check_presets.py.)"""
 import pytest
 
-import groklab
 from groklab.config import load_preset, preset_names
 from groklab.dynamics import check_outcome
 from groklab.experiment import resolve
+from groklab.store import Run
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -31,9 +31,10 @@ def test_nanda_preset_is_the_papers_setting():
 
 
 @pytest.mark.slow
-def test_quick_groks(tmp_path):
+def test_quick_groks(quick_run):
     """Test acc >= 99% is reached well after train acc hit 100% (the preset's expected outcome)."""
-    run = groklab.run(load_preset("quick"), tmp_path / "quick")
+    run = Run(quick_run)
+    assert run.config == resolve(load_preset("quick")).config  # the preset as it is
     summary, metrics = run.summary, run.metrics
     assert check_outcome(summary, run.config.outcome) == []
     train_100 = int(metrics.loc[metrics.train_acc == 1.0, "step"].iloc[0])

@@ -17,14 +17,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FIGURES = ["curves", "measures", "embedding_spectrum", "spectrum_slider", "neurons", "attention"]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "quick"
-    result = groklab_cli("run", "quick", "--out", str(out), "-q")
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 def open_in_browser(path: Path):
     """Load the page in headless Chromium: console errors, page errors and a screenshot of every
     figure container."""
