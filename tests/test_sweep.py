@@ -179,6 +179,18 @@ def test_map_of_a_sweep(parity_sweep):
     assert again.returncode == 0, again.stderr
     assert "train_acc &gt;= 0.8" in (map_dir / "report.html").read_text() or "train_acc >= 0.8" in (map_dir / "report.html").read_text()
 
+    # how robust: 2 refits on resampled runs, the released code's selection rule
+    again = groklab_cli("map", str(out), "--states", "2", "--restarts", "1", "--jobs", "1", "--robustness", "2",
+                        "--bootstrap", "--selection", "mean")
+    assert again.returncode == 0, again.stderr
+    assert "robustness over 2 refits: K chosen 2: 2" in again.stdout
+    fits = pd.read_csv(map_dir / "robustness_fits.csv")
+    assert list(fits["fit"]) == [0, 1, 2] and list(fits["bootstrap"]) == [False, True, True]
+    summary = pd.read_csv(map_dir / "robustness_summary.csv")
+    assert list(summary["reference_state"]) == [0, 1] and summary["matched"].between(0, 1).all()
+    assert (map_dir / "robustness_states.csv").is_file() and (map_dir / "figures" / "robustness.png").is_file()
+    assert "How robust is the map?" in (map_dir / "report.html").read_text()
+
 
 def test_map_errors(parity_sweep, tmp_path):
     out, _ = parity_sweep
@@ -189,6 +201,9 @@ def test_map_errors(parity_sweep, tmp_path):
     bad(["map", str(out), "--features", "best"], "unknown feature set 'best'")
     bad(["map", str(out), "--metric", "gen_first_word_acc"], "no column 'gen_first_word_acc'")
     bad(["map", str(out), "--point", "train.lr=0.1"], "has no grid: drop --point")
+    bad(["map", str(out), "--robustness", "-1"], "--robustness takes a number of refits")
+    bad(["map", str(out), "--bootstrap"], "--bootstrap needs one > 0")
+    bad(["map", str(out), "--selection", "median"], "--selection")
     empty = SweepDir.create_or_open(tmp_path / "empty", parity_config().model_dump(mode="json"), [0, 1])
     bad(["map", str(empty.path)], "needs at least 3")
 

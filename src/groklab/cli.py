@@ -189,8 +189,15 @@ def _missing(value) -> bool:
               help="The metrics column convergence is read from (e.g. gen_first_word_acc for a structural sweep).")
 @click.option("--point", multiple=True, metavar="KEY.PATH=VALUE",
               help="For a grid sweep: the point whose seeds are mapped (e.g. model.n_layers=4); into map/POINT/.")
+@click.option("--selection", type=click.Choice(["best", "mean"]), default="best", show_default=True,
+              help="The criterion of each K from its best restart's held-out log-likelihood, or the mean over "
+                   "restarts (the released code's).")
+@click.option("--robustness", type=int, default=0, show_default=True, metavar="N",
+              help="Repeat model selection and the detour test N more times with other restart seeds.")
+@click.option("--bootstrap", is_flag=True, help="With --robustness: each refit on a resample of the runs.")
 def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float], zscore: str, restarts: int,
-         seed: int, jobs: int, metric: str, point: tuple[str, ...]) -> None:
+         seed: int, jobs: int, metric: str, point: tuple[str, ...], selection: str, robustness: int,
+         bootstrap: bool) -> None:
     """Fit the HMM training map of a sweep; write SWEEP_DIR/map/ (map SVG/PNG, CSV tables, report.html)."""
     from groklab.store import SweepDir
     from groklab.sweep.maps import map_sweep
@@ -203,10 +210,13 @@ def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float],
             raise UserError(f"--states takes a number of states (1-50), bic or aic; got '{states}'") from None
     if restarts < 1:
         raise UserError(f"--restarts must be at least 1, got {restarts}")
+    if robustness < 0 or (bootstrap and robustness == 0):
+        raise UserError(f"--robustness takes a number of refits >= 0 (--bootstrap needs one > 0); got {robustness}")
     sweep = SweepDir.open(sweep_dir)
     threshold = sweep.threshold if threshold is None else threshold
     result = map_sweep(sweep, features if "," not in features else features.split(","), states, threshold,
                        column=metric, point=_point(point), zscore=zscore, n_restarts=restarts, random_state=seed, n_jobs=jobs,
+                       selection=selection, robustness=robustness, bootstrap=bootstrap,
                        progress=lambda line: click.echo(line, err=True))
     model, detours = result.model, result.detours
     click.echo(f"training map: {result.path}  (report: {result.path / 'report.html'})")
@@ -221,6 +231,13 @@ def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float],
     found = detours[detours["detour"]]
     click.echo("detours: " + (", ".join(f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
                                          for r in found.itertuples()) or "none at Holm-adjusted p < 0.05"))
+    if result.robustness is not None:
+        fits = result.robustness.fits[result.robustness.fits["fit"] > 0]
+        click.echo(f"robustness over {len(fits)} refits: K chosen " + ", ".join(
+            f"{k}: {n}" for k, n in fits["n_states"].value_counts().sort_index().items())
+            + f"; a detour at p < 0.05 in {int((fits['n_detours_raw'] > 0).sum())} of {len(fits)} "
+            f"(Holm-adjusted: {int((fits['n_detours'] > 0).sum())}); this map's states over the refits:")
+        click.echo(result.robustness.summary.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
 
 
 @cli.command()

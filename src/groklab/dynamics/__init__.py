@@ -10,8 +10,9 @@ from groklab.dynamics.detours import (
 )
 from groklab.dynamics.hmm import FEATURE_SETS, TrainingMap
 from groklab.dynamics.phases import detect_phases, detect_stages, phase_evidence
+from groklab.dynamics.robustness import map_robustness
 from groklab.dynamics.summary import GROK_THRESHOLD, check_outcome, first_step, summarize
 
 __all__ = ["FEATURE_SETS", "GROK_THRESHOLD", "TrainingMap", "check_outcome", "convergence_times", "detect_phases", "detect_stages",
-           "detour_test", "first_step", "phase_evidence", "state_occupancy", "summarize", "training_map_graph",
+           "detour_test", "first_step", "map_robustness", "phase_evidence", "state_occupancy", "summarize", "training_map_graph",
            "transition_features", "transition_table", "visited"]

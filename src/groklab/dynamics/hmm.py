@@ -11,7 +11,8 @@ table. One run = one seed = one table with a row per checkpoint; each run is an 
 Where this differs from the released code (`michahu/modeling-training`, `04_train_hmm/model_selection.py`):
 - restarts are seeded (restart i of K gets `random_state + 1000*K + i`) and the run split is a seeded
   permutation of the sorted seeds (§6 #3, #4); the hmmlearn version is recorded;
-- AIC/BIC are those of the kept (best held-out log-likelihood) restart, not the mean over restarts;
+- AIC/BIC are those of the kept (best held-out log-likelihood) restart, not the mean over restarts
+  (`selection="mean"` gives the released code's rule);
 - a fit that stops at `n_iter` is flagged as not converged (hmmlearn calls it converged; §6 #13);
 - degenerate fits are retried with a larger covariance floor and counted, never returned (§4 caveats);
 - constant columns are dropped with a warning instead of producing NaN (§6 #10);
@@ -95,6 +96,9 @@ class TrainingMap:
     covariance_type : "full" or "diag"
     n_restarts : int
         Seeded restarts per K; the one with the best held-out log-likelihood is kept.
+    selection : "best" or "mean"
+        Which held-out log-likelihood of each K the criterion (AIC / BIC in selection_) is computed from:
+        the kept restart's (groklab's default) or the mean over the restarts (the released code's).
     n_iter, tol : EM iteration cap and convergence threshold (spec §6 #13: 32 and 1e-2).
     max_states : int
         Largest K searched when `n_states` is a criterion.
@@ -124,8 +128,9 @@ class TrainingMap:
 
     def __init__(self, n_states="bic", features="base", covariance_type="full", n_restarts=5, n_iter=32,
                  tol=1e-2, max_states=8, zscore="per_run", first_n=None, test_fraction=0.2, split_seed=0,
-                 random_state=0, min_covar=1e-3, n_jobs=1):
+                 random_state=0, min_covar=1e-3, n_jobs=1, selection="best"):
         self.n_states = n_states
+        self.selection = selection
         self.features = features
         self.covariance_type = covariance_type
         self.n_restarts = n_restarts
@@ -226,6 +231,8 @@ class TrainingMap:
             raise ValueError(f"zscore must be 'per_run' or 'global', got {self.zscore!r}")
         if not 0 <= self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.selection not in ("best", "mean"):
+            raise ValueError(f"selection must be 'best' or 'mean', got {self.selection!r}")
         if self.n_restarts < 1 or self.max_states < 1:
             raise ValueError("n_restarts and max_states must be >= 1")
 
@@ -289,9 +296,10 @@ class TrainingMap:
             best = max(ok, key=lambda r: r["test_ll"]) if ok else None  # first of equals: lowest restart
             ll = best["test_ll"] if best else math.nan
             kept[k] = best
+            judged = ll if self.selection == "best" else (lls.mean() if ok else math.nan)
             rows.append({"n_states": k, "test_ll_mean": lls.mean() if ok else math.nan,
                          "test_ll_std": lls.std() if ok else math.nan, "test_ll_best": ll,
-                         "aic": -2 * ll + 2 * p, "bic": -2 * ll + p * math.log(n_eval), "n_params": p,
+                         "aic": -2 * judged + 2 * p, "bic": -2 * judged + p * math.log(n_eval), "n_params": p,
                          "converged": bool(best is not None and best["converged"]),
                          "n_failed": len(fits) - len(ok)})
         self.selection_ = pd.DataFrame(rows)

@@ -200,6 +200,29 @@ def sweep_figures(selection: pd.DataFrame, paths: pd.DataFrame, convergence: pd.
     return figures
 
 
+def robustness_figure(fits: pd.DataFrame, states: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+    """How stable the map is over refits (dynamics.robustness): the share of refits choosing each K, how often
+    each state of this map is matched to a detour (p < 0.05 and r > 0; Holm-adjusted), and r of its matched
+    state in every refit."""
+    refits = fits[fits["fit"] > 0]
+    shares = refits["n_states"].value_counts(normalize=True).sort_index()
+    labels = [f"state {int(s)}" for s in summary["reference_state"]]
+    return Figure("robustness", "How robust is the map? Model selection and detours over refits",
+                  f"{len(refits)} refits with other restart seeds (and resampled runs, if asked). Left: the K each "
+                  "chose. Middle: the share of refits in which this map's state, matched by its means, is a detour. "
+                  "Right: the detour test's r of the matched state in each refit.",
+                  [Panel("K chosen", [Trace("refits", list(shares.index), list(shares.to_numpy()), kind="bar")],
+                         xlabel="states K", ylabel="share of refits"),
+                   Panel("detour frequency", [Trace("p < 0.05, r > 0", labels, summary["detour_raw"], kind="bar"),
+                                              Trace("Holm-adjusted", labels, summary["detour"], kind="bar")],
+                         xlabel="state of this map", ylabel="share of refits"),
+                   Panel("r of the matched state",
+                         [Trace(f"state {int(state)}", group["fit"], group["r"], opacity=0.8)
+                          for state, group in states[states["fit"] > 0].dropna(subset=["reference_state"])
+                          .groupby("reference_state")],
+                         xlabel="refit", ylabel="r (visit vs convergence time)")])
+
+
 def render_map_page(title: str, rows: list[tuple[str, str]], layout: MapLayout, figures: list[Figure],
                     tables: list[tuple[str, pd.DataFrame]]) -> str:
     """The sweep's HTML page: header, the map, the figures, then the tables."""

@@ -6,6 +6,7 @@ detours, and write the map, its tables and an HTML report into SWEEP_DIR/map/.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from groklab.dynamics import (FEATURE_SETS, TrainingMap, convergence_times, detour_test, state_occupancy,
-                              transition_features, transition_table)
+from groklab.dynamics import (FEATURE_SETS, TrainingMap, convergence_times, detour_test, map_robustness,
+                              state_occupancy, transition_features, transition_table)
 from groklab.errors import ConfigError, UserError
 from groklab.store import SweepDir
 from groklab.store.sweep_dir import point_name
@@ -33,17 +34,22 @@ class MapResult:
     detours: pd.DataFrame           # detour_test
     states: pd.DataFrame            # one row per state: occupancy, accuracy, timing, detour statistics, means
     skipped: dict                   # seed -> why the run was left out
+    robustness: Optional[object] = None  # dynamics.robustness.Robustness, with `robustness` > 0
 
 
 def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequence[str]] = "base",
               n_states: Union[int, str] = "bic", threshold: float = 0.9, column: str = "test_acc",
               zscore: str = "per_run", n_restarts: int = 5, random_state: int = 0, alpha: float = 0.05,
-              n_jobs: int = 1, png: bool = True, point: Optional[dict] = None,
+              n_jobs: int = 1, png: bool = True, point: Optional[dict] = None, selection: str = "best",
+              robustness: int = 0, bootstrap: bool = False,
               progress: Callable[[str], None] = lambda line: None) -> MapResult:
     """Fit a TrainingMap over the sweep's finished runs and write SWEEP_DIR/map/: training_map.png/.svg,
     report.html, training_map.json (the fitted model) and the CSV tables selection, restarts, states,
     detours, transitions, transition_features, paths and convergence. A grid sweep is mapped one `point`
-    of its grid at a time (e.g. {"model.n_layers": 4}), into SWEEP_DIR/map/KEY=VALUE/."""
+    of its grid at a time (e.g. {"model.n_layers": 4}), into SWEEP_DIR/map/KEY=VALUE/. With `robustness`
+    N > 0, model selection and the detour test are repeated N times over other restart seeds (and, with
+    `bootstrap`, resamples of the runs; `dynamics.robustness`): tables robustness_fits, robustness_states
+    and robustness_summary, and a stability figure in the report."""
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
     runs, skipped = _usable_runs(sweep_dir, point)
     names = _check_features(features, runs)
@@ -57,24 +63,12 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
              f"{'K = ' + str(n_states) if isinstance(n_states, int) else 'K = 1..8 by ' + n_states.upper()}, "
              f"{n_restarts} restarts each")
     model = TrainingMap(n_states=n_states, features=features, zscore=zscore, n_restarts=n_restarts,
-                        random_state=random_state, n_jobs=n_jobs)
-    hmm_log = logging.getLogger("hmmlearn")
-    level = hmm_log.level
-    hmm_log.setLevel(logging.ERROR)  # its per-iteration "not converging" lines: convergence is in the selection table
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+                        random_state=random_state, n_jobs=n_jobs, selection=selection)
+    with _quiet_hmmlearn(progress):
         try:
             model.fit(runs)
         except (ValueError, RuntimeError) as err:
             raise UserError(f"cannot fit the training map: {err}") from None
-        finally:
-            hmm_log.setLevel(level)
-    counts: dict[str, int] = {}
-    for warning in caught:  # hmmlearn repeats its warnings for every restart: each once, with its count
-        text = str(warning.message).split(" Current:")[0]
-        counts[text] = counts.get(text, 0) + 1
-    for text, n in counts.items():
-        progress(f"warning: {text}" + (f" ({n} times over the fits)" if n > 1 else ""))
     used = {seed: table for seed, table in runs.items() if seed in model.paths_}
     convergence = convergence_times(used, column, threshold)
     detours = detour_test(model.paths_, convergence, alpha=alpha)
@@ -83,9 +77,40 @@ def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequen
     tables = {"selection": model.selection_, "restarts": model.restarts_, "states": states, "detours": detours,
               "transitions": transitions, "transition_features": _transition_features(model, used, transitions),
               "paths": _paths_table(model, used), "convergence": convergence}
+    stability = None
+    if robustness > 0:
+        progress(f"robustness: {robustness} more fits ({'resampled runs, ' if bootstrap else ''}other restart seeds)")
+        with _quiet_hmmlearn(progress):
+            try:
+                stability = map_robustness(used, convergence, model, robustness, bootstrap, alpha, random_state, progress)
+            except (ValueError, RuntimeError) as err:
+                raise UserError(f"cannot refit the training map for --robustness: {err}") from None
+        tables.update(robustness_fits=stability.fits, robustness_states=stability.states,
+                      robustness_summary=stability.summary)
     page, save_drawings = _report(sweep_dir, model, tables, threshold, column, skipped, png)
     path = sweep_dir.write_map(tables, page, save_drawings, model.save, point)
-    return MapResult(path, model, convergence, detours, states, skipped)
+    return MapResult(path, model, convergence, detours, states, skipped, stability)
+
+
+@contextlib.contextmanager
+def _quiet_hmmlearn(progress: Callable[[str], None]):
+    """hmmlearn's per-iteration "not converging" lines silenced (convergence is in the selection table) and its
+    warnings, repeated for every restart, passed on once each with their count."""
+    hmm_log = logging.getLogger("hmmlearn")
+    level = hmm_log.level
+    hmm_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        hmm_log.setLevel(level)
+        counts: dict[str, int] = {}
+        for warning in caught:
+            text = str(warning.message).split(" Current:")[0]
+            counts[text] = counts.get(text, 0) + 1
+        for text, n in counts.items():
+            progress(f"warning: {text}" + (f" ({n} times over the fits)" if n > 1 else ""))
 
 
 def _usable_runs(sweep_dir: SweepDir, point: Optional[dict] = None) -> tuple[dict[int, pd.DataFrame], dict[int, str]]:
@@ -179,7 +204,8 @@ def _paths_table(model: TrainingMap, runs: dict) -> pd.DataFrame:
 def _report(sweep_dir: SweepDir, model: TrainingMap, tables: dict, threshold: float, column: str,
             skipped: dict, png: bool):
     """The HTML page and a function that draws the map (and the figures) into a directory."""
-    from groklab.report.maps import map_layout, render_map_page, save_figures_static, save_map_static, sweep_figures
+    from groklab.report.maps import (map_layout, render_map_page, robustness_figure, save_figures_static,
+                                     save_map_static, sweep_figures)
 
     states, detours, convergence = tables["states"], tables["detours"], tables["convergence"]
     layout = map_layout(states, tables["transitions"], len(model.paths_))
@@ -201,6 +227,18 @@ def _report(sweep_dir: SweepDir, model: TrainingMap, tables: dict, threshold: fl
             ("detours", "; ".join(f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
                                   for r in found.itertuples()) or "none at Holm-adjusted p < 0.05"),
             ("hmmlearn", model.hmmlearn_version_)]
+    sections = []
+    if "robustness_fits" in tables:
+        fits, summary = tables["robustness_fits"], tables["robustness_summary"]
+        refits = fits[fits["fit"] > 0]
+        k_counts = refits["n_states"].value_counts().sort_index()
+        rows.append(("robustness", f"{len(refits)} refits ({'resampled runs, ' if refits['bootstrap'].any() else ''}"
+                                   f"other restart seeds): K chosen " + ", ".join(f"{k} in {n}" for k, n in k_counts.items())
+                     + f"; a detour at p < 0.05 in {int((refits['n_detours_raw'] > 0).sum())} of {len(refits)} fits "
+                     f"(Holm-adjusted: {int((refits['n_detours'] > 0).sum())})"))
+        figures.append(robustness_figure(fits, tables["robustness_states"], summary))
+        sections = [("Robustness: each state of this map over the refits (matched by its means)", summary),
+                    ("Robustness: the refits", fits)]
     shown = detours[["state", "n_visit", "n_not", "mean_conv_visit", "mean_conv_not", "r", "p", "p_holm", "detour",
                      "coef_time", "p_time"]]
     top = tables["transition_features"]
@@ -209,7 +247,7 @@ def _report(sweep_dir: SweepDir, model: TrainingMap, tables: dict, threshold: fl
                            [("Detour test (per state; Holm-adjusted; joint time-in-state regression)", shown),
                             ("Transitions (trimmed map)", tables["transitions"]),
                             ("Features that drive each transition (top 3 by |gradient|)", top),
-                            ("Model selection", model.selection_)])
+                            ("Model selection", model.selection_), *sections])
 
     def save_drawings(directory: Path) -> None:
         save_map_static(layout, directory)
