@@ -220,6 +220,21 @@ def test_measures_live_and_post_hoc(tmp_path):
     assert final["key_freqs"].dropna().nunique() == 1
 
 
+def test_final_key_frequencies_keep_the_other_measures_between_checkpoints(tmp_path):
+    """key_freqs "final" recomputes the Fourier measures at the checkpoints when the run ends; the weight
+    statistics, measured at every evaluation, stay at the rows between checkpoints."""
+    import groklab
+    from groklab.config import load_config
+
+    cfg = load_config("quick", ["train.max_steps=40", "train.eval_every=10", "train.checkpoint_every=20",
+                                "measures={every: 10, key_freqs: final, names: [weights, fourier, weight_stats]}"])
+    m = groklab.run(cfg, tmp_path / "run", report=False).metrics
+    assert list(m["step"]) == [0, 10, 20, 30, 40]
+    assert m["l2"].notna().all() and m["sum_sq_weights"].notna().all()  # kept at steps 10 and 30
+    assert list(m.dropna(subset=["restricted_loss"])["step"]) == [0, 20, 40]  # recomputed at the checkpoints only
+    assert m["key_freqs"].dropna().nunique() == 1
+
+
 def test_measures_on_a_task_without_a_fourier_circuit_is_a_config_error(tmp_path):
     import groklab
     from groklab.config import load_config

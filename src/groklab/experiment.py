@@ -197,8 +197,9 @@ def _final_measures(run: Run, prepared: Prepared, outcome: Outcome) -> Run:
     cfg = prepared.config
     if (cfg.measures is not None and "fourier" in cfg.measures.names and cfg.measures.key_freqs == "final"
             and outcome.status in ("finished", "stopped_early")):
-        # the paper's choice: the final model's frequencies (the measures at checkpoints only are recomputed)
-        measure(run.path, "final", device=str(prepared.device))
+        # the paper's choice: the final model's frequencies (the Fourier measures at checkpoints only are
+        # recomputed; the other measure sets' columns stay as measured while training)
+        measure(run.path, "final", device=str(prepared.device), names=("fourier",))
     return run
 
 
@@ -281,7 +282,8 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
             overrides: Sequence[str] = ()) -> Run:
     """Recompute the measure columns of a run's metrics from its saved checkpoints, leaving the
     training columns as they are; `names`: only these measure sets (e.g. ("llc",)), the other measure
-    columns kept. `key_freqs`: "final" (found in the last checkpoint), "each" (found in each checkpoint)
+    columns kept (and, in a pass over every checkpoint, these sets' columns removed from the rows between
+    checkpoints, which cannot be recomputed). `key_freqs`: "final" (found in the last checkpoint), "each" (found in each checkpoint)
     or a list; default: the run's config. `every`: only the checkpoints at multiples of this many steps
     (an expensive measure such as the LLC on a subset; the other rows are left as they are). `overrides`:
     measures.KEY=VALUE settings for this pass (e.g. measures.llc_epsilon=1e-3), not stored in the run's config."""
@@ -309,13 +311,22 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
         elif key_freqs != "each":
             freqs = list(key_freqs)
         compute = make_measures(cfg, task.to(target), freqs)
+        produced, between = set(), []
         for row in rows:
             measured = row["step"] in steps and (every is None or row["step"] % every == 0)
             if not names and (measured or every is None):  # all recomputed; with `names`, only those sets' columns
                 for column in [c for c in row if c not in BASE_COLUMNS and c not in task.eval_columns]:
                     del row[column]
             if measured:
-                row.update(compute(load(row["step"])))
+                values = compute(load(row["step"]))
+                produced.update(values)
+                row.update(values)
+            else:
+                between.append(row)
+        if names and every is None:
+            for row in between:
+                for column in produced:
+                    row.pop(column, None)
         run.dir.write_metrics(rows)
         summary = run.summary
         kept = ("status", "step", "device", "cpu", "threads", "pid", "host", "batch")  # what training recorded
