@@ -18,6 +18,7 @@ import pandas as pd
 
 from groklab.dynamics import (FEATURE_SETS, TrainingMap, convergence_times, detour_test, map_robustness,
                               state_occupancy, transition_features, transition_table)
+from groklab.dynamics.robustness import Robustness
 from groklab.errors import ConfigError, UserError
 from groklab.store import SweepDir
 from groklab.store.sweep_dir import point_name
@@ -34,7 +35,7 @@ class MapResult:
     detours: pd.DataFrame           # detour_test
     states: pd.DataFrame            # one row per state: occupancy, accuracy, timing, detour statistics, means
     skipped: dict                   # seed -> why the run was left out
-    robustness: Optional[object] = None  # dynamics.robustness.Robustness, with `robustness` > 0
+    robustness: Optional[Robustness] = None  # with `robustness` > 0: the refits (dynamics.robustness)
 
 
 def map_sweep(sweep_dir: Union[str, Path, SweepDir], features: Union[str, Sequence[str]] = "base",

@@ -1,7 +1,6 @@
 """One unit of a sweep: a run, or a batch of runs trained together, started or resumed (finished runs are
-left as they are). Every engine runs a unit through `run_unit`: the local engine in its own process,
-
-    python -m groklab.sweep.worker SWEEP_DIR '[[POINT, SEED], ...]' [--device=DEVICE]
+left as they are). Every engine runs a unit through `run_unit`: the local engine in its own process, as
+`main(SWEEP_DIR, '[[POINT, SEED], ...]', [--device=DEVICE])` (also `python -m groklab.sweep.worker ARGS`)
 
 (POINT: the {key.path: value} of the sweep's grid, {} without one; GROKLAB_THREADS: threads), Ray and
 SLURM inside their own worker processes (`run_job`)."""

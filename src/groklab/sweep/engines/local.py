@@ -12,6 +12,9 @@ from groklab.sweep.engines import Ended, poll
 from groklab.sweep.worker import Job
 
 
+WORKER = "import sys; from groklab.sweep.worker import main; sys.exit(main(sys.argv[1:]))"
+
+
 class LocalEngine:
     def __init__(self, workers: int):
         self.slots = workers
@@ -22,7 +25,9 @@ class LocalEngine:
     @staticmethod
     def _start(job: Job) -> subprocess.Popen:
         env = {**os.environ, "GROKLAB_THREADS": str(job.threads), "OMP_NUM_THREADS": str(job.threads)}
-        args = [sys.executable, "-m", "groklab.sweep.worker", job.sweep, json.dumps([[dict(p), s] for p, s in job.members])]
+        # `python -m groklab.sweep.worker` would import the module twice (the package `groklab.sweep` imports
+        # it) and runpy warns about it in every log; calling its `main` runs it once
+        args = [sys.executable, "-c", WORKER, job.sweep, json.dumps([[dict(p), s] for p, s in job.members])]
         args += [f"--device={job.device}"] if job.device else []
         with open(job.log, "a") as log:
             return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
