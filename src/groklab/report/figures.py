@@ -29,7 +29,7 @@ class Trace:
     name: str
     x: Sequence
     y: Sequence
-    kind: str = "line"          # line | bar
+    kind: str = "line"          # line | bar | markers
     dash: bool = False
     color: Optional[str] = None
     width: float = 1.8
@@ -47,6 +47,22 @@ class Panel:
     bands: list[tuple[float, float, str]] = field(default_factory=list)  # shaded x ranges (phases)
     heatmap: Optional[dict] = None   # {"z": (rows, cols), "x": cols, "y": rows, "colorbar": title}
     frames: Optional[dict] = None    # {"x": bins, "steps": [...], "y": (steps, bins)}: a slider over steps
+    grouped: bool = False            # bar traces side by side at each x (else drawn over each other)
+
+
+def bar_slots(panel: Panel, trace: Trace, x: Sequence) -> tuple[np.ndarray, float]:
+    """Where a bar trace's bars go and how wide: x positions (categories at 0, 1, ...; numbers as they are)
+    and the width, shifted side by side when the panel is `grouped` (both renderers draw the same)."""
+    numeric = len(x) and not isinstance(list(x)[0], str)
+    pos = np.asarray(x, dtype=float) if numeric else np.arange(len(x), dtype=float)
+    unique = np.unique(pos)
+    step = float(np.diff(unique).min()) if numeric and len(unique) > 1 else 1.0
+    bars = [t for t in panel.traces if t.kind == "bar"]
+    if not panel.grouped or len(bars) < 2:
+        return pos, 0.8 * step
+    width = 0.8 * step / len(bars)
+    slot = next(i for i, bar in enumerate(bars) if bar is trace)
+    return pos - 0.4 * step + (slot + 0.5) * width, width
 
 
 @dataclass

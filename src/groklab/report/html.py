@@ -9,7 +9,7 @@ import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from groklab.report.figures import PALETTE, PHASE_COLORS, Figure
+from groklab.report.figures import PALETTE, PHASE_COLORS, Figure, bar_slots
 
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 
@@ -69,7 +69,15 @@ def plotly_figure(fig: Figure) -> go.Figure:
             common = {"name": trace.name, "legendgroup": trace.name, "showlegend": first and trace.legend,
                       "opacity": trace.opacity}
             if trace.kind == "bar":
-                out.add_trace(go.Bar(x=list(trace.x), y=np.asarray(trace.y), marker_color=color, **common), row=1, col=col)
+                x = list(trace.x)
+                pos, width = bar_slots(panel, trace, x)
+                numeric = not (x and isinstance(x[0], str))
+                slot = {"offset": float(pos[0] - (float(x[0]) if numeric else 0.0)) - width / 2, "width": width} \
+                    if panel.grouped and x else {}
+                out.add_trace(go.Bar(x=x, y=np.asarray(trace.y), marker_color=color, **slot, **common), row=1, col=col)
+            elif trace.kind == "markers":
+                out.add_trace(go.Scatter(x=np.asarray(trace.x), y=np.asarray(trace.y, dtype=float), mode="markers",
+                                         marker={"color": color, "size": 6}, **common), row=1, col=col)
             else:
                 out.add_trace(go.Scatter(x=np.asarray(trace.x), y=np.asarray(trace.y, dtype=float), mode="lines",
                                          line={"color": color, "dash": "dash" if trace.dash else "solid", "width": trace.width},

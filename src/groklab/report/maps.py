@@ -189,7 +189,7 @@ def sweep_figures(selection: pd.DataFrame, paths: pd.DataFrame, convergence: pd.
                               "the others; states every run visits (obligatory) are left out.",
                               [Panel("convergence", [Trace("visit", labels, tested["mean_conv_visit"], kind="bar"),
                                                      Trace("do not visit", labels, tested["mean_conv_not"], kind="bar")],
-                                     xlabel="state", ylabel="mean convergence checkpoint")]))
+                                     xlabel="state", ylabel="mean convergence checkpoint", grouped=True)]))
     z = means.to_numpy(dtype=float)
     figures.append(Figure("state_means", "What each state looks like",
                           "Mean of each feature over the checkpoints decoded to the state, standardised across states "
@@ -215,9 +215,9 @@ def robustness_figure(fits: pd.DataFrame, states: pd.DataFrame, summary: pd.Data
                          xlabel="states K", ylabel="share of refits"),
                    Panel("detour frequency", [Trace("p < 0.05, r > 0", labels, summary["detour_raw"], kind="bar"),
                                               Trace("Holm-adjusted", labels, summary["detour"], kind="bar")],
-                         xlabel="state of this map", ylabel="share of refits"),
+                         xlabel="state of this map", ylabel="share of refits", grouped=True),
                    Panel("r of the matched state",
-                         [Trace(f"state {int(state)}", group["fit"], group["r"], opacity=0.8)
+                         [Trace(f"state {int(state)}", group["fit"], group["r"], kind="markers", opacity=0.8)
                           for state, group in states[states["fit"] > 0].dropna(subset=["reference_state"])
                           .groupby("reference_state")],
                          xlabel="refit", ylabel="r (visit vs convergence time)")])

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from groklab.report.figures import PALETTE, PHASE_COLORS, Figure  # noqa: E402
+from groklab.report.figures import PALETTE, PHASE_COLORS, Figure, bar_slots  # noqa: E402
 
 
 def save_static(fig: Figure, directory: Path) -> list[Path]:
@@ -44,12 +44,13 @@ def save_static(fig: Figure, directory: Path) -> list[Path]:
             color = trace.color or colors.setdefault(trace.name, PALETTE[len(colors) % len(PALETTE)])
             if trace.kind == "bar":
                 x = list(trace.x)
+                pos, width = bar_slots(panel, trace, x)
+                ax.bar(pos, np.asarray(trace.y, dtype=float), width=width, color=color, label=trace.name)
                 if x and isinstance(x[0], str):
-                    ax.bar(x, np.asarray(trace.y), color=color, label=trace.name)
-                else:
-                    x = np.asarray(x, dtype=float)
-                    width = 0.8 * (np.diff(np.unique(x)).min() if len(np.unique(x)) > 1 else 1.0)
-                    ax.bar(x, np.asarray(trace.y), width=width, color=color, label=trace.name)
+                    ax.set_xticks(np.arange(len(x)), x)
+            elif trace.kind == "markers":
+                ax.plot(np.asarray(trace.x), np.asarray(trace.y, dtype=float), "o", ms=3.5, color=color,
+                        alpha=trace.opacity, label=trace.name if trace.legend else None)
             else:
                 ax.plot(np.asarray(trace.x), np.asarray(trace.y, dtype=float), color=color, alpha=trace.opacity,
                         ls="--" if trace.dash else "-", lw=trace.width * 0.8, label=trace.name if trace.legend else None)
