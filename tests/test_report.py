@@ -143,3 +143,20 @@ def test_report_bad_input(tmp_path):
 def test_no_report_flag(tmp_path):
     result = groklab_cli("run", "quick", "--set", "train.max_steps=20", "--no-report", "--out", str(tmp_path / "r"), "-q")
     assert result.returncode == 0 and not (tmp_path / "r" / "report.html").exists()
+
+
+def test_grouped_bars_stand_side_by_side():
+    """A grouped panel's bar traces share each category's slot without overlapping; an ungrouped one overlays them
+    (the spectrum's key frequencies over the norms); both renderers place them the same way."""
+    from groklab.report.figures import Panel, Trace, bar_slots
+    from groklab.report.html import plotly_figure
+    from groklab.report.figures import Figure
+
+    a, b = Trace("a", ["s0", "s1", "s2"], [1, 2, 3], kind="bar"), Trace("b", ["s0", "s1", "s2"], [3, 2, 1], kind="bar")
+    grouped, overlaid = Panel("g", [a, b], grouped=True), Panel("o", [a, b])
+    (pa, wa), (pb, wb) = bar_slots(grouped, a, a.x), bar_slots(grouped, b, b.x)
+    assert wa == wb == pytest.approx(0.4) and list(pa) == pytest.approx([-0.2, 0.8, 1.8])
+    assert list(pb) == pytest.approx([0.2, 1.2, 2.2])  # right of a's bars, touching, no overlap
+    assert bar_slots(overlaid, b, b.x)[0].tolist() == [0, 1, 2] and bar_slots(overlaid, b, b.x)[1] == pytest.approx(0.8)
+    bars = plotly_figure(Figure("f", "t", "c", [grouped])).data
+    assert [bar.offset for bar in bars] == pytest.approx([-0.4, 0.0]) and [bar.width for bar in bars] == pytest.approx([0.4, 0.4])
