@@ -76,6 +76,9 @@ def resolve(config: RunConfig, device: Optional[str] = None) -> Prepared:
     model = model_config(config.model, task)
     if config.measures is not None:
         check_measures(config.measures, task)
+    if config.train.loss_fn == "stablemax" and task.loss == "hinge":
+        raise ConfigError(f"config: train.loss_fn 'stablemax' needs class outputs, but task '{task.name}' is trained "
+                          "with a hinge loss on one output; use loss_fn cross_entropy")
     stop = config.train.early_stop
     if stop is not None and stop.metric not in EVAL_COLUMNS + task.eval_columns:
         raise ConfigError(f"config: train.early_stop.metric '{stop.metric}' is not one of "

@@ -39,21 +39,41 @@ class ModelConfig(Open):
 
 
 class EarlyStop(Strict):
-    """Stop once `metric` >= `threshold` at `patience` consecutive evaluations."""
+    """Stop once `metric` reaches `threshold` (a loss: falls to it; anything else: rises to it) at `patience`
+    consecutive evaluations."""
 
     metric: str = "test_acc"
     threshold: float = 0.99
     patience: PositiveInt = 1
 
 
-class TrainConfig(Strict):
-    """The optimisation loop (`groklab.training`)."""
+class Grokfast(Strict):
+    """Grokfast's gradient filter (Lee et al. 2024, arXiv 2405.20233; `groklab.training.interventions`):
+    "ema" (mu <- alpha mu + (1 - alpha) g, g <- g + lamb mu) or "ma" (g <- g + lamb mean of the last
+    `window` gradients, unfiltered until the window is full when `warmup`). `lamb` defaults to the paper's
+    2.0 (ema) / 5.0 (ma); `normalize_lr` divides the filtered gradient by (1 + lamb) (the fairness ablation)."""
 
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    kind: Literal["ema", "ma"] = "ema"
+    alpha: float = Field(0.98, ge=0.0, lt=1.0)
+    lamb: Optional[NonNegativeFloat] = None
+    window: PositiveInt = 100
+    warmup: bool = True
+    normalize_lr: bool = False
+
+    @property
+    def resolved_lamb(self) -> float:
+        return self.lamb if self.lamb is not None else {"ema": 2.0, "ma": 5.0}[self.kind]
+
+
+class TrainConfig(Strict):
+    """The optimisation loop (`groklab.training`) and the interventions around its step
+    (`groklab.training.interventions`)."""
+
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: PositiveFloat = 1e-3
-    weight_decay: NonNegativeFloat = 1.0           # AdamW: decoupled; SGD: added to the gradient (L2)
-    betas: tuple[float, float] = (0.9, 0.98)       # AdamW
-    eps: PositiveFloat = 1e-8                      # AdamW
+    weight_decay: NonNegativeFloat = 1.0           # AdamW: decoupled; Adam and SGD: added to the gradient (L2)
+    betas: tuple[float, float] = (0.9, 0.98)       # AdamW, Adam
+    eps: PositiveFloat = 1e-8                      # AdamW, Adam (Prieto et al. go down to 1e-25)
     momentum: NonNegativeFloat = 0.0               # SGD
     warmup_steps: NonNegativeInt = 10           # lr factor min(step / warmup_steps, 1); step 0 has lr 0
     decay_steps: Optional[PositiveInt] = None   # then linear decay to 0 at this step (Murty et al.'s code: 2M)
@@ -65,6 +85,11 @@ class TrainConfig(Strict):
     eval_train_size: Optional[PositiveInt] = None  # train metrics on the first N training examples (large datasets)
     checkpoint_every: PositiveInt = 100
     early_stop: Optional[EarlyStop] = None
+    # the loss trained on: softmax cross-entropy, or StableMax cross-entropy (Prieto et al. 2025; float64)
+    loss_fn: Literal["cross_entropy", "stablemax"] = "cross_entropy"
+    grokfast: Optional[Grokfast] = None          # a gradient filter between backward and the step
+    orthograd: bool = False                      # ⊥Grad: the gradient's component along the weights removed
+    weight_norm: Union[Literal["init"], PositiveFloat, None] = None  # the total weight norm held fixed (Omnigrok)
     device: str = "auto"                         # auto | cpu | cuda | cuda:N
     flush_denormal: bool = True                  # CPU: denormal floats flushed to zero (groklab.runtime)
 

@@ -11,6 +11,7 @@ from groklab.dynamics.detours import (
 from groklab.dynamics.hmm import FEATURE_SETS, TrainingMap
 from groklab.dynamics.phases import detect_phases, detect_stages, phase_evidence
 from groklab.dynamics.robustness import map_robustness
+from groklab.dynamics.slingshots import detect_slingshots, slingshot_summary
 from groklab.dynamics.summary import GROK_THRESHOLD, check_outcome, first_step, summarize
 
 __all__ = ["FEATURE_SETS", "GROK_THRESHOLD", "TrainingMap", "check_outcome", "convergence_times", "detect_phases", "detect_stages",

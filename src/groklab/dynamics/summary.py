@@ -7,9 +7,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from groklab.dynamics.slingshots import slingshot_summary
+
 GROK_THRESHOLD = 0.99
 STRUCTURAL_MEASURES = ("t_score", "t_score_per_word", "parseval", "weight_norm", "weight_norm_per_layer",
                        "attention_entropy")
+STABILITY_MEASURES = ("softmax_collapse", "zero_terms", "softmax_collapse_f64", "zero_terms_f64")
 
 
 def first_step(metrics: pd.DataFrame, column: str, threshold: float = GROK_THRESHOLD) -> Optional[int]:
@@ -40,6 +43,9 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
         "step_test_acc_99": test_step,
         "grok_delay_steps": None if None in (train_step, test_step) else test_step - train_step,
         "elapsed_s_test_acc_99": at(test_step, "elapsed_s") if "elapsed_s" in metrics else None,
+        "step_test_acc_95": first_step(metrics, "test_acc", 0.95),  # Grokfast's threshold (Lee et al. 2024)
+        "elapsed_s_test_acc_95": (at(first_step(metrics, "test_acc", 0.95), "elapsed_s")
+                                  if "elapsed_s" in metrics else None),
         "last_good_step": int(finite.iloc[-1]) if len(finite) else None,
         "elapsed_s": elapsed,
         "steps_per_s": round(last["step"] / elapsed, 2) if elapsed > 0 else None,
@@ -48,10 +54,11 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
                 "fourier_mult_fve", "key_freqs"):
         if col in metrics and pd.notna(last.get(col)):
             out[f"final_{col}"] = last[col] if col == "key_freqs" else float(last[col])
-    for col in STRUCTURAL_MEASURES:  # measured at their own steps: the last value measured
+    for col in STRUCTURAL_MEASURES + STABILITY_MEASURES:  # measured at their own steps: the last value measured
         if col in metrics and metrics[col].notna().any():
             out[f"final_{col}"] = float(metrics[col].dropna().iloc[-1])
     out.update(_heldout_summary(metrics))
+    out.update(slingshot_summary(metrics))
     return out
 
 

@@ -36,7 +36,7 @@ KeyFreqs = Union[str, Sequence[int]]  # "each": recomputed from this model by `r
 def check_modular_addition(task) -> int:
     """p of a modular-addition task with an odd prime modulus; a ConfigError for anything else."""
     p = task.params.get("p")
-    if task.name != "add" or p is None:
+    if task.name != "add" or p is None or not task.vocab:
         raise ConfigError(f"Fourier progress measures apply to modular addition (task 'add'); "
                           f"task '{task.name}' has no Fourier circuit to measure: remove measures 'fourier'")
     if p < 3 or p % 2 == 0 or any(p % d == 0 for d in range(3, int(p ** 0.5) + 1, 2)):

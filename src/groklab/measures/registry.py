@@ -11,6 +11,7 @@ from groklab.errors import ConfigError
 from groklab.measures.llc import EPSILONS, estimate_llc
 from groklab.measures.structure import check_structure, structure
 from groklab.measures.lm import attention_entropy, weight_norm
+from groklab.measures.stability import check_stability, stability
 from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
 from groklab.measures.tree_projection import TASKS as TREE_TASKS, analysis_sample, tree_projection
 from groklab.measures.weight_stats import weight_statistics
@@ -87,6 +88,7 @@ MEASURES: dict[str, MeasureSet] = {
     "tree_projection": MeasureSet(_check_tree_projection,
                                   lambda model, task, cfg, freqs: _tree_projection(model, task)),
     "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
+    "stability": MeasureSet(check_stability, lambda model, task, cfg, freqs: stability(model, task)),
     "weight_stats": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_statistics(model)),
     "fourier": MeasureSet(check_modular_addition, lambda model, task, cfg, freqs: progress_measures(
         model, task, freqs, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold, cfg.per_frequency)),

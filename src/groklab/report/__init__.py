@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from groklab.errors import RunDirError, UserError
-from groklab.report.figures import Figure, curve_figures, fourier_figures, header, measure_figures, structural_figures
+from groklab.report.figures import (Figure, curve_figures, fourier_figures, header, measure_figures, stability_figures,
+                                    structural_figures)
 from groklab.report.html import render_html
 from groklab.store import Run
 
@@ -22,7 +23,8 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[Figure]]:
     for run in runs:
         if run.metrics.empty:
             raise RunDirError(f"{run.path} has no metrics yet; report it after its first evaluation")
-    figures = curve_figures(list(runs)) + structural_figures(list(runs)) + measure_figures(list(runs))
+    figures = (curve_figures(list(runs)) + structural_figures(list(runs)) + measure_figures(list(runs))
+               + stability_figures(list(runs)))
     if len(runs) == 1:
         figures += fourier_figures(runs[0])
         title = f"groklab report: {header(runs[0])['title']}"

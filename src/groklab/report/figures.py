@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from groklab.dynamics.slingshots import last_layer_column
 from groklab.dynamics.summary import is_structural, structural_headline
 from groklab.errors import ConfigError
 from groklab.measures import component_norms, fourier_basis, frequency_fve, frequency_norms
@@ -150,6 +151,38 @@ def measure_figures(runs: list[Run]) -> list[Figure]:
                "component norms of W_E and W_L measure how sparse the embedding and the neuron-logit map are in the "
                "Fourier basis." + used)
     return [Figure("measures", "Progress measures (Nanda et al. 2023)", caption, panels)]
+
+
+def stability_figures(runs: list[Run]) -> list[Figure]:
+    """Softmax collapse (Prieto et al. 2025) and the last layer's weight norm with its slingshots (Thilak
+    et al. 2022), where the metrics have them."""
+    panels = [_column_panel(runs, "softmax collapse (training examples)", "share of examples", False,
+                            [("softmax_collapse", "softmax collapse, float32", False),
+                             ("zero_terms", "loss exactly 0, float32", True),
+                             ("softmax_collapse_f64", "softmax collapse, float64", False),
+                             ("zero_terms_f64", "loss exactly 0, float64", True)])]
+    norm = Panel("last layer's weight norm", ylabel="L2 norm")
+    for i, run in enumerate(runs):
+        m, column = run.metrics, last_layer_column(list(run.metrics.columns))
+        if column is None or not m[column].notna().any():
+            continue
+        rows = m.dropna(subset=[column])
+        color, label = (None, "") if len(runs) == 1 else (PALETTE[i % len(PALETTE)], f"{run_label(run)}: ")
+        norm.traces.append(Trace(f"{label}{column[len('sum_sq_'):]}", rows["step"], np.sqrt(rows[column]), color=color))
+        starts = run.summary.get("slingshot_steps") or []
+        at = rows.set_index("step")[column]
+        if starts:
+            norm.traces.append(Trace(f"{label}slingshot", starts, [float(np.sqrt(at.get(s, np.nan))) for s in starts],
+                                     kind="markers", color=color or "#d62728"))
+    panels = [p for p in (*panels, norm) if p.traces]
+    if not panels or not any(c in run.metrics for run in runs for c in ("softmax_collapse", "zero_terms")) and not any(
+            run.summary.get("slingshots") for run in runs):
+        return []
+    caption = ("Softmax collapse: the share of training examples whose softmax denominator is exactly 1 in the float "
+               "type (their loss is then exactly 0 and their gradient vanishes; Prieto et al. 2025). Last layer's "
+               "weight norm, with the slingshots found on it (markers: bursts of norm growth that end in a plateau; "
+               "Thilak et al. 2022).")
+    return [Figure("stability", "Numerical stability and slingshots", caption, panels)]
 
 
 STRUCTURAL_PANELS = [

@@ -238,6 +238,8 @@ def _flatten_state(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).contiguous().cpu()
     for key, value in state.rng.items():
         tensors[f"rng.{key}"] = value.contiguous().cpu()
+    for key, value in state.hooks.items():
+        tensors[f"hooks.{key}"] = value.contiguous().cpu()
     meta = {"format": "groklab-state-1", "step": str(state.step), "elapsed_s": repr(state.elapsed_s),
             "streak": str(state.streak), "ended": state.ended or "", "param_groups": json.dumps(opt["param_groups"])}
     return tensors, meta
@@ -246,16 +248,18 @@ def _flatten_state(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str
 def _unflatten_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> TrainState:
     if meta.get("format") != "groklab-state-1":
         raise ValueError("unknown state format")
-    model, rng, opt_state = {}, {}, {}
+    model, rng, opt_state, hooks = {}, {}, {}, {}
     for name, value in tensors.items():
         kind, rest = name.split(".", 1)
         if kind == "model":
             model[rest] = value
         elif kind == "rng":
             rng[rest] = value
+        elif kind == "hooks":
+            hooks[rest] = value
         else:
             index, key = rest.split(".", 1)
             opt_state.setdefault(int(index), {})[key] = value
     optimizer = {"state": opt_state, "param_groups": json.loads(meta["param_groups"])}
     return TrainState(int(meta["step"]), model, optimizer, rng, float(meta["elapsed_s"]), int(meta["streak"]),
-                      meta.get("ended") or None)
+                      meta.get("ended") or None, hooks)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from groklab.errors import ConfigError
+from groklab.tasks.losses import stablemax_cross_entropy
 
 
 IGNORE = -100  # a language model's target at a padding position (F.cross_entropy's ignore_index)
@@ -88,13 +89,17 @@ class Task:
             return model(inputs)  # (batch, pos, d_vocab)
         return model(inputs, at=self.answer_pos) if self.vocab else model(inputs)
 
-    def objective(self, logits: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """The training loss, computed in `dtype`: mean cross-entropy over all outputs, or hinge."""
+    def objective(self, logits: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64,
+                  loss_fn: str = "cross_entropy") -> torch.Tensor:
+        """The training loss, computed in `dtype`: mean cross-entropy over all outputs, or hinge; `loss_fn`
+        "stablemax": StableMax cross-entropy instead (always float64, `tasks.losses`)."""
         if self.loss == "hinge":
             return torch.clamp_min(1 - labels.to(dtype) * logits.to(dtype).squeeze(-1), 0).mean()
         if self.loss == "lm":  # mean over the non-padding targets
-            return F.cross_entropy(logits.flatten(0, 1).to(dtype), labels.flatten(), ignore_index=IGNORE)
-        return F.cross_entropy(logits.to(dtype), labels)
+            logits, labels = logits.flatten(0, 1), labels.flatten()
+        if loss_fn == "stablemax":
+            return stablemax_cross_entropy(logits, labels, IGNORE)
+        return F.cross_entropy(logits.to(dtype), labels, ignore_index=IGNORE)
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Loss (float64) and accuracy over the answer classes (hinge: the sign of the output)."""

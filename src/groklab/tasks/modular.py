@@ -1,13 +1,16 @@
 """Binary operations over Z_p (Power et al. 2022; Nanda et al. 2023): input `[a, b, =]`, answer c.
 
 Tokens 0..p-1 are the numbers, token p is `=`. All pairs are enumerated in lexicographic order
-(a outer); division keeps the pairs with b != 0 and answers a * b^-1 exactly.
+(a outer); division keeps the pairs with b != 0 and answers a * b^-1 exactly. With `inputs: onehot`
+the input is instead the vector one-hot(a) ‖ one-hot(b) (2p features) for an MLP, as in Prieto et al.
+2025's released code and Omnigrok's modular-addition MLP.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from groklab.errors import ConfigError
@@ -21,6 +24,7 @@ def is_prime(n: int) -> bool:
 
 class ModularParams(SplitParams):
     p: int = Field(113, ge=2, description="the modulus")
+    inputs: Literal["tokens", "onehot"] = Field("tokens", description="[a, b, =] tokens, or one-hot(a) ‖ one-hot(b)")
 
 
 def _inverse(b: torch.Tensor, p: int) -> torch.Tensor:
@@ -53,6 +57,9 @@ def build_modular(op: str, params: ModularParams, seed: int) -> Task:
         c = table[a, b]
     else:
         c = OPS[op](a, b, p) % p
+    if params.inputs == "onehot":
+        features = torch.cat([F.one_hot(a, p), F.one_hot(b, p)], dim=1).float()  # (n, 2p)
+        return make_task(op, [], p, features, c, params, seed)
     tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # (n, 3): [a, b, =]
     vocab = [str(i) for i in range(p)] + ["="]
     return make_task(op, vocab, p, tokens, c, params, seed)

@@ -13,7 +13,7 @@ import ctypes
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
 import torch
@@ -21,6 +21,7 @@ import torch
 from groklab import runtime
 from groklab.config import TrainConfig
 from groklab.tasks import Task
+from groklab.training import interventions
 
 EVAL_CHUNK = 16_384  # examples per forward pass in evaluation
 
@@ -38,6 +39,7 @@ class TrainState:
     elapsed_s: float = 0.0
     streak: int = 0  # consecutive evaluations meeting the early-stop criterion
     ended: Optional[str] = None  # "stopped_early" or "diverged" when this is the run's last state
+    hooks: dict[str, torch.Tensor] = field(default_factory=dict)  # the interventions' state (filters, targets)
 
 
 class Sink(Protocol):
@@ -127,8 +129,11 @@ class Trainer:
             self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                              weight_decay=cfg.weight_decay)
         else:
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                               weight_decay=cfg.weight_decay, fused=True)
+            adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+            self.optimizer = adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay, fused=True)
+        self.hooks = interventions.build_interventions(cfg)  # around the optimizer step
+        self.named = list(model.named_parameters())
         keep_freed_memory()
         self.loss_dtype = getattr(torch, cfg.loss_dtype)
         self.step, self.elapsed_s, self.streak = 0, 0.0, 0
@@ -143,7 +148,8 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return TrainState(self.step, {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                          self.optimizer.state_dict(), rng, self.elapsed_s, self.streak, self.ended)
+                          self.optimizer.state_dict(), rng, self.elapsed_s, self.streak, self.ended,
+                          interventions.states(self.hooks))
 
     def load_state(self, state: TrainState) -> None:
         """Continue after `state`: its step is done, step 0 included (no second step-0 evaluation)."""
@@ -151,6 +157,7 @@ class Trainer:
         self.optimizer.load_state_dict(state.optimizer)
         self.step, self.elapsed_s, self.streak, self.rng = state.step, state.elapsed_s, state.streak, state.rng
         self.ended, self.started = state.ended, True
+        interventions.load_states(self.hooks, state.hooks)
 
     # -- the loop ----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -190,14 +197,18 @@ class Trainer:
 
     def train_step(self) -> None:
         inputs, labels = self.batch(self.step)
-        loss = self.task.objective(self.task.outputs(self.model, inputs), labels, self.loss_dtype)
+        loss = self.task.objective(self.task.outputs(self.model, inputs), labels, self.loss_dtype, self.cfg.loss_fn)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for hook in self.hooks:
+            hook.after_backward(self.named)
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.step()
+        for hook in self.hooks:
+            hook.after_step(self.named)
         self.step += 1
 
     def run(self, sink: Sink, should_stop: Callable[[], bool] = lambda: False,
@@ -223,6 +234,8 @@ class Trainer:
             start = time.perf_counter() - self.elapsed_s
             status = None
             if not self.started:
+                for hook in self.hooks:
+                    hook.start(self.named)
                 status = self._evaluate(sink, on_step)
                 self.started, self.ended = True, status
                 sink.on_checkpoint(self.state())

@@ -32,6 +32,8 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from groklab import runtime
+from groklab.config import TrainConfig
+from groklab.training.interventions import intervention_names
 from groklab.training.loop import Outcome, Sink, Trainer, TrainState
 
 EVAL_ROWS = 4096  # examples of all members together in one batched evaluation forward
@@ -39,9 +41,11 @@ EVAL_ROWS = 4096  # examples of all members together in one batched evaluation f
 MEMBER_HPARAMS = ("lr", "weight_decay", "betas", "eps", "momentum")
 
 
-def batchable(model: torch.nn.Module) -> bool:
-    """Modules whose forward is a pure function of parameters (no buffers updated in training)."""
-    return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def batchable(model: torch.nn.Module, cfg: Optional[TrainConfig] = None) -> bool:
+    """Modules whose forward is a pure function of parameters (no buffers updated in training), trained
+    with AdamW or SGD and no intervention around the step (`training.interventions`: those run one per process)."""
+    plain = cfg is None or (cfg.optimizer != "adam" and not intervention_names(cfg))
+    return plain and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Population:
     def __init__(self, trainers: Sequence[Trainer]):
         if len({t.step for t in trainers}) != 1:
             raise ValueError("members of a population must be at the same step")
+        if not all(batchable(t.model, t.cfg) for t in trainers):
+            raise ValueError("a population trains AdamW or SGD without interventions and without BatchNorm")
         first = trainers[0]
         self.cfg, self.task, self.device = first.cfg, first.task, first.device
         self.trainers = list(trainers)
@@ -188,7 +194,7 @@ class Population:
 
         def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             model = lambda *args, **kwargs: functional_call(template, params, args, kwargs)  # noqa: E731
-            return task.objective(task.outputs(model, x), y, dtype)
+            return task.objective(task.outputs(model, x), y, dtype, self.cfg.loss_fn)
 
         with warnings.catch_warnings():  # vmap runs embedding_bag (the input tables) member by member: measured fastest
             warnings.filterwarnings("ignore", message="There is a performance drop")
