@@ -206,3 +206,14 @@ def test_the_first_transient_from_initialization_is_not_a_slingshot():
     assert [s["start"] for s in detect_slingshots(steps, norm)] == [2500]
     norm[:2] = norm[2] / 1.3  # warmup: flat at first, then a jump at step 50 — still the transient
     assert [s["start"] for s in detect_slingshots(steps, norm)] == [2500]
+
+
+def test_a_one_hot_mlp_run_on_modular_addition_reports_without_fourier_figures(tmp_path):
+    """One-hot inputs (Prieto et al.'s MLP): no token embedding, so no Fourier measures or figures."""
+    import groklab
+
+    cfg = load_config("prieto-orthograd", ["train.max_steps=20", "train.eval_every=10", "measures.every=10"])
+    run = groklab.run(cfg, tmp_path / "run")
+    assert run.task.train.inputs.shape[1] == 2 * 113 and (tmp_path / "run" / "report.html").is_file()
+    with pytest.raises(ConfigError, match="Fourier"):
+        resolve(load_config("prieto-orthograd", ["measures.names=[fourier]"]))

@@ -219,7 +219,7 @@ def fourier_figures(run: Run) -> list[Figure]:
     training, which frequencies the neurons use, how the heads attend."""
     task = run.task
     p = task.params.get("p")
-    if task.name != "add" or not p or p % 2 == 0 or not run.steps:
+    if task.name != "add" or not task.vocab or not p or p % 2 == 0 or not run.steps:
         return []
     basis = fourier_basis(p)
     freqs = np.arange(1, (p - 1) // 2 + 1)
