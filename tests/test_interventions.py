@@ -9,7 +9,7 @@ import torch
 
 from groklab.config import load_config
 from groklab.dynamics import detect_slingshots, summarize
-from groklab.errors import ConfigError
+from groklab.errors import ConfigError, RunDirError
 from groklab.experiment import resolve
 from groklab.measures.stability import softmax_collapse, stability, zero_terms
 from groklab.models import build_model
@@ -217,3 +217,5 @@ def test_a_one_hot_mlp_run_on_modular_addition_reports_without_fourier_figures(t
     assert run.task.train.inputs.shape[1] == 2 * 113 and (tmp_path / "run" / "report.html").is_file()
     with pytest.raises(ConfigError, match="Fourier"):
         resolve(load_config("prieto-orthograd", ["measures.names=[fourier]"]))
+    with pytest.raises(RunDirError, match="has no weight 'embed.W_E'"):  # not called corrupt: nothing to delete
+        run.checkpoint(0, ["embed.W_E"])

@@ -140,6 +140,10 @@ class RunDir:
             if names is None:
                 return load_file(str(path))
             with safe_open(str(path), "pt") as f:
+                missing = [name for name in names if name not in f.keys()]
+                if missing:  # a question for another model, not a damaged file
+                    raise RunDirError(f"checkpoint {path} has no weight {missing[0]!r}: this run's model has "
+                                      f"{', '.join(list(f.keys())[:4])}, ...")
                 return {name: f.get_tensor(name) for name in names}
         except (SafetensorError, OSError, ValueError) as err:
             raise RunDirError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to another") from None
