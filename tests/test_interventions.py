@@ -219,3 +219,18 @@ def test_a_one_hot_mlp_run_on_modular_addition_reports_without_fourier_figures(t
         resolve(load_config("prieto-orthograd", ["measures.names=[fourier]"]))
     with pytest.raises(RunDirError, match="has no weight 'embed.W_E'"):  # not called corrupt: nothing to delete
         run.checkpoint(0, ["embed.W_E"])
+
+
+@pytest.mark.slow
+def test_orthograd_generalizes_without_weight_decay_where_the_softmax_baseline_does_not():
+    """Prieto et al. 2025's claim on their MLP (prieto-orthograd vs prieto-softmax-collapse), 300 steps each
+    (measured at seed 0: test accuracy 0.22 against 0.0001, and 0.69 at step 450)."""
+    short = ["train.max_steps=300", "train.eval_every=300", "measures=null"]
+    accs = {}
+    for name in ("prieto-orthograd", "prieto-softmax-collapse"):
+        prepared = resolve(load_config(name, short))
+        rows = Rows()
+        trainer_for(prepared).run(rows)
+        accs[name] = rows.rows[-1]
+    assert accs["prieto-orthograd"]["test_acc"] > 0.15 and accs["prieto-softmax-collapse"]["test_acc"] < 0.02
+    assert accs["prieto-softmax-collapse"]["train_acc"] == 1.0  # memorized, did not generalize
