@@ -18,7 +18,8 @@ from pathlib import Path
 import groklab
 from groklab.dynamics import check_outcome
 
-LONG = ["nanda-mod-add", "power-mod-div"]
+LONG = ["nanda-mod-add", "power-mod-div", "grokfast-ma", "grokfast-ema", "prieto-orthograd", "prieto-softmax-collapse",
+        "omnigrok-fixed-norm"]
 
 
 def main() -> int:
