@@ -241,6 +241,23 @@ def test_a_submitit_sweep_stops_on_ctrl_c_and_resumes(slow_reference, tmp_path):
     same_runs(SweepDir.open(out), slow_reference, [0])
 
 
+def test_a_local_sweep_killed_with_sigterm_stops_its_workers_and_resumes(slow_reference, tmp_path):
+    """`kill DRIVER` (a scheduler, a shell): the driver asks its worker processes to checkpoint and stop, as
+    for Ctrl-C — before, the driver died alone and its workers trained on, holding their runs' locks."""
+    out = tmp_path / "local"
+    args = [str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0", "--threads", "1", "--out", str(out)]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = out / "runs" / "seed_0000"
+    _wait_for(lambda: len(_steps(run)) >= 3 and Run(run).status == "running", "a running run")
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 130 and "run the same command again to continue" in stderr, stderr
+    assert Run(run).status == "interrupted"  # its worker stopped and said so (it ends before the driver does)
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    same_runs(SweepDir.open(out), slow_reference, [0])
+
+
 def test_slurm_job_parameters_and_the_sbatch_script(tmp_path):
     """The options only a real cluster uses, as submitit writes them into the job array's sbatch script."""
     from submitit.slurm.slurm import _make_sbatch_string

@@ -16,6 +16,8 @@ import hashlib
 import itertools
 import json
 import re
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -131,6 +133,7 @@ def _drive(executor, sweep_dir: SweepDir, units: list[tuple[Key, ...]], threads:
     units to checkpoint and stop, then re-raises. Writes the sweep table however it ends."""
     pending, running, failed = list(units), {}, {}
     seen = 0.0
+    previous = _sigterm_interrupts()  # `kill`, a scheduler's stop: the same as Ctrl-C, not orphaned units
     try:
         while pending or running:
             room = len(pending) if executor.slots is None else executor.slots - len(running)
@@ -155,9 +158,23 @@ def _drive(executor, sweep_dir: SweepDir, units: list[tuple[Key, ...]], threads:
         executor.cancel(list(running))  # the runs checkpoint and stop; the next `groklab sweep` resumes them
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         sweep_dir.write_table(sweep_table(sweep_dir, sweep_dir.threshold, failed))
         watch(sweep_dir)
     return failed
+
+
+def _sigterm_interrupts():
+    """SIGTERM to the sweep's driver raises KeyboardInterrupt, so its running units are asked to checkpoint and
+    stop (the driver dying alone would leave them training, holding their runs' locks). The previous handler
+    (None off the main thread, where signals cannot be handled)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _job(sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: Optional[str]) -> Job:
