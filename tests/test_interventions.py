@@ -93,7 +93,7 @@ def test_stablemax_values_and_a_finite_gradient_everywhere():
     probs = log_stablemax(logits).exp()
     torch.testing.assert_close(probs, torch.tensor([[3.0, 1.0, 0.5]], dtype=torch.float64) / 4.5)
     loss = stablemax_cross_entropy(logits, torch.tensor([0]))
-    assert loss.dtype == torch.float64 and math.isclose(float(loss), -math.log(3 / 4.5))
+    assert loss.dtype == torch.float64 and math.isclose(loss.item(), -math.log(3 / 4.5))
     loss.backward()
     assert torch.isfinite(logits.grad).all()
     ones = torch.ones(1, 3, requires_grad=True)  # x = 1: the negative branch 1/(1-x) would be infinite

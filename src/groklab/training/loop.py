@@ -1,4 +1,5 @@
-"""The training loop: AdamW with linear warmup, full batch or minibatches, evaluation, checkpoints.
+"""The training loop: AdamW (or Adam, SGD) with linear warmup, full batch or minibatches, evaluation,
+checkpoints, and the interventions around the step (`training.interventions`: Grokfast, ⊥Grad, a fixed norm).
 
 The loop knows nothing of files: it reports evaluation rows and checkpoints to a `Sink` (the store
 implements one) and starts from a `TrainState` to resume. Everything random comes from the run's
