@@ -30,6 +30,7 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
         return {"evaluations": 0}
     last = metrics.iloc[-1]
     train_step, test_step = first_step(metrics, "train_acc", threshold), first_step(metrics, "test_acc", threshold)
+    test_95 = first_step(metrics, "test_acc", 0.95)
     losses = metrics[[c for c in metrics.columns if c.endswith("_loss")]].to_numpy(dtype=float)
     finite = metrics.loc[np.isfinite(losses).all(axis=1), "step"]
     elapsed = float(last.get("elapsed_s", math.nan))
@@ -43,9 +44,8 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
         "step_test_acc_99": test_step,
         "grok_delay_steps": None if None in (train_step, test_step) else test_step - train_step,
         "elapsed_s_test_acc_99": at(test_step, "elapsed_s") if "elapsed_s" in metrics else None,
-        "step_test_acc_95": first_step(metrics, "test_acc", 0.95),  # Grokfast's threshold (Lee et al. 2024)
-        "elapsed_s_test_acc_95": (at(first_step(metrics, "test_acc", 0.95), "elapsed_s")
-                                  if "elapsed_s" in metrics else None),
+        "step_test_acc_95": test_95,  # Grokfast's threshold (Lee et al. 2024)
+        "elapsed_s_test_acc_95": at(test_95, "elapsed_s") if "elapsed_s" in metrics else None,
         "last_good_step": int(finite.iloc[-1]) if len(finite) else None,
         "elapsed_s": elapsed,
         "steps_per_s": round(last["step"] / elapsed, 2) if elapsed > 0 else None,

@@ -174,9 +174,10 @@ def stability_figures(runs: list[Run]) -> list[Figure]:
         if starts:
             norm.traces.append(Trace(f"{label}slingshot", starts, [float(np.sqrt(at.get(s, np.nan))) for s in starts],
                                      kind="markers", color=color or "#d62728"))
+    collapse = any("softmax_collapse" in run.metrics for run in runs)
+    slingshots = any(run.summary.get("slingshots") for run in runs)
     panels = [p for p in (*panels, norm) if p.traces]
-    if not panels or not any(c in run.metrics for run in runs for c in ("softmax_collapse", "zero_terms")) and not any(
-            run.summary.get("slingshots") for run in runs):
+    if not panels or not (collapse or slingshots):  # a plain run's weight norm is drawn with the progress measures
         return []
     caption = ("Softmax collapse: the share of training examples whose softmax denominator is exactly 1 in the float "
                "type (their loss is then exactly 0 and their gradient vanishes; Prieto et al. 2025). Last layer's "
