@@ -170,12 +170,6 @@ def build_interventions(cfg: TrainConfig) -> tuple[Intervention, ...]:
     return tuple(out)
 
 
-def intervention_names(cfg: TrainConfig) -> list[str]:
-    """The config's interventions by config key (empty: a plain run)."""
-    return [key for key, on in (("grokfast", cfg.grokfast is not None), ("orthograd", cfg.orthograd),
-                                ("weight_norm", cfg.weight_norm is not None)) if on]
-
-
 def states(hooks: Iterable[Intervention]) -> dict[str, torch.Tensor]:
     """Every intervention's state as one flat dict, keyed NAME.KEY."""
     return {f"{h.name}.{key}": value.detach().clone() for h in hooks for key, value in h.state_dict().items()}

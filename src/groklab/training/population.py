@@ -33,7 +33,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from groklab import runtime
 from groklab.config import TrainConfig
-from groklab.training.interventions import intervention_names
+from groklab.training.interventions import build_interventions
 from groklab.training.loop import Outcome, Sink, Trainer, TrainState
 
 EVAL_ROWS = 4096  # examples of all members together in one batched evaluation forward
@@ -44,7 +44,7 @@ MEMBER_HPARAMS = ("lr", "weight_decay", "betas", "eps", "momentum")
 def batchable(model: torch.nn.Module, cfg: Optional[TrainConfig] = None) -> bool:
     """Modules whose forward is a pure function of parameters (no buffers updated in training), trained
     with AdamW or SGD and no intervention around the step (`training.interventions`: those run one per process)."""
-    plain = cfg is None or (cfg.optimizer != "adam" and not intervention_names(cfg))
+    plain = cfg is None or (cfg.optimizer != "adam" and not build_interventions(cfg))
     return plain and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
