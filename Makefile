@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.*
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup browser bench clean
+.PHONY: demo test lint setup browser bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ browser:
 # 8.6 min instead of ~17 on the 2-core machine.
 test: setup browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20
+
+# ruff: lint and format check (config in pyproject.toml); `ruff format` fixes the format
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py

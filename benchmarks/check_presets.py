@@ -7,6 +7,7 @@ The test suite checks `quick`; this checks the long ones (minutes each on a 2-co
 Prints, per preset, the headline figures and "met" or what was not met; exits 1 if any preset
 missed its expected outcome.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,15 @@ from pathlib import Path
 import groklab
 from groklab.dynamics import check_outcome
 
-LONG = ["nanda-mod-add", "power-mod-div", "grokfast-ma", "grokfast-ema", "prieto-orthograd", "prieto-softmax-collapse",
-        "omnigrok-fixed-norm"]
+LONG = [
+    "nanda-mod-add",
+    "power-mod-div",
+    "grokfast-ma",
+    "grokfast-ema",
+    "prieto-orthograd",
+    "prieto-softmax-collapse",
+    "omnigrok-fixed-norm",
+]
 
 
 def main() -> int:
@@ -36,13 +44,17 @@ def main() -> int:
         s = run.summary
         failures = check_outcome(s, config.outcome)
         missed += bool(failures)
-        print(f"{name} (seed {config.seed}): {s['status']} at step {s['last_step']} in {s['elapsed_s']:.0f} s "
-              f"({s['steps_per_s']} steps/s); train acc >= 99% at step {s['step_train_acc_99']}, "
-              f"test acc >= 99% at step {s['step_test_acc_99']}"
-              + (f" ({s['elapsed_s_test_acc_99']:.0f} s)" if s.get("elapsed_s_test_acc_99") is not None else ""))
+        print(
+            f"{name} (seed {config.seed}): {s['status']} at step {s['last_step']} in {s['elapsed_s']:.0f} s "
+            f"({s['steps_per_s']} steps/s); train acc >= 99% at step {s['step_train_acc_99']}, "
+            f"test acc >= 99% at step {s['step_test_acc_99']}"
+            + (f" ({s['elapsed_s_test_acc_99']:.0f} s)" if s.get("elapsed_s_test_acc_99") is not None else "")
+        )
         if s.get("circuit_formation_end") is not None or s.get("phase_note"):
-            print(f"  phases: memorization ends {s.get('memorization_end')}, circuit formation ends "
-                  f"{s.get('circuit_formation_end')}, cleanup ends {s.get('cleanup_end')} {s.get('phase_note', '')}")
+            print(
+                f"  phases: memorization ends {s.get('memorization_end')}, circuit formation ends "
+                f"{s.get('circuit_formation_end')}, cleanup ends {s.get('cleanup_end')} {s.get('phase_note', '')}"
+            )
         checked = [k for k in config.outcome if k not in ("grokked", "step_train_acc_99", "step_test_acc_99")]
         print("  measured: " + ", ".join(f"{k} = {s.get(k)}" for k in checked))
         print(f"  expected: {config.expected}")

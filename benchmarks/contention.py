@@ -14,6 +14,7 @@ name) and the ratios contended / quiet and new / old.
 
     python benchmarks/contention.py [--rounds 3] [--steps 20] [--spin 1000 --spin 100 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,18 +68,24 @@ def measure(env: dict[str, str], condition: str, steps: int) -> float:
     if condition == "busy loop":
         other = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     elif condition == "neighbour":
-        other = subprocess.Popen([sys.executable, HERE, "--child", "--steps", "100000"], env=full, stdout=subprocess.DEVNULL)
+        other = subprocess.Popen(
+            [sys.executable, HERE, "--child", "--steps", "100000"], env=full, stdout=subprocess.DEVNULL
+        )
     try:
         if other is not None:
             time.sleep(2.5)  # the neighbour is past its imports and training
-        result = subprocess.run([sys.executable, HERE, "--child", "--steps", str(steps)], env=full,
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, HERE, "--child", "--steps", str(steps)],
+            env=full,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return float(result.stdout.split()[-1])
     finally:
         if other is not None:
             other.kill()
             other.wait()
-
 
 
 def main() -> None:
@@ -101,8 +108,10 @@ def main() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "..", "src"))
     from groklab.runtime import SPINCOUNT, cpu_name, cpu_threads
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, groklab threads {cpu_threads()}, "
-          f"groklab GOMP_SPINCOUNT {SPINCOUNT}; medians of {args.rounds} rounds of {args.steps} steps")
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, groklab threads {cpu_threads()}, "
+        f"groklab GOMP_SPINCOUNT {SPINCOUNT}; medians of {args.rounds} rounds of {args.steps} steps"
+    )
     print(f"{'setting':22s} " + " ".join(f"{c:>22s}" for c in conditions) + "   contended / quiet: median, worst")
     med = {key: statistics.median(values) for key, values in results.items()}
     worst = {key: max(values) for key, values in results.items()}
@@ -113,8 +122,10 @@ def main() -> None:
         print(f"{name:22s} " + " ".join(f"{cell:>22s}" for cell in cells) + f"   {ratios[0]:5.1f}x, {ratios[1]:5.1f}x")
     old, new = "old (torch defaults)", "new (groklab)"
     print("new / old: " + ", ".join(f"{c} {med[new, c] / med[old, c]:.2f}" for c in conditions))
-    print("rounds (ms): " + "; ".join(f"{n} {c}: {', '.join(f'{v:.0f}' for v in results[n, c])}"
-                                      for n in (old, new) for c in conditions))
+    print(
+        "rounds (ms): "
+        + "; ".join(f"{n} {c}: {', '.join(f'{v:.0f}' for v in results[n, c])}" for n in (old, new) for c in conditions)
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ both times, their ratio, and whether the decodes are identical. Nothing is asser
 
     python benchmarks/decode_speed.py [--preset structural-qf-lab] [--items 500] [--train-steps 500] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ def main() -> None:
     trainer = Trainer(task, model, cfg.train, seed=cfg.seed)
     for _ in range(args.train_steps):
         trainer.train_step()
-    print(f"{args.preset} model ({sum(p.numel() for p in model.parameters()):,} parameters) on {prepared.device}, "
-          f"{torch.get_num_threads()} torch threads, trained {args.train_steps} steps in {time.perf_counter() - start:.1f} s")
+    print(
+        f"{args.preset} model ({sum(p.numel() for p in model.parameters()):,} parameters) on {prepared.device}, "
+        f"{torch.get_num_threads()} torch threads, trained {args.train_steps} steps in {time.perf_counter() - start:.1f} s"
+    )
 
     kind = {"question_formation": "question", "tense_inflection": "tense"}[task.name]
     items = mccoy.generate(kind, seed=1, n_train=1, n_val=1, n_test=4 * args.items)[2]  # generalization items
@@ -55,12 +58,16 @@ def main() -> None:
         outs[label] = lm_eval.greedy_decode(fn, task.vocab, prefixes)
         times[label] = time.perf_counter() - start
     lengths = [len(o) for o in outs["KV cache"]]
-    print(f"{len(prefixes)} generalization items, decodes of {min(lengths)}-{max(lengths)} tokens "
-          f"(mean {sum(lengths) / len(lengths):.1f})")
+    print(
+        f"{len(prefixes)} generalization items, decodes of {min(lengths)}-{max(lengths)} tokens "
+        f"(mean {sum(lengths) / len(lengths):.1f})"
+    )
     for label, took in times.items():
         print(f"{label + ':':32s} {took:7.2f} s")
-    print(f"ratio (no cache / KV cache): x{times['no cache (prefix recomputed)'] / times['KV cache']:.2f}; "
-          f"identical decodes: {outs['KV cache'] == outs['no cache (prefix recomputed)']}")
+    print(
+        f"ratio (no cache / KV cache): x{times['no cache (prefix recomputed)'] / times['KV cache']:.2f}; "
+        f"identical decodes: {outs['KV cache'] == outs['no cache (prefix recomputed)']}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ scales. `--table` reads real runs instead: a CSV or Parquet file in long form wi
 
     python benchmarks/hmm_speed.py [--n-jobs 2] [--table runs.parquet] [--features base]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,27 +71,41 @@ def main() -> None:
     else:
         runs = synthetic_runs(args.runs, args.checkpoints, FEATURE_SETS[args.features])
     rows = sum(len(t) for t in runs.values())
-    print(f"{len(runs)} runs, {rows} checkpoints, features {args.features!r}; K = 1..{args.max_states}, "
-          f"{args.restarts} restarts, n_iter {args.n_iter}, {args.covariance} covariance, n_jobs {args.n_jobs}, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"{len(runs)} runs, {rows} checkpoints, features {args.features!r}; K = 1..{args.max_states}, "
+        f"{args.restarts} restarts, n_iter {args.n_iter}, {args.covariance} covariance, n_jobs {args.n_jobs}, "
+        f"{os.cpu_count()} cores"
+    )
 
     start, cpu_start = time.perf_counter(), _cpu_seconds()
-    tm = TrainingMap(features=args.features, covariance_type=args.covariance, n_restarts=args.restarts,
-                     n_iter=args.n_iter, max_states=args.max_states, n_jobs=args.n_jobs).fit(runs)
+    tm = TrainingMap(
+        features=args.features,
+        covariance_type=args.covariance,
+        n_restarts=args.restarts,
+        n_iter=args.n_iter,
+        max_states=args.max_states,
+        n_jobs=args.n_jobs,
+    ).fit(runs)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
 
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(tm.selection_.round(2).to_string(index=False))
     failed = int(tm.restarts_["failed"].sum())
     capped = int((~tm.restarts_["converged"] & ~tm.restarts_["failed"]).sum())
-    print(f"selected K = {tm.n_states_} (BIC on {len(tm.test_runs_)} held-out runs); "
-          f"{failed} failed fits, {capped} of {len(tm.restarts_)} fits stopped at n_iter")
-    print(f"wall time: {wall:.1f} s (target <= 60 s on 2 cores); CPU time {cpu:.1f} s (this process and its "
-          f"workers: what the fit costs whatever else the machine runs)")
+    print(
+        f"selected K = {tm.n_states_} (BIC on {len(tm.test_runs_)} held-out runs); "
+        f"{failed} failed fits, {capped} of {len(tm.restarts_)} fits stopped at n_iter"
+    )
+    print(
+        f"wall time: {wall:.1f} s (target <= 60 s on 2 cores); CPU time {cpu:.1f} s (this process and its "
+        f"workers: what the fit costs whatever else the machine runs)"
+    )
     if not args.no_baseline:
         base = baseline_seconds(tm, runs, args)
-        print(f"baseline (plain hmmlearn GaussianHMM, log-space EM, one process, the same {len(tm.restarts_)} fits): "
-              f"{base:.1f} s; groklab is {base / wall:.1f}x faster in wall time ({base / cpu:.1f}x in CPU time)")
+        print(
+            f"baseline (plain hmmlearn GaussianHMM, log-space EM, one process, the same {len(tm.restarts_)} fits): "
+            f"{base:.1f} s; groklab is {base / wall:.1f}x faster in wall time ({base / cpu:.1f}x in CPU time)"
+        )
 
 
 def baseline_seconds(tm: TrainingMap, runs: dict, args) -> float:
@@ -105,8 +120,14 @@ def baseline_seconds(tm: TrainingMap, runs: dict, args) -> float:
     lengths_eval = [len(z[s]) for s in tm.test_runs_]
     start = time.perf_counter()
     for row in tm.restarts_.itertuples():
-        model = GaussianHMM(n_components=row.n_states, covariance_type=args.covariance, n_iter=args.n_iter,
-                            tol=1e-2, random_state=row.random_state, min_covar=1e-3)
+        model = GaussianHMM(
+            n_components=row.n_states,
+            covariance_type=args.covariance,
+            n_iter=args.n_iter,
+            tol=1e-2,
+            random_state=row.random_state,
+            min_covar=1e-3,
+        )
         with np.errstate(all="ignore"):
             try:
                 model.fit(x, lengths)

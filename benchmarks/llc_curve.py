@@ -5,6 +5,7 @@
 Prints, per checkpoint: train / test accuracy, `structure`, the LLC with its SD over chains, the step size
 the calibration chose and how many it tried, and the seconds each measure took. Prints the CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,12 @@ def main() -> None:
         start = time.perf_counter()
         llc = _llc(model, task)
         took_llc = time.perf_counter() - start
-        print(f"step {step:6d}  train_acc {metrics.loc[step, 'train_acc']:.3f}  test_acc {metrics.loc[step, 'test_acc']:.3f}"
-              f"  structure {value:.3f} ({took_structure:.2f} s)  llc {llc['llc']:8.2f} sd {llc['llc_sd']:.2f}"
-              f"  epsilon {llc['llc_epsilon']:g} of {llc['llc_tried']} tried ({took_llc:.1f} s)", flush=True)
+        print(
+            f"step {step:6d}  train_acc {metrics.loc[step, 'train_acc']:.3f}  test_acc {metrics.loc[step, 'test_acc']:.3f}"
+            f"  structure {value:.3f} ({took_structure:.2f} s)  llc {llc['llc']:8.2f} sd {llc['llc_sd']:.2f}"
+            f"  epsilon {llc['llc_epsilon']:g} of {llc['llc_tried']} tried ({took_llc:.1f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

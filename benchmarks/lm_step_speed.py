@@ -9,6 +9,7 @@ element from 63-bit draws of the same generator. Times --steps training steps wi
 
     python benchmarks/lm_step_speed.py [--preset structural-qf-lab] [--steps 200] [--warmup 20] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     prepared = resolve(load_preset(args.preset), "cpu")
-    print(f"{args.preset}: {prepared.model.n_layers} layers, d_model {prepared.model.d_model}, batch "
-          f"{prepared.config.train.batch_size}, dropout {prepared.model.dropout}; {torch.get_num_threads()} torch threads")
+    print(
+        f"{args.preset}: {prepared.model.n_layers} layers, d_model {prepared.model.d_model}, batch "
+        f"{prepared.config.train.batch_size}, dropout {prepared.model.dropout}; {torch.get_num_threads()} torch threads"
+    )
     groklab_ms = ms_per_step(prepared, transformer.Dropout, args.steps, args.warmup)
     torch_ms = ms_per_step(prepared, TorchDropout, args.steps, args.warmup)
     print(f"{'groklab Dropout:':22s} {groklab_ms:7.1f} ms/step")

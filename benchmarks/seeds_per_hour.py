@@ -12,6 +12,7 @@ amortised (that is why each unit runs at least a few hundred steps). Prints the 
 
     python benchmarks/seeds_per_hour.py [--presets quick,hu-sparse-parity,...] [--sizes 8,40] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,19 +28,27 @@ STEPS = {"quick": 1000, "hu-sparse-parity": 1920, "hu-mod-add": 600, "nanda-mod-
 EVAL = {"structural-qf-lab": 100}  # evaluations (and checkpoints) scaled down with the steps
 
 
-
 def timed_sweep(preset: str, steps: int, seeds: int, extra: list[str]) -> float:
     """Wall seconds of `groklab sweep` over `seeds` seeds, `steps` steps each."""
     sets = ["--set", f"train.max_steps={steps}", "--set", "train.early_stop=null"]
     if preset in EVAL:
         every = EVAL[preset]
-        sets += ["--set", f"train.eval_every={every}", "--set", f"train.checkpoint_every={every}",
-                 "--set", f"measures.every={every}"]
+        sets += [
+            "--set",
+            f"train.eval_every={every}",
+            "--set",
+            f"train.checkpoint_every={every}",
+            "--set",
+            f"measures.every={every}",
+        ]
     exe = os.path.join(os.path.dirname(sys.executable), "groklab")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([exe, "sweep", preset, *sets, "--seeds", f"0-{seeds - 1}", "--out", f"{tmp}/s", *extra],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [exe, "sweep", preset, *sets, "--seeds", f"0-{seeds - 1}", "--out", f"{tmp}/s", *extra],
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - start
 
 
@@ -52,10 +61,12 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cpus = len(os.sched_getaffinity(0))
-    print(f"CPU: {cpu_name()}; {cpus} CPUs for this process; device {args.device}; nothing else running "
-          "unless stated")
-    print(f"{'preset':20s} {'steps':>6s} {'(a) 1 at a time':>17s} "
-          + " ".join(f"{f'{n} runs: (b) pool / batch':>26s}" for n in sizes) + "   batch / pool")
+    print(f"CPU: {cpu_name()}; {cpus} CPUs for this process; device {args.device}; nothing else running unless stated")
+    print(
+        f"{'preset':20s} {'steps':>6s} {'(a) 1 at a time':>17s} "
+        + " ".join(f"{f'{n} runs: (b) pool / batch':>26s}" for n in sizes)
+        + "   batch / pool"
+    )
     for preset in args.presets.split(","):
         steps = max(1, int(STEPS.get(preset, 500) * args.steps))
         dev = ["--device", args.device]
@@ -63,9 +74,13 @@ def main() -> None:
         for n in sizes:
             rate["b", n] = n * steps / timed_sweep(preset, steps, n, ["--workers", "2", "--threads", "1", *dev])
             rate[n] = n * steps / timed_sweep(preset, steps, n, ["--batch", str(n), *dev])
-        print(f"{preset:20s} {steps:6d} {rate['a']:13.1f} s/s "
-              + " ".join(f"{rate['b', n]:9.1f} / {rate[n]:7.1f} s/s" for n in sizes) + "   "
-              + ", ".join(f"x{rate[n] / rate['b', n]:.1f}" for n in sizes), flush=True)
+        print(
+            f"{preset:20s} {steps:6d} {rate['a']:13.1f} s/s "
+            + " ".join(f"{rate['b', n]:9.1f} / {rate[n]:7.1f} s/s" for n in sizes)
+            + "   "
+            + ", ".join(f"x{rate[n] / rate['b', n]:.1f}" for n in sizes),
+            flush=True,
+        )
     print("s/s: seed-steps per second (seeds an hour = s/s * 3600 / steps per run)")
 
 

@@ -15,6 +15,7 @@ Then, with --project, the paper-scale depth sweep of Murty et al. (5 depths x 10
 
     python benchmarks/sweep_overhead.py [--runs 100] [--engines local,ray,submitit-local] [--project]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,23 @@ def ray_head(tmp: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--temp-dir={tmp}",
-                             f"--num-cpus={len(os.sched_getaffinity(0))}", "--include-dashboard=false",
-                             "--disable-usage-stats"], start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--temp-dir={tmp}",
+            f"--num-cpus={len(os.sched_getaffinity(0))}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -60,8 +74,24 @@ def stop(head: subprocess.Popen, tmp: str) -> None:
 
 def timed(engine: str, runs: int, steps: int, out: Path, extra: list[str]) -> tuple[float, float]:
     """Wall seconds of the sweep and the sum of its runs' training seconds."""
-    args = [str(BIN / "groklab"), "sweep", "quick", "--set", f"train.max_steps={steps}", "--set",
-            "train.early_stop=null", "--seeds", f"0-{runs - 1}", "--threads", "1", "--on", engine, "--out", str(out), *extra]
+    args = [
+        str(BIN / "groklab"),
+        "sweep",
+        "quick",
+        "--set",
+        f"train.max_steps={steps}",
+        "--set",
+        "train.early_stop=null",
+        "--seeds",
+        f"0-{runs - 1}",
+        "--threads",
+        "1",
+        "--on",
+        engine,
+        "--out",
+        str(out),
+        *extra,
+    ]
     start = time.perf_counter()
     subprocess.run(args, check=True, capture_output=True)
     wall = time.perf_counter() - start
@@ -76,8 +106,10 @@ def project(depths: list[int], steps: int) -> None:
     from groklab.config import load_preset
     from groklab.experiment import _trainer, resolve
 
-    print(f"\nprojection (not a measurement of the sweep): structural-qf, {steps} timed steps per depth after 2 warm-up "
-          f"steps, {torch.get_num_threads()} threads")
+    print(
+        f"\nprojection (not a measurement of the sweep): structural-qf, {steps} timed steps per depth after 2 warm-up "
+        f"steps, {torch.get_num_threads()} threads"
+    )
     total = 0.0
     for depth in depths:
         config = load_preset("structural-qf")
@@ -91,9 +123,13 @@ def project(depths: list[int], steps: int) -> None:
         per = (time.perf_counter() - start) / steps
         run_h = per * config.train.max_steps / 3600
         total += 10 * run_h
-        print(f"  depth {depth:2d}: {per * 1e3:7.0f} ms/step -> {run_h:7.1f} h per run of {config.train.max_steps} steps")
-    print(f"  5 depths x 10 seeds: {total:.0f} CPU-machine-hours on this machine; on N such nodes of a Ray cluster or "
-          f"N SLURM array tasks at once: {total:.0f}/N hours")
+        print(
+            f"  depth {depth:2d}: {per * 1e3:7.0f} ms/step -> {run_h:7.1f} h per run of {config.train.max_steps} steps"
+        )
+    print(
+        f"  5 depths x 10 seeds: {total:.0f} CPU-machine-hours on this machine; on N such nodes of a Ray cluster or "
+        f"N SLURM array tasks at once: {total:.0f}/N hours"
+    )
 
 
 def main() -> None:

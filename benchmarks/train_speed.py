@@ -13,6 +13,7 @@ times steps from that memorized state with denormals flushed to zero (groklab's 
 
     python benchmarks/train_speed.py [--steps 40] [--rounds 5] [--grok] [--late 6000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,11 @@ class ReleasedCodeTransformer(torch.nn.Module):
         super().__init__()
         r = lambda *s, fan=d_model: torch.nn.Parameter(torch.randn(*s) / math.sqrt(fan))  # noqa: E731
         self.W_E, self.W_pos = r(d_model, d_vocab), r(n_ctx, d_model)
-        self.W_K, self.W_Q, self.W_V = r(n_heads, d_head, d_model), r(n_heads, d_head, d_model), r(n_heads, d_head, d_model)
+        self.W_K, self.W_Q, self.W_V = (
+            r(n_heads, d_head, d_model),
+            r(n_heads, d_head, d_model),
+            r(n_heads, d_head, d_model),
+        )
         self.W_O = r(d_model, d_head * n_heads)
         self.W_in, self.b_in = r(d_mlp, d_model), torch.nn.Parameter(torch.zeros(d_mlp))
         self.W_out, self.b_out = r(d_model, d_mlp), torch.nn.Parameter(torch.zeros(d_model))
@@ -92,7 +97,6 @@ def mlp_floor(trainer):
     out.sum().backward()
 
 
-
 def late_steps(n: int, steps: int, rounds: int) -> None:
     """Step time from the canonical run's state after n steps, denormals flushed (as groklab trains) or not."""
     prepared = resolve(groklab.load_preset("nanda-mod-add"))
@@ -105,8 +109,9 @@ def late_steps(n: int, steps: int, rounds: int) -> None:
             trainer.train_step()
     took = time.perf_counter() - start
     with torch.no_grad():
-        loss = trainer.task.objective(trainer.task.outputs(trainer.model, trainer.task.train.inputs),
-                                      trainer.task.train.labels, torch.float64).item()
+        loss = trainer.task.objective(
+            trainer.task.outputs(trainer.model, trainer.task.train.inputs), trainer.task.train.labels, torch.float64
+        ).item()
     flushed, plain = [], []
     for _ in range(rounds):
         with runtime.denormals_flushed():
@@ -116,9 +121,11 @@ def late_steps(n: int, steps: int, rounds: int) -> None:
     moments = [v for state in trainer.optimizer.state.values() for k, v in state.items() if k.startswith("exp_avg")]
     denormal = sum(int(((m != 0) & (m.abs() < tiny)).sum()) for m in moments) / sum(m.numel() for m in moments)
     f, p = statistics.median(flushed), statistics.median(plain)
-    print(f"late training (after {n} steps, {took:.0f} s, train loss {loss:.2e}; steps 0-20: {early:.1f} ms/step): "
-          f"{f:.1f} ms/step with denormals flushed, {p:.1f} ms/step without (x{p / f:.2f}); "
-          f"{denormal:.1%} of Adam's moments denormal without flushing")
+    print(
+        f"late training (after {n} steps, {took:.0f} s, train loss {loss:.2e}; steps 0-20: {early:.1f} ms/step): "
+        f"{f:.1f} ms/step with denormals flushed, {p:.1f} ms/step without (x{p / f:.2f}); "
+        f"{denormal:.1%} of Adam's moments denormal without flushing"
+    )
 
 
 def timed(fn, steps):
@@ -161,8 +168,10 @@ def main():
     print(f"speed-up vs baseline:              {t / o:8.1f} x")
     print(f"dense MLP + unembed alone (floor): {f:8.1f} ms  = {f / o:.0%} of the groklab step")
     m = statistics.median(live)
-    print(f"live measures ({', '.join(cfg.measures.names)}): {m:8.1f} ms per measurement, every {cfg.measures.every} "
-          f"steps = {m / (cfg.measures.every * o):.1%} on top of the training steps")
+    print(
+        f"live measures ({', '.join(cfg.measures.names)}): {m:8.1f} ms per measurement, every {cfg.measures.every} "
+        f"steps = {m / (cfg.measures.every * o):.1%} on top of the training steps"
+    )
 
     if args.late:
         late_steps(args.late, args.steps, args.rounds)
@@ -173,17 +182,32 @@ def main():
             run = groklab.run(groklab.load_preset("nanda-mod-add"), f"{tmp}/run")
             total = time.perf_counter() - start
             s = run.summary
-            print(f"canonical run: status {s['status']}, train acc >= 99% at step {s['step_train_acc_99']}, "
-                  f"test acc >= 99% at step {s['step_test_acc_99']} after {s['elapsed_s_test_acc_99']:.1f} s "
-                  f"(training ended at step {s['last_step']} after {s['elapsed_s']:.1f} s, {s['steps_per_s']} steps/s; "
-                  f"{total:.1f} s with the final key-frequency pass over every checkpoint)")
-            print(f"phases: memorization ends {s.get('memorization_end')}, circuit formation ends "
-                  f"{s.get('circuit_formation_end')}, cleanup ends {s.get('cleanup_end')} {s.get('phase_note', '')}")
-            print(f"key frequencies {s.get('final_key_freqs')}; {s.get('final_frac_neurons_explained', 0):.1%} of neurons "
-                  f"explained > 85% by one frequency; 3-D Fourier fit explains {s.get('final_fourier_mult_fve', 0):.1%} "
-                  f"of the logit variance; evidence: " + ", ".join(f"{k} {s[k]:.3g}" for k in (
-                      "excluded_over_train", "restricted_lead_steps", "gini_W_E_speedup", "gini_W_L_speedup",
-                      "sum_sq_weights_drop") if s.get(k) is not None))
+            print(
+                f"canonical run: status {s['status']}, train acc >= 99% at step {s['step_train_acc_99']}, "
+                f"test acc >= 99% at step {s['step_test_acc_99']} after {s['elapsed_s_test_acc_99']:.1f} s "
+                f"(training ended at step {s['last_step']} after {s['elapsed_s']:.1f} s, {s['steps_per_s']} steps/s; "
+                f"{total:.1f} s with the final key-frequency pass over every checkpoint)"
+            )
+            print(
+                f"phases: memorization ends {s.get('memorization_end')}, circuit formation ends "
+                f"{s.get('circuit_formation_end')}, cleanup ends {s.get('cleanup_end')} {s.get('phase_note', '')}"
+            )
+            print(
+                f"key frequencies {s.get('final_key_freqs')}; {s.get('final_frac_neurons_explained', 0):.1%} of neurons "
+                f"explained > 85% by one frequency; 3-D Fourier fit explains {s.get('final_fourier_mult_fve', 0):.1%} "
+                f"of the logit variance; evidence: "
+                + ", ".join(
+                    f"{k} {s[k]:.3g}"
+                    for k in (
+                        "excluded_over_train",
+                        "restricted_lead_steps",
+                        "gini_W_E_speedup",
+                        "gini_W_L_speedup",
+                        "sum_sq_weights_drop",
+                    )
+                    if s.get(k) is not None
+                )
+            )
             failures = groklab.dynamics.check_outcome(s, run.config.outcome)
             print("expected outcome:", "met" if not failures else "NOT met: " + "; ".join(failures))
 

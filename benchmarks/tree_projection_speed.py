@@ -13,6 +13,7 @@ The baseline's span scores are checked against the batched ones. Nothing is asse
 
     python benchmarks/tree_projection_speed.py [--sentences 1000] [--baseline 50] [--threads N] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,14 +41,14 @@ def unbatched_scores(model, ids, spans_per_call: int):
         spans = [(i, j) for i in range(n) for j in range(i, n)]
         s = np.full((n, n), np.nan)
         for k in range(0, len(spans), spans_per_call):
-            chunk = spans[k: k + spans_per_call]
+            chunk = spans[k : k + spans_per_call]
             mask = torch.ones(len(chunk), n + 1, dtype=torch.bool, device=device)
             mask[:, 0] = False
             for r, (i, j) in enumerate(chunk):
-                mask[r, i + 1: j + 2] = False
+                mask[r, i + 1 : j + 2] = False
             free = encode(x.expand(len(chunk), -1), mask)[:, 1:].double() * (~mask[:, 1:, None])
             for r, (i, j) in enumerate(chunk):
-                s[i, j] = float(tp._cosine(h[i: j + 1].sum(0), free[r].sum(0)))
+                s[i, j] = float(tp._cosine(h[i : j + 1].sum(0), free[r].sum(0)))
         out.append(s)
     return out
 
@@ -65,10 +66,14 @@ def main() -> None:
     model = build_model(prepared.model, prepared.config.resolved_model_seed).to(prepared.device)
     ids, gold = tp.analysis_sample(prepared.task, args.sentences)
     n = np.array([len(s) - 1 for s in ids])
-    print(f"structural-qf-lab model ({sum(p.numel() for p in model.parameters()):,} parameters, untrained) on "
-          f"{prepared.device}, {torch.get_num_threads()} torch threads")
-    print(f"{len(ids)} QF sentences: {n.min()}-{n.max()} words (mean {n.mean():.2f}), "
-          f"{int((n * (n + 1) // 2).sum()):,} spans")
+    print(
+        f"structural-qf-lab model ({sum(p.numel() for p in model.parameters()):,} parameters, untrained) on "
+        f"{prepared.device}, {torch.get_num_threads()} torch threads"
+    )
+    print(
+        f"{len(ids)} QF sentences: {n.min()}-{n.max()} words (mean {n.mean():.2f}), "
+        f"{int((n * (n + 1) // 2).sum()):,} spans"
+    )
 
     tp.tree_projection(model, ids[:20], gold[:20])  # warm-up
     start = time.perf_counter()
@@ -77,8 +82,7 @@ def main() -> None:
     start = time.perf_counter()
     scores = tp.span_scores(model, ids)
     spans_only = time.perf_counter() - start
-    print(f"{'batched tree_projection:':34s} {batched:8.2f} s  (span scores alone {spans_only:.2f} s; "
-          "target <= 60 s)")
+    print(f"{'batched tree_projection:':34s} {batched:8.2f} s  (span scores alone {spans_only:.2f} s; target <= 60 s)")
     print("  " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
 
     m = min(args.baseline, len(ids))
@@ -88,8 +92,10 @@ def main() -> None:
         took = time.perf_counter() - start
         diff = max(float(np.nanmax(np.abs(a - b))) for a, b in zip(reference, scores[:m]))
         estimate = took / m * len(ids)
-        print(f"{label + ':':34s} {estimate:8.2f} s  extrapolated from {took:.2f} s on the first {m} sentences "
-              f"(x{estimate / spans_only:.1f} the batched span scores; max |diff| {diff:.1e})")
+        print(
+            f"{label + ':':34s} {estimate:8.2f} s  extrapolated from {took:.2f} s on the first {m} sentences "
+            f"(x{estimate / spans_only:.1f} the batched span scores; max |diff| {diff:.1e})"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,22 @@ def cli():
 
 
 # A tiny config that trains in seconds: tests of the machinery, not of grokking.
-TINY = ["--set", "task.p=13", "--set", "task.frac_train=0.5", "--set", "model.d_model=32", "--set", "model.n_heads=2",
-        "--set", "model.d_head=16", "--set", "model.d_mlp=64", "--set", "train.early_stop=null"]
+TINY = [
+    "--set",
+    "task.p=13",
+    "--set",
+    "task.frac_train=0.5",
+    "--set",
+    "model.d_model=32",
+    "--set",
+    "model.n_heads=2",
+    "--set",
+    "model.d_head=16",
+    "--set",
+    "model.d_mlp=64",
+    "--set",
+    "train.early_stop=null",
+]
 
 
 @pytest.fixture
@@ -99,8 +113,11 @@ def cifar_dir(tmp_path_factory):
     (root / "cifar-100-python").mkdir()
     rng = np.random.default_rng(0)
     for split, n in (("train", 64), ("test", 32)):
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"fine_labels": rng.integers(0, 100, n).tolist(), b"coarse_labels": [0] * n}
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"fine_labels": rng.integers(0, 100, n).tolist(),
+            b"coarse_labels": [0] * n,
+        }
         with open(root / "cifar-100-python" / split, "wb") as f:
             pickle.dump(batch, f)
     return root

@@ -13,6 +13,7 @@ EVENT N is the moment, counted in the run-directory writes the process makes:
 The process kills itself (SIGKILL: no handler, no clean-up), so the moment is exact, unlike a kill
 from outside timed by polling the files.
 """
+
 import os
 import signal
 import sys
@@ -31,7 +32,11 @@ def count(kind: str, when: bool = True) -> None:
 
 
 append_metrics, save_checkpoint, save_weights, atomic_write = (
-    run_dir.RunDir.append_metrics, run_dir.RunDir.save_checkpoint, run_dir.RunDir.save_weights, run_dir._atomic_write)
+    run_dir.RunDir.append_metrics,
+    run_dir.RunDir.save_checkpoint,
+    run_dir.RunDir.save_weights,
+    run_dir._atomic_write,
+)
 
 
 def killing_append(self, row):

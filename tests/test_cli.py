@@ -2,7 +2,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,20 +9,32 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, groklab_cli
 
 
 def snapshot(path: Path) -> dict:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "done"
-    result = groklab_cli("run", "nanda-mod-add", *TINY, "--set", "train.max_steps=30", "--set", "train.eval_every=10",
-                         "--out", str(out), "-q")
+    result = groklab_cli(
+        "run",
+        "nanda-mod-add",
+        *TINY,
+        "--set",
+        "train.max_steps=30",
+        "--set",
+        "train.eval_every=10",
+        "--out",
+        str(out),
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -72,26 +83,29 @@ def test_the_console_script_exits_2_with_one_line_on_a_user_error():
     assert result.returncode == 2 and len(lines) == 1 and "unknown preset 'nanda-mod-ad'" in lines[0]
 
 
-@pytest.mark.parametrize("args, match", [
-    (["run", "nanda-mod-ad"], "unknown preset 'nanda-mod-ad'; did you mean 'nanda-mod-add'"),
-    (["run", "nanda-mod-add", "--set", "train.lrr=0.1"], "unknown key 'train.lrr'; did you mean 'train.lr'"),
-    (["run", "nanda-mod-add", "--set", "train.lr=fast"], "train.lr"),
-    (["run", "nanda-mod-add", "--set", "train.batch_size=-3"], "train.batch_size"),
-    (["run", "nanda-mod-add", "--set", "task.name=div", "--set", "task.p=100"], "task.p=100 is not prime"),
-    (["run", "nanda-mod-add", "--set", "task.frac_train=1.2"], "task.frac_train"),
-    (["run", "nanda-mod-add", "--set", "task.frac_train=0"], "task.frac_train"),
-    (["run", "nanda-mod-add", "--set", "model.n_heads=zero"], "model.n_heads"),
-    (["run", "nanda-mod-add", "--set", "train.early_stop.metric=accuracy"], "train.early_stop.metric"),
-    (["run", "nanda-mod-add", "--set", "trainlr"], "--set expects key.path=value"),
-    (["run", "nanda-mod-add", "--device", "cuda:7"], "cuda:7"),
-    (["run", "nanda-mod-add", "--device", "tpu"], "device"),
-    (["run", "missing.yaml"], "config file not found"),
-    (["run"], "give a PRESET"),
-    (["run", "--resume", "/nonexistent/run"], "no run directory at /nonexistent/run"),
-    (["show", "/nonexistent/run"], "no run directory"),
-    (["run", "nanda-mod-add", "--seed", "x"], "--seed"),
-    (["frobnicate"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["run", "nanda-mod-ad"], "unknown preset 'nanda-mod-ad'; did you mean 'nanda-mod-add'"),
+        (["run", "nanda-mod-add", "--set", "train.lrr=0.1"], "unknown key 'train.lrr'; did you mean 'train.lr'"),
+        (["run", "nanda-mod-add", "--set", "train.lr=fast"], "train.lr"),
+        (["run", "nanda-mod-add", "--set", "train.batch_size=-3"], "train.batch_size"),
+        (["run", "nanda-mod-add", "--set", "task.name=div", "--set", "task.p=100"], "task.p=100 is not prime"),
+        (["run", "nanda-mod-add", "--set", "task.frac_train=1.2"], "task.frac_train"),
+        (["run", "nanda-mod-add", "--set", "task.frac_train=0"], "task.frac_train"),
+        (["run", "nanda-mod-add", "--set", "model.n_heads=zero"], "model.n_heads"),
+        (["run", "nanda-mod-add", "--set", "train.early_stop.metric=accuracy"], "train.early_stop.metric"),
+        (["run", "nanda-mod-add", "--set", "trainlr"], "--set expects key.path=value"),
+        (["run", "nanda-mod-add", "--device", "cuda:7"], "cuda:7"),
+        (["run", "nanda-mod-add", "--device", "tpu"], "device"),
+        (["run", "missing.yaml"], "config file not found"),
+        (["run"], "give a PRESET"),
+        (["run", "--resume", "/nonexistent/run"], "no run directory at /nonexistent/run"),
+        (["show", "/nonexistent/run"], "no run directory"),
+        (["run", "nanda-mod-add", "--seed", "x"], "--seed"),
+        (["frobnicate"], "No such command"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, match):
     bad(args, match)
 
@@ -151,10 +165,8 @@ def last_step(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     steps = [-1]
     for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written
             steps.append(json.loads(line)["step"])
-        except json.JSONDecodeError:
-            pass  # a line being written
     return max(steps)
 
 
@@ -177,8 +189,11 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path, kill_at):
     out = tmp_path / "killed"
     exe = Path(sys.executable).with_name("groklab")
-    proc = subprocess.Popen([str(exe), "run", "nanda-mod-add", *LONG, "--out", str(out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(exe), "run", "nanda-mod-add", *LONG, "--out", str(out), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_for_step(out, kill_at, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -195,8 +210,12 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(uninterru
 def test_sigterm_checkpoints_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
     out = tmp_path / "stopped"
     exe = Path(sys.executable).with_name("groklab")
-    proc = subprocess.Popen([str(exe), "run", "nanda-mod-add", *LONG, "--out", str(out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", "nanda-mod-add", *LONG, "--out", str(out), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(out, 300, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
@@ -223,8 +242,22 @@ def test_run_from_a_yaml_file(tmp_path):
 
 def test_measure_command(tmp_path):
     out = tmp_path / "run"
-    assert groklab_cli("run", "quick", "--set", "train.max_steps=30", "--set", "train.eval_every=10",
-                       "--set", "train.checkpoint_every=10", "--out", str(out), "-q").returncode == 0
+    assert (
+        groklab_cli(
+            "run",
+            "quick",
+            "--set",
+            "train.max_steps=30",
+            "--set",
+            "train.eval_every=10",
+            "--set",
+            "train.checkpoint_every=10",
+            "--out",
+            str(out),
+            "-q",
+        ).returncode
+        == 0
+    )
     result = groklab_cli("measure", str(out), "--key-freqs", "3,5")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -234,6 +267,20 @@ def test_measure_command(tmp_path):
     bad(["measure", str(out), "--names", "weights,entropy"], "unknown measure set 'entropy'")
     bad(["measure", str(tmp_path / "nothing")], "no run directory")
     other = tmp_path / "mul"
-    assert groklab_cli("run", "quick", "--set", "task.name=mul", "--set", "train.max_steps=10", "--set", "measures=null",
-                       "--out", str(other), "-q").returncode == 0
+    assert (
+        groklab_cli(
+            "run",
+            "quick",
+            "--set",
+            "task.name=mul",
+            "--set",
+            "train.max_steps=10",
+            "--set",
+            "measures=null",
+            "--out",
+            str(other),
+            "-q",
+        ).returncode
+        == 0
+    )
     bad(["measure", str(other)], "modular addition", run_dir=other)

@@ -2,11 +2,11 @@
 measure and LLC lead generalization and whose weights shrink after it; a structural-LM-like one without the
 LLC and without cleanup) through the same lenses — per-run stages, bootstrap intervals, the verdict claim
 by claim — and the page in a real browser."""
+
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import groklab_cli
 from test_cli import bad
 from test_report import drawn, open_in_browser
@@ -28,10 +28,16 @@ def modular_run(seed: int, rng) -> pd.DataFrame:
     norm falls after generalization; the 14 weight statistics drift with it (for the training map)."""
     steps = np.arange(0, 6000, 100)
     gen = 2500 + 150 * seed
-    table = {"step": steps, "train_acc": np.minimum(1.0, steps / 1000), "train_loss": 1.0, "test_loss": 1.0,
-             "test_acc": 0.03 + 0.97 * sigmoid(steps, gen), "structure": 0.9 * sigmoid(steps, gen - 900, 100),
-             "llc": 300 + 500 * sigmoid(steps, 500) - 600 * sigmoid(steps, gen - 600, 100),
-             "sum_sq_weights": 2000 + 500 * sigmoid(steps, 800) - 1500 * sigmoid(steps, gen + 500, 150)}
+    table = {
+        "step": steps,
+        "train_acc": np.minimum(1.0, steps / 1000),
+        "train_loss": 1.0,
+        "test_loss": 1.0,
+        "test_acc": 0.03 + 0.97 * sigmoid(steps, gen),
+        "structure": 0.9 * sigmoid(steps, gen - 900, 100),
+        "llc": 300 + 500 * sigmoid(steps, 500) - 600 * sigmoid(steps, gen - 600, 100),
+        "sum_sq_weights": 2000 + 500 * sigmoid(steps, 800) - 1500 * sigmoid(steps, gen + 500, 150),
+    }
     for i, name in enumerate(FEATURE_SETS["base"]):
         table[name] = (i + 1) * sigmoid(steps, gen, 300) + 0.05 * rng.standard_normal(len(steps))
         table[name][1::2] = np.nan  # logged at every other evaluation only (e.g. at checkpoints): maps use those rows
@@ -42,11 +48,18 @@ def structural_run(seed: int, rng) -> pd.DataFrame:
     """A structural LM: in-distribution first-word accuracy saturates by 1500, generalization rises at
     ~8000 (seed 3 never), the t-score first; the weight norm only grows; no LLC measured."""
     steps = np.arange(0, 15000, 500)
-    gen = 7000 + 500 * seed if seed != 3 else 10 ** 6
-    return pd.DataFrame({"step": steps, "train_acc": 0.9, "test_acc": 0.9,
-                         "id_first_word_acc": np.minimum(1.0, steps / 1500),
-                         "gen_first_word_acc": 0.05 + 0.9 * sigmoid(steps, gen, 400),
-                         "t_score": 0.4 + 0.4 * sigmoid(steps, gen - 2500, 400), "weight_norm": 30 + steps / 1000})
+    gen = 7000 + 500 * seed if seed != 3 else 10**6
+    return pd.DataFrame(
+        {
+            "step": steps,
+            "train_acc": 0.9,
+            "test_acc": 0.9,
+            "id_first_word_acc": np.minimum(1.0, steps / 1500),
+            "gen_first_word_acc": 0.05 + 0.9 * sigmoid(steps, gen, 400),
+            "t_score": 0.4 + 0.4 * sigmoid(steps, gen - 2500, 400),
+            "weight_norm": 30 + steps / 1000,
+        }
+    )
 
 
 def plant_sweep(path, preset: str, make, seeds=range(6)):
@@ -83,28 +96,41 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
     mean, low, high = bootstrap_mean(values)
     assert low < mean < high and low < 3.0 < high
     assert bootstrap_mean(values) == (mean, low, high)  # same seed, same interval
-    assert high - low > bootstrap_mean(np.tile(values, 4))[2] - bootstrap_mean(np.tile(values, 4))[1]  # more runs: narrower
+    assert (
+        high - low > bootstrap_mean(np.tile(values, 4))[2] - bootstrap_mean(np.tile(values, 4))[1]
+    )  # more runs: narrower
     assert all(np.isnan(v) for v in bootstrap_mean([]))
 
 
 def test_verdicts_claim_by_claim(sweeps):
     modular, structural = sweeps
     rng = np.random.default_rng(0)
-    stats = {"modular": population_stats(run_table({s: modular_run(s, rng) for s in range(6)})),
-             "structural": population_stats(run_table({s: structural_run(s, rng) for s in range(6)}))}
+    stats = {
+        "modular": population_stats(run_table({s: modular_run(s, rng) for s in range(6)})),
+        "structural": population_stats(run_table({s: structural_run(s, rng) for s in range(6)})),
+    }
     s = stats["structural"].set_index("quantity")
     assert s.loc["generalizes", "mean"] == pytest.approx(5 / 6) and s.loc["generalizes", "n"] == 6
-    detours = {"modular": pd.DataFrame({"state": [0, 1, 2], "r": [np.nan, 0.6, -0.6], "p_holm": [np.nan, 0.01, 0.01],
-                                        "obligatory": [True, False, False], "detour": [False, True, False]}),
-               "structural": None}
+    detours = {
+        "modular": pd.DataFrame(
+            {
+                "state": [0, 1, 2],
+                "r": [np.nan, 0.6, -0.6],
+                "p_holm": [np.nan, 0.01, 0.01],
+                "obligatory": [True, False, False],
+                "detour": [False, True, False],
+            }
+        ),
+        "structural": None,
+    }
     table = verdicts(stats, detours).set_index("claim")
     verdict = table["verdict"].to_dict()
     by_quantity = lambda word: next(v for k, v in verdict.items() if word in k)  # noqa: E731
-    assert by_quantity("structure measure") == "same"        # both lead
-    assert by_quantity("cleanup shrinks") == "different"     # the LM's norm never falls
+    assert by_quantity("structure measure") == "same"  # both lead
+    assert by_quantity("cleanup shrinks") == "different"  # the LM's norm never falls
     assert by_quantity("three stages") == "different"
-    assert by_quantity("LLC moves") == "not enough runs"     # the structural population has no LLC
-    assert by_quantity("detour") == "not enough runs"        # no map for one of them
+    assert by_quantity("LLC moves") == "not enough runs"  # the structural population has no LLC
+    assert by_quantity("detour") == "not enough runs"  # no map for one of them
     assert table.loc[next(k for k in verdict if "detour" in k), "modular"].startswith("yes: state 1 (r = +0.60")
     assert table.loc[next(k for k in verdict if "LLC" in k), "structural"] == "n/a: no run has it"
 
@@ -113,20 +139,36 @@ def test_compare_page_in_the_browser(sweeps, tmp_path):
     modular, structural = sweeps
     map_sweep(modular, n_states=2, n_restarts=1, png=False)  # a stored map; the structural one gets none (--no-maps)
     out = tmp_path / "cmp" / "compare.html"
-    result = groklab_cli("compare", str(modular.path), str(structural.path), "-o", str(out), "--no-maps",
-                         "--labels", "modular,structural")
+    result = groklab_cli(
+        "compare",
+        str(modular.path),
+        str(structural.path),
+        "-o",
+        str(out),
+        "--no-maps",
+        "--labels",
+        "modular,structural",
+    )
     assert result.returncode == 0, result.stderr
     assert "different" in result.stdout and f"compare: {out}" in result.stdout
     runs = pd.read_csv(tmp_path / "cmp" / "compare_runs.csv")
     assert sorted(runs["population"].unique()) == ["modular", "structural"] and len(runs) == 12
     assert set(pd.read_csv(tmp_path / "cmp" / "compare_verdicts.csv")["verdict"]) <= {
-        "same", "different", "not enough runs"}
+        "same",
+        "different",
+        "not enough runs",
+    }
     errors, shots, text = open_in_browser(out)
     assert errors == []
     assert {"normalized_curves", "stage_statistics", "training_map_0"} <= set(shots)
     assert all(drawn(shots[key]) for key in ("normalized_curves", "stage_statistics", "training_map_0"))
-    for words in ("Verdict, claim by claim", "held_out = gen_first_word_acc", "no training map (not fitted: --no-maps)",
-                  "the sweep's stored map", "modular (median)"):
+    for words in (
+        "Verdict, claim by claim",
+        "held_out = gen_first_word_acc",
+        "no training map (not fitted: --no-maps)",
+        "the sweep's stored map",
+        "modular (median)",
+    ):
         assert words in text
     assert not (structural.path / "map").exists()  # --no-maps: nothing written into the sweep
 

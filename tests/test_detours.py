@@ -1,14 +1,23 @@
 """Convergence times, detour tests, transitions and transition features (Hu et al. 2023 §4-5;
 spec/training-maps.md §5 and §6 #1, #2, #12, #15)."""
+
 import networkx as nx
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from groklab.dynamics.detours import (convergence_times, detour_test, filtered_log_posterior,
-                                      filtered_posterior_gradient, state_occupancy, training_map_graph,
-                                      transition_features, transition_table, visited)
+from groklab.dynamics.detours import (
+    convergence_times,
+    detour_test,
+    filtered_log_posterior,
+    filtered_posterior_gradient,
+    state_occupancy,
+    training_map_graph,
+    transition_features,
+    transition_table,
+    visited,
+)
 from groklab.dynamics.hmm import TrainingMap
 
 
@@ -95,7 +104,13 @@ def test_occupancy_visits_and_transition_table():
     assert visited(paths).loc[1].tolist() == [True, False, True]
     table = transition_table(paths)
     assert table[["from", "to", "count", "runs"]].values.tolist() == [
-        [0, 0, 3, 2], [0, 1, 2, 2], [0, 2, 1, 1], [1, 1, 2, 1], [1, 2, 1, 1], [2, 2, 2, 1]]
+        [0, 0, 3, 2],
+        [0, 1, 2, 2],
+        [0, 2, 1, 1],
+        [1, 1, 2, 1],
+        [1, 2, 1, 1],
+        [2, 2, 2, 1],
+    ]
     assert table["prob"].isna().all()
 
 
@@ -142,8 +157,12 @@ def test_transition_features_rank_features_per_transition(small_map):
     tm, runs = small_map
     table = transition_features(tm, runs, 0, 1)
     assert table.attrs["n_occurrences"] == 12  # once per run
-    assert table["feature"].tolist() == [tm.features_[i] for i in np.argsort(-np.abs(table.set_index(
-        "feature").loc[tm.features_, "mean_gradient"].to_numpy()), kind="stable")]
+    assert table["feature"].tolist() == [
+        tm.features_[i]
+        for i in np.argsort(
+            -np.abs(table.set_index("feature").loc[tm.features_, "mean_gradient"].to_numpy()), kind="stable"
+        )
+    ]
     assert table["abs_rank"].tolist() == [1, 2, 3]
     shift = table.set_index("feature")["mean_shift"]
     np.testing.assert_allclose(shift[tm.features_].to_numpy(), tm.means_[1] - tm.means_[0])

@@ -1,5 +1,6 @@
 """Sweeps on other engines, for real: a Ray cluster started here (`ray start --head`), and SLURM's code path
 through submitit's local executor. Each checks the finished runs against the same sweep run locally."""
+
 import os
 import re
 import signal
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import groklab_cli
 from test_cli import bad
 from test_sweep import PARITY, parity_config
@@ -35,9 +35,23 @@ def ray_cluster():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--temp-dir={tmp}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                            start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--temp-dir={tmp}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -64,8 +78,16 @@ def local_parity(tmp_path_factory):
 
 
 # the hu-sparse-parity preset cut to 3200 steps: a few seconds a run, long enough to stop it part-way
-SLOW = ["--set", "train.max_steps=3200", "--set", "train.checkpoint_every=160", "--set", "train.eval_every=4",
-        "--set", "measures.every=4"]
+SLOW = [
+    "--set",
+    "train.max_steps=3200",
+    "--set",
+    "train.checkpoint_every=160",
+    "--set",
+    "train.eval_every=4",
+    "--set",
+    "measures.every=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +109,25 @@ def same_runs(sweep_dir: SweepDir, reference: SweepDir, seeds) -> None:
 def test_a_ray_sweep_equals_the_local_sweep(ray_cluster, local_parity, tmp_path):
     """Runs and a batch of runs, each a Ray task on the cluster: the same metrics, every column, as locally."""
     out = tmp_path / "ray"
-    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=160", "--seeds", "0-3",
-                         "--on", "ray", "--address", ray_cluster, "--threads", "1", "--batch", "2", "--out", str(out))
+    result = groklab_cli(
+        "sweep",
+        "hu-sparse-parity",
+        *PARITY,
+        "--set",
+        "train.max_steps=160",
+        "--seeds",
+        "0-3",
+        "--on",
+        "ray",
+        "--address",
+        ray_cluster,
+        "--threads",
+        "1",
+        "--batch",
+        "2",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "on ray" in result.stderr and "seed 3: finished" in result.stderr
     same_runs(SweepDir.open(out), local_parity, range(4))
@@ -113,12 +152,32 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_resumes(ray_cluster, slow_re
     """SIGKILL the Ray worker process that trains a run: Ray runs the task again (a new worker), the run resumes
     from its checkpoint and ends with the metrics of an uninterrupted run."""
     out = tmp_path / "ray"
-    driver = subprocess.Popen([str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0", "--on", "ray",
-                               "--address", ray_cluster, "--threads", "1", "--out", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [
+            str(BIN / "groklab"),
+            "sweep",
+            "hu-sparse-parity",
+            *SLOW,
+            "--seeds",
+            "0",
+            "--on",
+            "ray",
+            "--address",
+            ray_cluster,
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = out / "logs" / "seed_0000.log"
-    _wait_for(lambda: log.is_file() and "pid" in log.read_text() and len(_steps(out / "runs" / "seed_0000")) >= 3,
-              "the run's third checkpoint")
+    _wait_for(
+        lambda: log.is_file() and "pid" in log.read_text() and len(_steps(out / "runs" / "seed_0000")) >= 3,
+        "the run's third checkpoint",
+    )
     pid = int(re.findall(r"pid (\d+)", log.read_text())[0])
     os.kill(pid, signal.SIGKILL)
     _, stderr = driver.communicate(timeout=300)
@@ -132,17 +191,34 @@ def test_a_ray_sweep_stops_on_ctrl_c_and_resumes_after_its_driver_dies(ray_clust
     """Ctrl-C: the runs checkpoint and stop, the command says how to continue; the driver killed outright:
     re-running the command resumes. The end: the runs of the same sweep run locally."""
     out = tmp_path / "ray"
-    args = [str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0-1", "--on", "ray", "--address",
-            ray_cluster, "--threads", "1", "--out", str(out)]
+    args = [
+        str(BIN / "groklab"),
+        "sweep",
+        "hu-sparse-parity",
+        *SLOW,
+        "--seeds",
+        "0-1",
+        "--on",
+        "ray",
+        "--address",
+        ray_cluster,
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
 
     def running(before: int) -> bool:  # a run trains and has checkpointed since `before` checkpoints
-        return any(Run(p).status == "running" and len(_steps(p)) >= before + 2 for p in (out / "runs").glob("seed_*")
-                   if (p / "config.yaml").is_file())
+        return any(
+            Run(p).status == "running" and len(_steps(p)) >= before + 2
+            for p in (out / "runs").glob("seed_*")
+            if (p / "config.yaml").is_file()
+        )
 
     before = 0
     for stop in (signal.SIGINT, signal.SIGKILL):
         driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: (out / "runs").is_dir() and running(before), "a running run")
+        _wait_for(lambda: (out / "runs").is_dir() and running(before), "a running run")  # noqa: B023 (called at once)
         driver.send_signal(stop)
         _, stderr = driver.communicate(timeout=300)
         if stop == signal.SIGINT:
@@ -159,9 +235,24 @@ def test_groklab_show_prints_the_live_table_of_a_running_sweep(tmp_path):
     """From another terminal while a sweep runs: each run's status, step of max steps, steps/s, time left,
     and the totals line."""
     out = tmp_path / "s"
-    driver = subprocess.Popen([str(BIN / "groklab"), "sweep", "hu-sparse-parity", "--set", "train.max_steps=200000",
-                               "--seeds", "0", "--threads", "1", "--out", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [
+            str(BIN / "groklab"),
+            "sweep",
+            "hu-sparse-parity",
+            "--set",
+            "train.max_steps=200000",
+            "--seeds",
+            "0",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = out / "runs" / "seed_0000"
     try:
         _wait_for(lambda: len(_steps(run)) >= 2 and Run(run).status == "running", "a running run")
@@ -201,25 +292,103 @@ def test_engine_errors(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.monotonic()
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "ray", "--address", f"127.0.0.1:{port}",
-         "--threads", "1", "--out", str(tmp_path / "r")], "no Ray cluster answers")
+    bad(
+        [
+            "sweep",
+            "hu-sparse-parity",
+            *PARITY,
+            "--seeds",
+            "0",
+            "--on",
+            "ray",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        "no Ray cluster answers",
+    )
     assert time.monotonic() - start < 30
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "ray", "--out", str(tmp_path / "t")],
-        "--threads")
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "slurm", "--threads", "1", "--out",
-         str(tmp_path / "s")], "no SLURM here")
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "submitit-local", "--threads", "1",
-         "--time", "soon", "--out", str(tmp_path / "u")], "--time takes")
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "submitit-local", "--threads", "1",
-         "--device", "tpu", "--out", str(tmp_path / "d")], "unknown device 'tpu'")
+    bad(
+        ["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--on", "ray", "--out", str(tmp_path / "t")], "--threads"
+    )
+    bad(
+        [
+            "sweep",
+            "hu-sparse-parity",
+            *PARITY,
+            "--seeds",
+            "0",
+            "--on",
+            "slurm",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        "no SLURM here",
+    )
+    bad(
+        [
+            "sweep",
+            "hu-sparse-parity",
+            *PARITY,
+            "--seeds",
+            "0",
+            "--on",
+            "submitit-local",
+            "--threads",
+            "1",
+            "--time",
+            "soon",
+            "--out",
+            str(tmp_path / "u"),
+        ],
+        "--time takes",
+    )
+    bad(
+        [
+            "sweep",
+            "hu-sparse-parity",
+            *PARITY,
+            "--seeds",
+            "0",
+            "--on",
+            "submitit-local",
+            "--threads",
+            "1",
+            "--device",
+            "tpu",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+        "unknown device 'tpu'",
+    )
     assert not any((tmp_path / d).exists() for d in "rtsud")  # nothing made for a sweep that cannot start
 
 
 def test_a_sweep_through_submitit_equals_the_local_sweep(local_parity, tmp_path):
     """SLURM's path (one job array, two runs packed into each array task) through submitit's local executor."""
     out = tmp_path / "slurm"
-    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=160", "--seeds", "0-3",
-                         "--on", "submitit-local", "--runs-per-job", "2", "--threads", "1", "--out", str(out))
+    result = groklab_cli(
+        "sweep",
+        "hu-sparse-parity",
+        *PARITY,
+        "--set",
+        "train.max_steps=160",
+        "--seeds",
+        "0-3",
+        "--on",
+        "submitit-local",
+        "--runs-per-job",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     same_runs(SweepDir.open(out), local_parity, range(4))
     assert len(list((out / "slurm").glob("*_result.pkl"))) == 2  # two array tasks
@@ -227,8 +396,20 @@ def test_a_sweep_through_submitit_equals_the_local_sweep(local_parity, tmp_path)
 
 def test_a_submitit_sweep_stops_on_ctrl_c_and_resumes(slow_reference, tmp_path):
     out = tmp_path / "slurm"
-    args = [str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0", "--on", "submitit-local",
-            "--threads", "1", "--out", str(out)]
+    args = [
+        str(BIN / "groklab"),
+        "sweep",
+        "hu-sparse-parity",
+        *SLOW,
+        "--seeds",
+        "0",
+        "--on",
+        "submitit-local",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = out / "runs" / "seed_0000"
     _wait_for(lambda: len(_steps(run)) >= 3 and Run(run).status == "running", "a running run")
@@ -245,7 +426,18 @@ def test_a_local_sweep_killed_with_sigterm_stops_its_workers_and_resumes(slow_re
     """`kill DRIVER` (a scheduler, a shell): the driver asks its worker processes to checkpoint and stop, as
     for Ctrl-C — before, the driver died alone and its workers trained on, holding their runs' locks."""
     out = tmp_path / "local"
-    args = [str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0", "--threads", "1", "--out", str(out)]
+    args = [
+        str(BIN / "groklab"),
+        "sweep",
+        "hu-sparse-parity",
+        *SLOW,
+        "--seeds",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = out / "runs" / "seed_0000"
     _wait_for(lambda: len(_steps(run)) >= 3 and Run(run).status == "running", "a running run")
@@ -263,10 +455,26 @@ def test_slurm_job_parameters_and_the_sbatch_script(tmp_path):
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = slurm_parameters("depths", threads=4, gpus=1, partition="gpu", time="1-02:30:00", mem_gb=7.5, max_jobs=5)
-    assert params == {"job_name": "groklab-depths", "time": 1590, "cpus_per_task": 4, "signal_delay_s": 120,
-                      "stderr_to_stdout": True, "partition": "gpu", "mem": "8GB", "gpus_per_node": 1,
-                      "array_parallelism": 5}
+    assert params == {
+        "job_name": "groklab-depths",
+        "time": 1590,
+        "cpus_per_task": 4,
+        "signal_delay_s": 120,
+        "stderr_to_stdout": True,
+        "partition": "gpu",
+        "mem": "8GB",
+        "gpus_per_node": 1,
+        "array_parallelism": 5,
+    }
     script = _make_sbatch_string("python -m submitit.core._submit", tmp_path, map_count=50, **params)
-    for line in ("--partition=gpu", "--time=1590", "--mem=8GB", "--gpus-per-node=1", "--cpus-per-task=4",
-                 "--array=0-49%5", "--job-name=groklab-depths", "--signal=USR2@120"):
+    for line in (
+        "--partition=gpu",
+        "--time=1590",
+        "--mem=8GB",
+        "--gpus-per-node=1",
+        "--cpus-per-task=4",
+        "--array=0-49%5",
+        "--job-name=groklab-depths",
+        "--signal=USR2@120",
+    ):
         assert f"#SBATCH {line}" in script, line

@@ -1,5 +1,6 @@
 """TrainingMap (Hu et al. 2023 HMM training maps, spec/training-maps.md §4) on synthetic runs drawn
 from a known 3-state Gaussian HMM."""
+
 import itertools
 import warnings
 
@@ -54,8 +55,17 @@ def test_recovers_states_and_chooses_k_by_bic(fitted, data):
     _, truth = data
     assert fitted.n_states_ == 3
     assert fitted.selection_["bic"].idxmin() == 2
-    assert list(fitted.selection_.columns) == ["n_states", "test_ll_mean", "test_ll_std", "test_ll_best", "aic",
-                                               "bic", "n_params", "converged", "n_failed"]
+    assert list(fitted.selection_.columns) == [
+        "n_states",
+        "test_ll_mean",
+        "test_ll_std",
+        "test_ll_best",
+        "aic",
+        "bic",
+        "n_params",
+        "converged",
+        "n_failed",
+    ]
     assert agreement(fitted.paths_, truth) > 0.95
     assert set(fitted.paths_) == set(truth)  # every run decoded, train and held out
     assert len(fitted.test_runs_) == 6 and len(fitted.train_runs_) == 24
@@ -153,8 +163,7 @@ def test_constant_column_is_dropped_with_a_warning(data):
     assert np.isfinite(tm.means_).all() and np.isfinite(tm.covars_).all()
     # globally, a column constant in one run only is kept
     with pytest.warns(UserWarning, match="flat"):
-        tm = TrainingMap(features=FEATURES + ("flat", "sometimes"), n_states=3, n_restarts=1,
-                         zscore="global").fit(runs)
+        tm = TrainingMap(features=FEATURES + ("flat", "sometimes"), n_states=3, n_restarts=1, zscore="global").fit(runs)
     assert tm.features_ == list(FEATURES) + ["sometimes"]
 
 
@@ -186,8 +195,12 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     for name in ("startprob_", "transmat_", "means_", "covars_", "zmean_", "zstd_", "raw_index_"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(fitted, name))
     assert {s: p.tolist() for s, p in loaded.paths_.items()} == {s: p.tolist() for s, p in fitted.paths_.items()}
-    assert (loaded.n_states_, loaded.converged_, loaded.features_, loaded.test_runs_) == \
-        (fitted.n_states_, fitted.converged_, fitted.features_, fitted.test_runs_)
+    assert (loaded.n_states_, loaded.converged_, loaded.features_, loaded.test_runs_) == (
+        fitted.n_states_,
+        fitted.converged_,
+        fitted.features_,
+        fitted.test_runs_,
+    )
     assert "NaN" not in path.read_text()  # strict JSON
 
 
@@ -211,6 +224,7 @@ def test_degenerate_restarts_are_retried_then_counted(data, monkeypatch):
             if model.min_covar < floor:
                 raise ValueError("'covars' must be symmetric, positive-definite")
             original(model)
+
         return check
 
     monkeypatch.setattr(hmm_module, "_check_fit", fails_below(5e-2))  # attempts 1e-3, 1e-2 fail; 1e-1 works
@@ -236,9 +250,22 @@ def test_degenerate_restarts_are_retried_then_counted(data, monkeypatch):
 
 
 def test_feature_sets_and_cnn_aliases():
-    assert FEATURE_SETS["base"] == ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
-                                    "mean_lambda", "variance_lambda", "mean_w", "median_w", "var_w", "mean_b",
-                                    "median_b", "var_b")
+    assert FEATURE_SETS["base"] == (
+        "l1",
+        "l2",
+        "trace",
+        "spectral",
+        "code_sparsity",
+        "computational_sparsity",
+        "mean_lambda",
+        "variance_lambda",
+        "mean_w",
+        "median_w",
+        "var_w",
+        "mean_b",
+        "median_b",
+        "var_b",
+    )
     assert FEATURE_SETS["parities_best"] == ("spectral", "variance_lambda")
     table = pd.DataFrame({"step": [20, 10, 30], "var_singular_value": [1.0, 2.0, 3.0], "spectral": [0, 1, 2]})
     prepared = prepare_run(table, first_n=2)
@@ -250,9 +277,16 @@ def test_feature_sets_and_cnn_aliases():
 
 def test_cnn_tables_fit_with_the_named_feature_set():
     rng = np.random.default_rng(1)
-    runs = {s: pd.DataFrame({"step": np.arange(60), "spectral": np.r_[rng.normal(0, 1, 30), rng.normal(5, 1, 30)],
-                             "var_singular_value": np.r_[rng.normal(0, 1, 30), rng.normal(-4, 1, 30)]})
-            for s in range(8)}
+    runs = {
+        s: pd.DataFrame(
+            {
+                "step": np.arange(60),
+                "spectral": np.r_[rng.normal(0, 1, 30), rng.normal(5, 1, 30)],
+                "var_singular_value": np.r_[rng.normal(0, 1, 30), rng.normal(-4, 1, 30)],
+            }
+        )
+        for s in range(8)
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tm = TrainingMap(features="parities_best", n_states=2, n_restarts=1, covariance_type="diag").fit(runs)

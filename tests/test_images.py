@@ -1,16 +1,17 @@
 """MNIST and CIFAR-100 from the standard files on disk (small files in the same formats)."""
+
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from conftest import groklab_cli
 
 import groklab
 from groklab.config import TaskConfig, load_config
 from groklab.errors import ConfigError
 from groklab.tasks import build_task
 from groklab.tasks.images import augment_cifar, read_idx
-from conftest import groklab_cli, write_idx
 
 
 def test_mnist_from_idx_files(mnist_dir):
@@ -41,7 +42,7 @@ def test_cifar_augmentation():
     # every output image is a 32x32 window of the reflect-padded input, possibly mirrored
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4), mode="reflect")
     for i in range(2):
-        windows = [padded[i, :, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+        windows = [padded[i, :, y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
         assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(2)) for w in windows)
 
 
@@ -52,7 +53,12 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path, mnist_dir):
         build_task(TaskConfig(name="mnist", path=str(tmp_path)), seed=0)
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (broken / name).write_bytes(b"not idx")
     with pytest.raises(ConfigError, match="not a readable uint8 IDX file"):
         build_task(TaskConfig(name="mnist", path=str(broken)), seed=0)
@@ -63,8 +69,16 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path, mnist_dir):
 
 
 def test_mnist_mlp_preset_learns_the_small_files(mnist_dir, tmp_path):
-    cfg = load_config("hu-mnist-mlp", [f"task.path={mnist_dir}", "train.max_steps=60", "train.eval_every=20",
-                                       "train.checkpoint_every=60", "measures.every=20"])
+    cfg = load_config(
+        "hu-mnist-mlp",
+        [
+            f"task.path={mnist_dir}",
+            "train.max_steps=60",
+            "train.eval_every=20",
+            "train.checkpoint_every=60",
+            "measures.every=20",
+        ],
+    )
     run = groklab.run(cfg, tmp_path / "run", report=False)
     m = run.metrics
     assert list(m["step"]) == [0, 20, 40, 60] and m["test_acc"].iloc[-1] > 0.5
@@ -72,8 +86,17 @@ def test_mnist_mlp_preset_learns_the_small_files(mnist_dir, tmp_path):
 
 
 def test_cifar_resnet_preset_smoke(cifar_dir, tmp_path):
-    cfg = load_config("hu-cifar100-resnet18", [f"task.path={cifar_dir}", "train.max_steps=2", "train.eval_every=1",
-                                               "train.batch_size=16", "train.checkpoint_every=2", "measures.every=2"])
+    cfg = load_config(
+        "hu-cifar100-resnet18",
+        [
+            f"task.path={cifar_dir}",
+            "train.max_steps=2",
+            "train.eval_every=1",
+            "train.batch_size=16",
+            "train.checkpoint_every=2",
+            "measures.every=2",
+        ],
+    )
     run = groklab.run(cfg, tmp_path / "run", report=False)
     m = run.metrics
     assert list(m["step"]) == [0, 1, 2] and m["train_loss"].notna().all()

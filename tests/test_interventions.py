@@ -1,11 +1,14 @@
 """Interventions around the optimizer step (Grokfast, ⊥Grad, constrained norm), StableMax, softmax collapse
 and slingshots: each checked on a small case whose answer the paper's formula gives."""
+
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
+from test_training import Rows, trainer_for, without_time
 
 from groklab.config import load_config
 from groklab.dynamics import detect_slingshots, summarize
@@ -17,9 +20,6 @@ from groklab.store.run_dir import _flatten_state, _unflatten_state
 from groklab.tasks.losses import log_stablemax, stablemax_cross_entropy, stablemax_s
 from groklab.training import Population, batchable
 from groklab.training.interventions import GrokfastEMA, GrokfastMA, NormConstraint, OrthoGrad
-
-from conftest import TINY
-from test_training import Rows, trainer_for, without_time
 
 GRADS = [torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5]), torch.tensor([-1.0, 4.0]), torch.tensor([2.0, 2.0])]
 
@@ -118,8 +118,13 @@ def test_the_stability_measure_set_runs_on_a_model_and_refuses_a_hinge_task():
         resolve(load_config("hu-sparse-parity", ["measures.names=[stability]"]))
 
 
-@pytest.mark.parametrize("extra", [("train.grokfast={kind: ma, window: 4}", "train.orthograd=true", "train.weight_norm=init"),
-                                   ("train.grokfast={kind: ema}", "train.optimizer=adam", "train.loss_fn=stablemax")])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("train.grokfast={kind: ma, window: 4}", "train.orthograd=true", "train.weight_norm=init"),
+        ("train.grokfast={kind: ema}", "train.optimizer=adam", "train.loss_fn=stablemax"),
+    ],
+)
 def test_a_run_with_interventions_resumes_bit_for_bit_through_its_saved_state(extra):
     prepared = tiny("train.max_steps=40", "train.eval_every=5", "train.checkpoint_every=10", *extra)
     whole = Rows()
@@ -147,12 +152,15 @@ def test_interventions_run_one_per_process_not_in_a_batch():
         Population([trainer_for(prepared), trainer_for(prepared)])
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("train.grokfast={kind: kalman}", "grokfast.kind"),
-    ("train.grokfast={alpha: 1.5}", "grokfast.alpha"),
-    ("train.weight_norm=-1", "weight_norm"),
-    ("train.loss_fn=sparsemax", "loss_fn"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("train.grokfast={kind: kalman}", "grokfast.kind"),
+        ("train.grokfast={alpha: 1.5}", "grokfast.alpha"),
+        ("train.weight_norm=-1", "weight_norm"),
+        ("train.loss_fn=sparsemax", "loss_fn"),
+    ],
+)
 def test_bad_intervention_settings_are_refused_in_one_line(setting, message):
     with pytest.raises(ConfigError, match=message) as err:
         tiny(setting)
@@ -186,8 +194,17 @@ def test_the_summary_counts_slingshots_on_the_last_layer():
     steps = np.arange(0, 5000, 50)
     norm = staircase(steps, [1000, 3000])
     spikes = np.where(np.isin(steps, [1050, 3050]), 1.0, 0.1)  # the training loss spikes with each jump
-    metrics = pd.DataFrame({"step": steps, "train_loss": spikes, "train_acc": 1.0, "test_loss": 1.0, "test_acc": 0.5,
-                            "sum_sq_layers.0.weight": 4.0, "sum_sq_layers.1.weight": norm ** 2})
+    metrics = pd.DataFrame(
+        {
+            "step": steps,
+            "train_loss": spikes,
+            "train_acc": 1.0,
+            "test_loss": 1.0,
+            "test_acc": 0.5,
+            "sum_sq_layers.0.weight": 4.0,
+            "sum_sq_layers.1.weight": norm**2,
+        }
+    )
     summary = summarize(metrics)
     assert summary["slingshots"] == 2 and summary["slingshot_steps"] == [1000, 3000]
     calm = summarize(metrics.assign(train_loss=0.1))  # the same jumps without a loss spike: not slingshots

@@ -1,21 +1,36 @@
 """Evaluation of causal LMs on the structural-grokking tasks (spec structural-grokking.md §2, §5.1-5.3, §6):
 Dyck closing-bracket accuracy, QF / tense accuracies, greedy decoding, weight norm, attention entropy.
 Hand-written "oracle" logits functions know the answer; the released samples are read from ../shared/data."""
+
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
 import torch
+from conftest import SHARED_DATA
 
 from groklab.measures.lm import attention_entropy, weight_norm
 from groklab.models.transformer import Transformer, TransformerConfig
 from groklab.tasks import dyck, mccoy
-from groklab.tasks.lm_eval import (EOS, PAD, SOS, dyck_accuracies, dyck_closing_accuracy, dyck_closing_scores, encode,
-                                   greedy_decode, lm_vocabulary, main_verb_correct, model_logits_fn, pad_batch,
-                                   qf_accuracies, qf_aux_rank_accuracy, qf_exact_match_accuracy, qf_first_word_accuracy,
-                                   tense_main_verb_accuracy)
+from groklab.tasks.lm_eval import (
+    EOS,
+    PAD,
+    SOS,
+    dyck_accuracies,
+    dyck_closing_accuracy,
+    dyck_closing_scores,
+    encode,
+    greedy_decode,
+    lm_vocabulary,
+    main_verb_correct,
+    model_logits_fn,
+    pad_batch,
+    qf_accuracies,
+    qf_aux_rank_accuracy,
+    qf_exact_match_accuracy,
+    qf_first_word_accuracy,
+    tense_main_verb_accuracy,
+)
 
 DATA = SHARED_DATA
 DYCK_VAL = DATA / "dyck" / "k-20_d-10_val.txt"
@@ -41,8 +56,17 @@ def tense_items():
 
 
 def tiny_transformer(d_vocab: int, n_ctx: int, seed: int = 0, **kw) -> Transformer:
-    cfg = dict(d_vocab=d_vocab, n_ctx=n_ctx, n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64,
-               normalization="post", positional="sinusoidal")
+    cfg = dict(
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        n_layers=2,
+        d_model=32,
+        n_heads=2,
+        d_head=16,
+        d_mlp=64,
+        normalization="post",
+        positional="sinusoidal",
+    )
     return Transformer(TransformerConfig(**{**cfg, **kw}), seed=seed)
 
 
@@ -143,8 +167,9 @@ def test_dyck_one_pass_equals_one_prefix_at_a_time(dyck_strings):
     assert [(int(i), int(t)) for i, t in zip(fast.string, fast.position)] == [(i, t) for i, t, _ in slow]
     assert fast.correct.tolist() == [c for _, _, c in slow]
     assert 0 < fast.correct.mean() < 1  # a random model: the comparison is not vacuous
-    assert dyck_closing_accuracy(logits_fn, DYCK_VOCAB, strings, min_distance=3) == \
-        np.mean([c for (_, _, c), d in zip(slow, fast.distance) if d >= 3])
+    assert dyck_closing_accuracy(logits_fn, DYCK_VOCAB, strings, min_distance=3) == np.mean(
+        [c for (_, _, c), d in zip(slow, fast.distance) if d >= 3]
+    )
 
 
 # ------------------------------------------------------------------------------------ question formation, tense
@@ -163,7 +188,7 @@ def item_oracle(vocab, items, answer):
             m = next((t for t, x in enumerate(row) if x in markers), None)
             if m is None:
                 continue
-            cont = table[tuple(row[1:m + 1])]
+            cont = table[tuple(row[1 : m + 1])]
             for t in range(m, min(m + len(cont), len(row))):
                 out[b, t, cont[t - m]] = 1.0
         return out
@@ -184,8 +209,11 @@ def test_qf_oracle_anti_oracle_and_half(qf_items):
         assert qf_aux_rank_accuracy(fn, QF_VOCAB, qf_items) == want
         assert qf_first_word_accuracy(fn, QF_VOCAB, qf_items) == want
         assert qf_exact_match_accuracy(fn, QF_VOCAB, qf_items) == want
-        assert qf_accuracies(fn, QF_VOCAB, qf_items) == {"qf_aux_rank_acc": want, "qf_first_word_greedy_acc": want,
-                                                          "qf_exact_match": want}
+        assert qf_accuracies(fn, QF_VOCAB, qf_items) == {
+            "qf_aux_rank_acc": want,
+            "qf_first_word_greedy_acc": want,
+            "qf_exact_match": want,
+        }
     # decl items are copies: the oracle gets them right, the anti-oracle leaves them alone
     assert qf_first_word_accuracy(anti, QF_VOCAB, qf_items, quest_only=False) == 594 / 1000
     # first word right, the rest wrong (the final "?" dropped): only exact match fails
@@ -217,25 +245,34 @@ def test_tense_oracle_anti_oracle_and_half(tense_items):
     oracle = item_oracle(TENSE_VOCAB, tense_items, lambda it: it.target)
     no_dot = item_oracle(TENSE_VOCAB, tense_items, lambda it: it.target[:-1])  # the released rule loses a word
     anti = item_oracle(TENSE_VOCAB, tense_items, lambda it: swap_verbs(it.target))
-    short = item_oracle(TENSE_VOCAB, tense_items, lambda it: it.target[1:])    # POS sequence differs
+    short = item_oracle(TENSE_VOCAB, tense_items, lambda it: it.target[1:])  # POS sequence differs
     assert tense_main_verb_accuracy(no_dot, TENSE_VOCAB, tense_items, table, end="final_period") == 1.0
     for fn, want in ((oracle, 1.0), (no_dot, 0.0), (anti, 0.0), (short, 0.0)):
         assert tense_main_verb_accuracy(fn, TENSE_VOCAB, tense_items, table) == want
     # right exactly on the PRESENT items: 442 of 1000
-    half = item_oracle(TENSE_VOCAB, tense_items, lambda it: it.target if it.marker == "PRESENT" else swap_verbs(it.target))
+    half = item_oracle(
+        TENSE_VOCAB, tense_items, lambda it: it.target if it.marker == "PRESENT" else swap_verbs(it.target)
+    )
     assert tense_main_verb_accuracy(half, TENSE_VOCAB, tense_items, table, batch_size=50) == 442 / 1000
     assert tense_main_verb_accuracy(half, TENSE_VOCAB, tense_items) == 442 / 1000  # built-in table
     keep = np.sort(np.random.default_rng(2).choice(1000, 200, replace=False))
-    assert tense_main_verb_accuracy(half, TENSE_VOCAB, tense_items, table, max_items=200, seed=2) == \
-        np.mean([tense_items[i].marker == "PRESENT" for i in keep])
+    assert tense_main_verb_accuracy(half, TENSE_VOCAB, tense_items, table, max_items=200, seed=2) == np.mean(
+        [tense_items[i].marker == "PRESENT" for i in keep]
+    )
 
 
 def test_main_verb_with_a_pos_table_agrees_with_mccoy(tense_items):
     table = mccoy.load_pos(MCCOY / "pos_tense.txt")
     n_true = 0
     for it in tense_items[:300]:
-        for pred in (it.target, it.target[:-1], swap_verbs(it.target), it.target[1:], it.source[:-1],
-                     ("<sos>",) + it.target[1:]):
+        for pred in (
+            it.target,
+            it.target[:-1],
+            swap_verbs(it.target),
+            it.target[1:],
+            it.source[:-1],
+            ("<sos>",) + it.target[1:],
+        ):
             got = main_verb_correct(pred, it.target, table)
             assert got == mccoy.main_verb_correct(pred, it.target)
             n_true += got
@@ -313,7 +350,7 @@ def test_weight_norm_by_hand():
     got = weight_norm(model)
     assert got["weight_norm"] == pytest.approx(by_hand, rel=1e-12)
     assert got["weight_norm_per_layer"] == pytest.approx(by_hand / 2, rel=1e-12)
-    with_buffers = math.sqrt(by_hand ** 2 + float(model.pos_embed.W_pos.double().pow(2).sum()))
+    with_buffers = math.sqrt(by_hand**2 + float(model.pos_embed.W_pos.double().pow(2).sum()))
     assert got["weight_norm"] < with_buffers - 1  # the sinusoidal buffer is left out
 
 

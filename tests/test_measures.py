@@ -1,5 +1,6 @@
 """Progress measures against known answers: a hand-built transformer that computes modular addition by
 Fourier multiplication with chosen frequencies (Nanda et al. 2023's algorithm, exactly)."""
+
 import math
 
 import pytest
@@ -7,8 +8,18 @@ import torch
 
 from groklab.config import TaskConfig
 from groklab.errors import ConfigError
-from groklab.measures import (component_norms, fft1d, fft2d, fourier_basis, frequency_fve, gini,
-                              key_frequencies, neuron_clusters, progress_measures, weight_norms)
+from groklab.measures import (
+    component_norms,
+    fft1d,
+    fft2d,
+    fourier_basis,
+    frequency_fve,
+    gini,
+    key_frequencies,
+    neuron_clusters,
+    progress_measures,
+    weight_norms,
+)
 from groklab.models import Transformer, TransformerConfig
 from groklab.models.transformer import MLP
 from groklab.tasks import build_task
@@ -36,8 +47,9 @@ def fourier_network(p: int, freqs: list[int], scale: float = 8.0) -> Transformer
     """
     K = len(freqs)
     T, A, B, S, P = 0, 2 * K, 4 * K, 6 * K, 8 * K
-    cfg = TransformerConfig(d_vocab=p + 1, n_ctx=3, d_model=8 * K + 3, n_heads=2, d_head=2 * K, d_mlp=4 * K,
-                            biases=frozenset())
+    cfg = TransformerConfig(
+        d_vocab=p + 1, n_ctx=3, d_model=8 * K + 3, n_heads=2, d_head=2 * K, d_mlp=4 * K, biases=frozenset()
+    )
     model = Transformer(cfg).double()
     model.blocks[0].mlp = BilinearMLP(cfg).double()
     sd = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
@@ -51,7 +63,10 @@ def fourier_network(p: int, freqs: list[int], scale: float = 8.0) -> Transformer
             sd["blocks.0.mlp.W_in2"][B + 2 * i + right, n] = 1.0
         sd["blocks.0.mlp.W_out"][cc, S + 2 * i], sd["blocks.0.mlp.W_out"][ss, S + 2 * i] = 1.0, -1.0
         sd["blocks.0.mlp.W_out"][sc, S + 2 * i + 1], sd["blocks.0.mlp.W_out"][cs, S + 2 * i + 1] = 1.0, 1.0
-        sd["unembed.W_U"][S + 2 * i, :p], sd["unembed.W_U"][S + 2 * i + 1, :p] = scale * torch.cos(w * t), scale * torch.sin(w * t)
+        sd["unembed.W_U"][S + 2 * i, :p], sd["unembed.W_U"][S + 2 * i + 1, :p] = (
+            scale * torch.cos(w * t),
+            scale * torch.sin(w * t),
+        )
     sd["pos_embed.W_pos"][torch.arange(3), P + torch.arange(3)] = 1.0
     for head, slot in ((0, A), (1, B)):  # head 0 attends to position 0 (a), head 1 to position 1 (b)
         sd["blocks.0.attn.W_Q"][head, P + 2, 0] = 40.0 * math.sqrt(2 * K)
@@ -85,7 +100,7 @@ def test_hand_built_fourier_network_known_answers(p, freqs):
     assert m["key_freqs"] == ",".join(map(str, freqs)) and m["n_key_freqs"] == len(freqs)
     assert m["frac_neurons_explained"] == 1.0
     assert m["restricted_loss"] == pytest.approx(full, rel=1e-6) and m["restricted_acc"] == 1.0
-    assert m["excluded_loss"] == pytest.approx(math.log(p), rel=1e-6)       # nothing left: uniform
+    assert m["excluded_loss"] == pytest.approx(math.log(p), rel=1e-6)  # nothing left: uniform
     assert m["restricted_loss_mlp"] == pytest.approx(full, rel=1e-6)
     assert m["excluded_loss_mlp"] == pytest.approx(math.log(p), rel=1e-6)
     assert m["fourier_mult_loss"] == pytest.approx(full, rel=1e-6)
@@ -142,7 +157,9 @@ def test_even_modulus_and_non_addition_tasks_are_clear_errors():
     with pytest.raises(ConfigError, match="modular addition"):
         progress_measures(model, build_task(TaskConfig(name="mul", p=13), seed=0))
     with pytest.raises(ConfigError, match="odd prime"):
-        progress_measures(Transformer(TransformerConfig(d_vocab=16, n_ctx=3)), build_task(TaskConfig(name="add", p=15), 0))
+        progress_measures(
+            Transformer(TransformerConfig(d_vocab=16, n_ctx=3)), build_task(TaskConfig(name="add", p=15), 0)
+        )
 
 
 @pytest.mark.parametrize("n", [1, 2, 10, 113])
@@ -163,9 +180,14 @@ def test_frequency_fve_and_key_frequency_rules():
     F = fourier_basis(p)
     a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T.double()
     w = 2 * math.pi / p
-    neurons = torch.stack([torch.cos(3 * w * a) * torch.sin(3 * w * b) + 0.5 * torch.cos(3 * w * b),  # pure frequency 3
-                           torch.cos(2 * w * (a + b)),                                                # pure frequency 2
-                           torch.cos(2 * w * a) + torch.cos(4 * w * b)], 1)                            # half 2, half 4
+    neurons = torch.stack(
+        [
+            torch.cos(3 * w * a) * torch.sin(3 * w * b) + 0.5 * torch.cos(3 * w * b),  # pure frequency 3
+            torch.cos(2 * w * (a + b)),  # pure frequency 2
+            torch.cos(2 * w * a) + torch.cos(4 * w * b),
+        ],
+        1,
+    )  # half 2, half 4
     fve = frequency_fve(neurons, F)
     assert fve[0, 2] == pytest.approx(1.0) and fve[1, 1] == pytest.approx(1.0)
     assert fve[2, 1] == pytest.approx(0.5) and fve[2, 3] == pytest.approx(0.5)
@@ -201,16 +223,23 @@ def test_measures_live_and_post_hoc(tmp_path):
     from groklab.config import load_config
     from groklab.experiment import measure
 
-    cfg = load_config("quick", ["train.max_steps=40", "train.eval_every=10", "train.checkpoint_every=20",
-                                "measures={every: 20, key_freqs: each}"])
+    cfg = load_config(
+        "quick",
+        [
+            "train.max_steps=40",
+            "train.eval_every=10",
+            "train.checkpoint_every=20",
+            "measures={every: 20, key_freqs: each}",
+        ],
+    )
     run = groklab.run(cfg, tmp_path / "run")
     m = run.metrics
     assert list(m["step"]) == [0, 10, 20, 30, 40]
     measured = m.dropna(subset=["restricted_loss"])
-    assert list(measured["step"]) == [0, 20, 40]       # every 20 steps, as configured
+    assert list(measured["step"]) == [0, 20, 40]  # every 20 steps, as configured
     assert {"gini_W_E", "gini_W_L", "excluded_loss_mlp", "fourier_mult_fve", "sum_sq_weights", "key_freqs"} <= set(m)
     before = m[["step", "train_loss", "test_acc", "elapsed_s"]].copy()
-    again = measure(run.path, [1, 2])                  # checkpoints at 0, 20, 40
+    again = measure(run.path, [1, 2])  # checkpoints at 0, 20, 40
     after = again.metrics
     assert after[["step", "train_loss", "test_acc", "elapsed_s"]].equals(before)
     assert list(after.dropna(subset=["restricted_loss"])["step"]) == [0, 20, 40]
@@ -226,8 +255,15 @@ def test_final_key_frequencies_keep_the_other_measures_between_checkpoints(tmp_p
     import groklab
     from groklab.config import load_config
 
-    cfg = load_config("quick", ["train.max_steps=40", "train.eval_every=10", "train.checkpoint_every=20",
-                                "measures={every: 10, key_freqs: final, names: [weights, fourier, weight_stats]}"])
+    cfg = load_config(
+        "quick",
+        [
+            "train.max_steps=40",
+            "train.eval_every=10",
+            "train.checkpoint_every=20",
+            "measures={every: 10, key_freqs: final, names: [weights, fourier, weight_stats]}",
+        ],
+    )
     m = groklab.run(cfg, tmp_path / "run", report=False).metrics
     assert list(m["step"]) == [0, 10, 20, 30, 40]
     assert m["l2"].notna().all() and m["sum_sq_weights"].notna().all()  # kept at steps 10 and 30

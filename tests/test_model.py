@@ -9,30 +9,49 @@ from groklab.models import Transformer, TransformerConfig, build_model, model_co
 NANDA = dict(d_vocab=114, n_ctx=3)
 
 TL_SHAPES = {  # TransformerLens names and shapes for Nanda's model
-    "embed.W_E": (114, 128), "pos_embed.W_pos": (3, 128),
-    "blocks.0.attn.W_Q": (4, 128, 32), "blocks.0.attn.W_K": (4, 128, 32), "blocks.0.attn.W_V": (4, 128, 32),
+    "embed.W_E": (114, 128),
+    "pos_embed.W_pos": (3, 128),
+    "blocks.0.attn.W_Q": (4, 128, 32),
+    "blocks.0.attn.W_K": (4, 128, 32),
+    "blocks.0.attn.W_V": (4, 128, 32),
     "blocks.0.attn.W_O": (4, 32, 128),
-    "blocks.0.mlp.W_in": (128, 512), "blocks.0.mlp.b_in": (512,),
-    "blocks.0.mlp.W_out": (512, 128), "blocks.0.mlp.b_out": (128,),
+    "blocks.0.mlp.W_in": (128, 512),
+    "blocks.0.mlp.b_in": (512,),
+    "blocks.0.mlp.W_out": (512, 128),
+    "blocks.0.mlp.b_out": (128,),
     "unembed.W_U": (128, 114),
 }
 
 
-
 def test_biases_at_pytorch_init_as_in_murtys_released_model():
     """bias_init "pytorch": nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for every bias, the weights unchanged."""
-    murty = dict(d_vocab=30, n_ctx=8, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=64, init="xavier",
-                 biases=frozenset({"mlp", "unembed"}))
+    murty = dict(
+        d_vocab=30,
+        n_ctx=8,
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        d_mlp=64,
+        init="xavier",
+        biases=frozenset({"mlp", "unembed"}),
+    )
     zero = Transformer(TransformerConfig(**murty), seed=0).state_dict()
     kept = Transformer(TransformerConfig(**murty, bias_init="pytorch"), seed=0).state_dict()
     biases = [k for k in zero if k.rsplit(".", 1)[-1].startswith("b_")]
-    assert sorted(biases) == ["blocks.0.mlp.b_in", "blocks.0.mlp.b_out", "blocks.1.mlp.b_in", "blocks.1.mlp.b_out",
-                              "unembed.b_U"]
+    assert sorted(biases) == [
+        "blocks.0.mlp.b_in",
+        "blocks.0.mlp.b_out",
+        "blocks.1.mlp.b_in",
+        "blocks.1.mlp.b_out",
+        "unembed.b_U",
+    ]
     assert all(torch.equal(zero[k], kept[k]) for k in zero if k not in biases)
     for name in biases:
         fan_in = 64 if name.endswith("b_out") else 16
         bias = kept[name]
         assert (zero[name] == 0).all() and 0.4 / math.sqrt(fan_in) < bias.abs().max() <= 1 / math.sqrt(fan_in), name
+
 
 def test_nanda_model_names_shapes_and_parameter_count():
     model = Transformer(TransformerConfig(**NANDA))
@@ -58,8 +77,13 @@ def test_pytorch_init_matches_torch_nn_defaults():
     """Power et al.'s code uses torch.nn defaults: Embedding N(0, 1), Linear U(+-1/sqrt(fan_in))."""
     sd = Transformer(TransformerConfig(**NANDA, init="pytorch"), seed=0).state_dict()
     assert sd["embed.W_E"].std().item() == pytest.approx(1.0, rel=0.05)
-    for name, fan_in in (("blocks.0.attn.W_Q", 128), ("blocks.0.attn.W_O", 128), ("blocks.0.mlp.W_in", 128),
-                         ("blocks.0.mlp.W_out", 512), ("unembed.W_U", 128)):
+    for name, fan_in in (
+        ("blocks.0.attn.W_Q", 128),
+        ("blocks.0.attn.W_O", 128),
+        ("blocks.0.mlp.W_in", 128),
+        ("blocks.0.mlp.W_out", 512),
+        ("unembed.W_U", 128),
+    ):
         bound = 1 / math.sqrt(fan_in)
         assert sd[name].abs().max().item() <= bound
         assert sd[name].std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
@@ -75,8 +99,14 @@ def test_optional_biases_and_output_size():
 
 VARIANTS = {
     "nanda": {},
-    "two-layer pre-LN gelu sinusoidal": dict(n_layers=2, normalization="pre", act="gelu", positional="sinusoidal",
-                                              biases=frozenset({"attn", "mlp", "unembed"}), init="gpt2"),
+    "two-layer pre-LN gelu sinusoidal": dict(
+        n_layers=2,
+        normalization="pre",
+        act="gelu",
+        positional="sinusoidal",
+        biases=frozenset({"attn", "mlp", "unembed"}),
+        init="gpt2",
+    ),
     "three-layer post-LN": dict(n_layers=3, normalization="post", biases=frozenset({"attn", "mlp"})),
 }
 
@@ -93,8 +123,9 @@ def _randomize_biases(model):
 def test_scored_positions_and_tables_equal_the_plain_forward(variant, batch):
     """The fast paths (last-block queries at scored positions only; first layer from a table of
     (position, token) pairs) give the plain full forward's logits and gradients."""
-    model = Transformer(TransformerConfig(d_vocab=31, n_ctx=4, d_model=32, n_heads=2, d_head=16, d_mlp=64,
-                                          **VARIANTS[variant]), seed=0).double()
+    model = Transformer(
+        TransformerConfig(d_vocab=31, n_ctx=4, d_model=32, n_heads=2, d_head=16, d_mlp=64, **VARIANTS[variant]), seed=0
+    ).double()
     _randomize_biases(model)
     tokens = torch.randint(31, (batch, 4), generator=torch.Generator().manual_seed(1))
     labels = torch.randint(31, (batch,), generator=torch.Generator().manual_seed(2))
@@ -103,8 +134,9 @@ def test_scored_positions_and_tables_equal_the_plain_forward(variant, batch):
         model.zero_grad()
         with model.hooks({"hook_embed": lambda x: None}) if not fast else torch.enable_grad():  # forces the plain path
             logits = model(tokens, at=at) if fast else model(tokens)[:, at]
-        torch.nn.functional.cross_entropy(logits.reshape(-1, 31), labels.repeat_interleave(
-            logits.shape[1] if logits.dim() == 3 else 1)).backward()
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, 31), labels.repeat_interleave(logits.shape[1] if logits.dim() == 3 else 1)
+        ).backward()
         return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     for at in (-1, 2, slice(1, 3)):
@@ -153,9 +185,8 @@ def test_hooks_patch_activations():
     W = model.state_dict()
     direct = (cache["blocks.0.hook_resid_mid"] + W["blocks.0.mlp.b_out"]) @ W["unembed.W_U"]
     assert torch.allclose(patched, direct[:, -1], atol=1e-5)
-    with pytest.raises(KeyError, match="no hook point"):
-        with model.hooks({"blocks.0.mlp.hook_nope": print}):
-            pass
+    with pytest.raises(KeyError, match="no hook point"), model.hooks({"blocks.0.mlp.hook_nope": print}):
+        pass
 
 
 def test_model_config_from_task_and_errors():
@@ -179,6 +210,7 @@ def test_model_config_from_task_and_errors():
 
 def test_dropout_drops_p_and_keeps_the_expectation():
     from groklab.models.transformer import Dropout
+
     drop, x = Dropout(0.1), torch.ones(200, 1001)
     torch.manual_seed(0)
     y = drop(x)

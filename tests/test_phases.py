@@ -1,4 +1,5 @@
 """Phase detection on synthetic metric tables with planted boundaries, and on runs that never grok."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,10 +31,20 @@ def synthetic(mem=1400, circ=9400, clean=14000, end=20000, every=100, grok=True,
         restricted = np.full(len(step), 4.0)
     test_loss = test_loss * noise()
     test_acc = np.exp(-test_loss)  # ~1 once the test loss is tiny
-    return pd.DataFrame({"step": step, "train_loss": train_loss, "train_acc": np.where(step >= 300, 1.0, 0.5),
-                         "test_loss": test_loss, "test_acc": test_acc, "gini_W_E": gini, "gini_W_L": gini,
-                         "excluded_loss": excluded, "restricted_loss": restricted,
-                         "sum_sq_weights": np.interp(step, [0, circ, clean, end], [3000, 2500, 900, 880])})
+    return pd.DataFrame(
+        {
+            "step": step,
+            "train_loss": train_loss,
+            "train_acc": np.where(step >= 300, 1.0, 0.5),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "gini_W_E": gini,
+            "gini_W_L": gini,
+            "excluded_loss": excluded,
+            "restricted_loss": restricted,
+            "sum_sq_weights": np.interp(step, [0, circ, clean, end], [3000, 2500, 900, 880]),
+        }
+    )
 
 
 @pytest.mark.parametrize("planted", [(1400, 9400, 14000), (800, 4000, 6000), (2000, 15000, 22000)])

@@ -1,6 +1,7 @@
 """Batched runs (groklab.training.population): a population of members trained as one stacked model
 gives the same science as one run per process — same init, same batches, the same losses to rtol 1e-5,
 grokking at the same evaluation step — and a batched sweep survives SIGKILL at any moment."""
+
 import json
 import os
 import signal
@@ -11,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY, groklab_cli
 from test_sweep import PARITY, parity_config, parity_sweep  # noqa: F401 (a fixture)
 
@@ -35,8 +35,9 @@ def configs(preset: str, overrides: list[str], seeds=range(4), **per_seed) -> li
 
 
 def solo_and_batch(cfgs, tmp_path, **kw):
-    batch = run_batch(cfgs, [tmp_path / "b" / f"m{i}" for i in range(len(cfgs))], tmp_path / "b.safetensors",
-                      threads=1, **kw)
+    batch = run_batch(
+        cfgs, [tmp_path / "b" / f"m{i}" for i in range(len(cfgs))], tmp_path / "b.safetensors", threads=1, **kw
+    )
     solo = [run(c, tmp_path / f"solo{i}", report=False, threads=1) for i, c in enumerate(cfgs)]
     return solo, batch
 
@@ -70,6 +71,7 @@ def in_float64(cfgs):
     between a batched and a single matmul, and Adam on the canonical task amplifies a one-ulp change of the
     initial weights to ~1e-3 in the loss by step 100 (measured; README): the exact equivalence of the two
     computations is checked where rounding cannot hide a difference."""
+
     def trainers():
         out = []
         for config in cfgs:
@@ -93,8 +95,16 @@ def assert_rows_close(solo, together, rtol=1e-9):
 
 
 def test_members_start_from_the_single_runs_weights_and_follow_its_losses(tmp_path):
-    cfgs = configs("quick", ["train.max_steps=100", "train.eval_every=10", "train.checkpoint_every=50",
-                             "train.early_stop=null", "measures=null"])
+    cfgs = configs(
+        "quick",
+        [
+            "train.max_steps=100",
+            "train.eval_every=10",
+            "train.checkpoint_every=50",
+            "train.early_stop=null",
+            "measures=null",
+        ],
+    )
     solo, batch = solo_and_batch(cfgs, tmp_path)
     for s, b in zip(solo, batch):
         for name, value in s.checkpoint(0).items():
@@ -139,29 +149,59 @@ def test_language_model_members_match_single_runs():
     """A tiny question-formation LM: padded minibatches, post-LN, grad clipping per member (in float64)."""
     base = load_preset("structural-qf-lab")
     small = {"n_train": 200, "n_val": 40, "n_test": 40, "eval_items": 20}
-    cfgs = [base.model_copy(update={
-        "seed": seed, "task": TaskConfig(name="question_formation", **small),
-        "model": base.model.model_copy(update={"n_layers": 2, "d_model": 16, "d_head": 4, "d_mlp": 32, "dropout": 0.0}),
-        "train": base.train.model_copy(update={"max_steps": 30, "eval_every": 10, "checkpoint_every": 10,
-                                               "warmup_steps": 5, "grad_clip": 0.05}),
-        "measures": None}) for seed in range(3)]
+    cfgs = [
+        base.model_copy(
+            update={
+                "seed": seed,
+                "task": TaskConfig(name="question_formation", **small),
+                "model": base.model.model_copy(
+                    update={"n_layers": 2, "d_model": 16, "d_head": 4, "d_mlp": 32, "dropout": 0.0}
+                ),
+                "train": base.train.model_copy(
+                    update={
+                        "max_steps": 30,
+                        "eval_every": 10,
+                        "checkpoint_every": 10,
+                        "warmup_steps": 5,
+                        "grad_clip": 0.05,
+                    }
+                ),
+                "measures": None,
+            }
+        )
+        for seed in range(3)
+    ]
     solo, together, _, _ = in_float64(cfgs)
     assert_rows_close(solo, together)
 
 
 def test_members_with_their_own_hyper_parameters():
     """lr, weight decay and betas differ per member (a grid): each member's update is its own (in float64)."""
-    cfgs = configs("nanda-mod-add", TINY_SET + ["train.max_steps=60", "train.eval_every=10", "measures=null"],
-                   seeds=[0, 0, 1], train__lr=[1e-3, 3e-3, 2e-3], train__weight_decay=[1.0, 0.1, 0.5],
-                   train__betas=["[0.9,0.98]", "[0.8,0.95]", "[0.9,0.999]"])
+    cfgs = configs(
+        "nanda-mod-add",
+        TINY_SET + ["train.max_steps=60", "train.eval_every=10", "measures=null"],
+        seeds=[0, 0, 1],
+        train__lr=[1e-3, 3e-3, 2e-3],
+        train__weight_decay=[1.0, 0.1, 0.5],
+        train__betas=["[0.9,0.98]", "[0.8,0.95]", "[0.9,0.999]"],
+    )
     solo, together, _, _ = in_float64(cfgs)
     assert_rows_close(solo, together)
 
 
 def test_a_member_that_diverges_or_stops_early_leaves_and_the_others_go_on():
-    cfgs = configs("nanda-mod-add", TINY_SET + ["train.max_steps=80", "train.eval_every=10", "measures=null",
-                                                "train.early_stop={metric: train_loss, threshold: 2.4, patience: 2}"],
-                   seeds=[0, 1, 2], train__lr=[1e-3, 1e30, 1e-4])
+    cfgs = configs(
+        "nanda-mod-add",
+        TINY_SET
+        + [
+            "train.max_steps=80",
+            "train.eval_every=10",
+            "measures=null",
+            "train.early_stop={metric: train_loss, threshold: 2.4, patience: 2}",
+        ],
+        seeds=[0, 1, 2],
+        train__lr=[1e-3, 1e30, 1e-4],
+    )
     solo, together, alone, batched = in_float64(cfgs)
     assert [o.status for o in batched] == [o.status for o in alone] == ["stopped_early", "diverged", "finished"]
     assert [o.step for o in batched] == [o.step for o in alone]
@@ -179,13 +219,14 @@ def test_members_must_share_their_shapes(tmp_path):
 @pytest.fixture(scope="module")
 def batched_parity_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweeps") / "batched"
-    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--seeds", "0-4", "--batch", "3", "--threads", "1",
-                         "--out", str(out))
+    result = groklab_cli(
+        "sweep", "hu-sparse-parity", *PARITY, "--seeds", "0-4", "--batch", "3", "--threads", "1", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     return out, result
 
 
-def test_a_batched_sweep_writes_ordinary_runs(batched_parity_sweep, parity_sweep):
+def test_a_batched_sweep_writes_ordinary_runs(batched_parity_sweep, parity_sweep):  # noqa: F811 (a fixture)
     out, result = batched_parity_sweep
     assert "in 2 batch(es) of up to 3" in result.stderr
     table = pd.read_csv(out / "table.csv")
@@ -214,16 +255,27 @@ def straight_batch(tmp_path_factory):
     return config, {s: Run(out / "runs" / f"seed_{s:04d}").metrics.drop(columns="elapsed_s") for s in range(3)}
 
 
-@pytest.mark.parametrize("event, n", [("weights", 2),   # step 0: two members' weights saved, no batch state yet
-                                      ("states", 2),    # step 40's weights all saved, its batch state not
-                                      ("metrics", 40),  # between checkpoints, mid-way through the members' rows
-                                      ("states", 6)])   # the last checkpoint's batch state not written
+@pytest.mark.parametrize(
+    "event, n",
+    [
+        ("weights", 2),  # step 0: two members' weights saved, no batch state yet
+        ("states", 2),  # step 40's weights all saved, its batch state not
+        ("metrics", 40),  # between checkpoints, mid-way through the members' rows
+        ("states", 6),
+    ],
+)  # the last checkpoint's batch state not written
 def test_a_killed_batch_resumes_to_the_uninterrupted_batch(tmp_path, straight_batch, event, n):
     config, straight = straight_batch
     sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0, 1, 2])
     members = json.dumps([[{}, s] for s in (0, 1, 2)])
     env = {**os.environ, "GROKLAB_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(KILL_AT), event, str(n), "worker", str(sweep_dir.path), members], env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(KILL_AT), event, str(n), "worker", str(sweep_dir.path), members],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert Run(sweep_dir.run_path(0)).status in ("killed", "new")
     sweep(config, [0, 1, 2], sweep_dir.path, threads=1, batch=3)
@@ -237,8 +289,11 @@ def test_a_member_resumes_only_with_its_batch(straight_batch, tmp_path):
     config, _ = straight_batch
     sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0, 1])
     members = json.dumps([[{}, s] for s in (0, 1)])
-    subprocess.run([sys.executable, str(KILL_AT), "states", "2", "worker", str(sweep_dir.path), members],
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(KILL_AT), "states", "2", "worker", str(sweep_dir.path), members],
+        capture_output=True,
+        timeout=300,
+    )
     result = groklab_cli("run", "--resume", str(sweep_dir.run_path(0)))
     assert result.returncode == 2 and "resume it with the same `groklab sweep` command" in result.stderr
 
@@ -258,8 +313,9 @@ def test_a_corrupt_batch_state_is_reported_and_named(tmp_path):
 
 def test_a_members_summary_keeps_its_batch_after_the_final_measures(tmp_path):
     """key_freqs: final recomputes the measures when a run ends; the summary still names the batch."""
-    cfgs = configs("nanda-mod-add", TINY_SET + ["train.max_steps=20", "train.eval_every=10", "measures.every=10"],
-                   seeds=[0, 1])
+    cfgs = configs(
+        "nanda-mod-add", TINY_SET + ["train.max_steps=20", "train.eval_every=10", "measures.every=10"], seeds=[0, 1]
+    )
     runs = run_batch(cfgs, [tmp_path / "m0", tmp_path / "m1"], tmp_path / "b.safetensors", name="b1", threads=1)
     assert [r.summary["batch"] for r in runs] == ["b1", "b1"]
     assert runs[0].metrics["restricted_loss"].notna().any()

@@ -1,5 +1,6 @@
 """Every preset names its source and expected outcome; `quick` reproduces its outcome here.
 (The long presets' outcomes are checked by benchmarks/check_presets.py.)"""
+
 import pytest
 
 from groklab.config import load_preset, preset_names
@@ -26,8 +27,15 @@ def test_nanda_preset_is_the_papers_setting():
     assert (prepared.model.d_vocab, prepared.model.n_outputs, prepared.model.d_mlp) == (114, 114, 512)
     assert prepared.model.normalization == "none" and prepared.model.biases == {"mlp"}
     t = cfg.train
-    assert (t.lr, t.weight_decay, t.betas, t.warmup_steps, t.batch_size, t.loss_dtype, t.max_steps) == \
-        (1e-3, 1.0, (0.9, 0.98), 10, "full", "float64", 40_000)
+    assert (t.lr, t.weight_decay, t.betas, t.warmup_steps, t.batch_size, t.loss_dtype, t.max_steps) == (
+        1e-3,
+        1.0,
+        (0.9, 0.98),
+        10,
+        "full",
+        "float64",
+        40_000,
+    )
 
 
 @pytest.mark.slow

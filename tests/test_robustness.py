@@ -1,5 +1,6 @@
 """How robust a training map is (dynamics/robustness.py): states matched across fits, and model selection
 and the detour test repeated over restart seeds and resampled runs, on planted runs with a real detour."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -42,7 +43,12 @@ def test_a_planted_detour_is_found_in_every_refit(bootstrap):
     convergence = convergence_times(runs, "test_acc", 0.9)
     result = map_robustness(runs, convergence, reference, n_fits=3, bootstrap=bootstrap)
     fits, states, summary = result.fits, result.states, result.summary
-    assert list(fits["fit"]) == [0, 1, 2, 3] and list(fits["random_state"]) == [0, FIT_STRIDE, 2 * FIT_STRIDE, 3 * FIT_STRIDE]
+    assert list(fits["fit"]) == [0, 1, 2, 3] and list(fits["random_state"]) == [
+        0,
+        FIT_STRIDE,
+        2 * FIT_STRIDE,
+        3 * FIT_STRIDE,
+    ]
     assert list(fits["bootstrap"]) == [False] + [bootstrap] * 3 and (fits["n_states"] == 3).all()
     detour = int(reference.means_original_["l2"].idxmin())  # the planted detour: lowest l2
     assert (fits["n_detours_raw"] >= 1).all() and (fits["r"] > 0.5).all()

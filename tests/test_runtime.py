@@ -1,5 +1,6 @@
 """The process's compute settings (groklab.runtime): threads from the CPUs a process may use, bounded
 OpenMP spin-waiting, denormals flushed in every thread while training."""
+
 import json
 import os
 import subprocess
@@ -7,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import TINY, groklab_cli
 
 from groklab import runtime
@@ -42,8 +42,13 @@ def test_openmp_spin_is_bounded_unless_the_user_chose():
     show = "import os, groklab; print(os.environ.get('GOMP_SPINCOUNT'))"
     out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == runtime.SPINCOUNT
-    out = subprocess.run([sys.executable, "-c", show], env={**env, "OMP_WAIT_POLICY": "active"},
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", show],
+        env={**env, "OMP_WAIT_POLICY": "active"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "None"
 
 
@@ -65,8 +70,19 @@ print(inside, after)
 
 def test_threads_option(tmp_path):
     out = tmp_path / "run"
-    result = groklab_cli("run", "nanda-mod-add", *TINY, "--set", "train.max_steps=20", "--threads", "1",
-                         "--out", str(out), "--no-report", "-q")
+    result = groklab_cli(
+        "run",
+        "nanda-mod-add",
+        *TINY,
+        "--set",
+        "train.max_steps=20",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--no-report",
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "summary.json").read_text())["threads"] == 1
     for command in (["run", "nanda-mod-add"], ["sweep", "nanda-mod-add"]):

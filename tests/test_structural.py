@@ -1,4 +1,5 @@
 """Structural-grokking tasks as language models: tokens, presets at the paper's scale, a tiny run end to end."""
+
 import collections
 import math
 
@@ -6,12 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from groklab.config import load_preset
+from groklab.config import TaskConfig, load_preset
 from groklab.experiment import resolve, run
 from groklab.models import build_model
 from groklab.store import Run
 from groklab.tasks import IGNORE, build_task
-from groklab.config import TaskConfig
 
 SMALL = {"n_train": 300, "n_val": 60, "n_test": 60, "eval_items": 40}
 
@@ -32,7 +32,7 @@ def test_vocabulary_and_sequences(name, size):
     assert (inputs[~real] == 0).all()  # right padding
     assert set(task.splits) == {"gen"} and len(task.test) == 60 and len(task.splits["gen"]) == 60
     if name == "question_formation":  # a line: source (sentence . quest|decl) then the output
-        words = [vocab[i] for i in inputs[0, 1:lengths[0]]]
+        words = [vocab[i] for i in inputs[0, 1 : lengths[0]]]
         assert words[words.index(".") + 1] in ("quest", "decl")
 
 
@@ -64,14 +64,18 @@ def test_lr_schedule_of_the_released_code():
 @pytest.fixture(scope="module")
 def tiny_qf(tmp_path_factory):
     config = load_preset("structural-qf")
-    config = config.model_copy(update={
-        "task": TaskConfig(name="question_formation", **SMALL),
-        "model": config.model.model_copy(update={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_head": 16,
-                                                 "d_mlp": 64}),
-        "train": config.train.model_copy(update={"max_steps": 40, "eval_every": 20, "checkpoint_every": 20,
-                                                 "warmup_steps": 5, "lr": 1e-3}),
-        "measures": config.measures.model_copy(update={"every": 20}),
-    })
+    config = config.model_copy(
+        update={
+            "task": TaskConfig(name="question_formation", **SMALL),
+            "model": config.model.model_copy(
+                update={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 64}
+            ),
+            "train": config.train.model_copy(
+                update={"max_steps": 40, "eval_every": 20, "checkpoint_every": 20, "warmup_steps": 5, "lr": 1e-3}
+            ),
+            "measures": config.measures.model_copy(update={"every": 20}),
+        }
+    )
     return config, run(config, tmp_path_factory.mktemp("lm") / "qf", report=False)
 
 
@@ -79,9 +83,20 @@ def test_tiny_language_model_run(tiny_qf):
     config, result = tiny_qf
     metrics = result.metrics
     assert metrics["step"].tolist() == [0, 20, 40]
-    for column in ("train_loss", "test_loss", "gen_loss", "gen_acc", "id_aux_rank_acc", "gen_aux_rank_acc",
-                   "id_first_word_acc", "gen_first_word_acc", "gen_exact_match", "weight_norm",
-                   "weight_norm_per_layer", "attention_entropy"):
+    for column in (
+        "train_loss",
+        "test_loss",
+        "gen_loss",
+        "gen_acc",
+        "id_aux_rank_acc",
+        "gen_aux_rank_acc",
+        "id_first_word_acc",
+        "gen_first_word_acc",
+        "gen_exact_match",
+        "weight_norm",
+        "weight_norm_per_layer",
+        "attention_entropy",
+    ):
         assert column in metrics and metrics[column].notna().all(), column
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]  # it learns
     assert math.log(71) * 0.5 < metrics["train_loss"].iloc[0] < math.log(71) * 2
@@ -128,25 +143,68 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
 
     small = [f"--set=task.{k}={v}" for k, v in SMALL.items()]
     out = tmp_path / "depths"
-    result = groklab_cli("sweep", "structural-qf-lab", *small, "--set", "train.max_steps=12", "--set", "train.eval_every=4",
-                         "--set", "train.checkpoint_every=4", "--set", "measures.every=4", "--set", "model.d_model=16",
-                         "--set", "model.d_head=4", "--set", "model.d_mlp=32", "--depths", "1,2", "--seeds", "0-2",
-                         "--workers", "2", "--out", str(out))
+    result = groklab_cli(
+        "sweep",
+        "structural-qf-lab",
+        *small,
+        "--set",
+        "train.max_steps=12",
+        "--set",
+        "train.eval_every=4",
+        "--set",
+        "train.checkpoint_every=4",
+        "--set",
+        "measures.every=4",
+        "--set",
+        "model.d_model=16",
+        "--set",
+        "model.d_head=4",
+        "--set",
+        "model.d_mlp=32",
+        "--depths",
+        "1,2",
+        "--seeds",
+        "0-2",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "table.csv")
     assert sorted(zip(table["model.n_layers"], table["seed"])) == [(d, s) for d in (1, 2) for s in range(3)]
     assert (table["status"] == "finished").all() and table["final_t_score"].notna().all()
     for depth in (1, 2):
         assert Run(out / "runs" / f"model.n_layers={depth}" / "seed_0000").config.model.n_layers == depth
-    per_point = result.stdout.split("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):")[1]
-    for column in ("model.n_layers", "gen_first_word_acc_crossed_0.8", "gen_first_word_acc_final_mean",
-                   "t_score_final_mean"):
+    per_point = result.stdout.split(
+        "per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):"
+    )[1]
+    for column in (
+        "model.n_layers",
+        "gen_first_word_acc_crossed_0.8",
+        "gen_first_word_acc_final_mean",
+        "t_score_final_mean",
+    ):
         assert column in per_point
     assert "converged (test acc" not in result.stdout  # token-level test accuracy is not the headline here
     # the weight statistics are logged for LM presets too: a training map of one depth, convergence read
     # from the generalization metric
-    mapped = groklab_cli("map", str(out), "--point", "model.n_layers=2", "--states", "2", "--restarts", "1", "--jobs",
-                         "1", "--metric", "gen_first_word_acc", "--threshold", "0.5")
+    mapped = groklab_cli(
+        "map",
+        str(out),
+        "--point",
+        "model.n_layers=2",
+        "--states",
+        "2",
+        "--restarts",
+        "1",
+        "--jobs",
+        "1",
+        "--metric",
+        "gen_first_word_acc",
+        "--threshold",
+        "0.5",
+    )
     assert mapped.returncode == 0, mapped.stderr
     page = (out / "map" / "model.n_layers=2" / "report.html").read_text()
     assert "gen_first_word_acc" in page
@@ -161,18 +219,32 @@ def test_held_out_items_as_the_released_code_chooses_them(monkeypatch):
 
     scored = []
     for name in ("qf_accuracies", "tense_main_verb_accuracy", "dyck_accuracies"):
-        monkeypatch.setattr(lm_eval, name, lambda fn, vocab, items, *a, name=name, **kw:
-                            scored.append((name, len(items), kw)) or collections.defaultdict(float))
+        monkeypatch.setattr(
+            lm_eval,
+            name,
+            lambda fn, vocab, items, *a, name=name, **kw: (
+                scored.append((name, len(items), kw)) or collections.defaultdict(float)
+            ),
+        )
     sizes = dict(n_train=50, n_val=300, n_test=2500)
     tasks = {"question_formation": sizes, "tense_inflection": sizes, "dyck": {**sizes, "n_test": 300}}
     seen = {}
     for sample in ("first", "released"):
         scored.clear()
         for name, params in tasks.items():
-            build_task(TaskConfig(name=name, eval_items=100, eval_sample=sample, **params), seed=3).evaluate(torch.nn.Linear(1, 1))
+            build_task(TaskConfig(name=name, eval_items=100, eval_sample=sample, **params), seed=3).evaluate(
+                torch.nn.Linear(1, 1)
+            )
         seen[sample] = scored[:]
     assert [n for _, n, _ in seen["first"]] == [100] * 6
-    (_, qf_id, _), (_, qf_gen, _), (_, t_id, t_id_kw), (_, t_gen, t_gen_kw), (_, d_id, d_id_kw), (_, d_gen, d_gen_kw) = seen["released"]
+    (
+        (_, qf_id, _),
+        (_, qf_gen, _),
+        (_, t_id, t_id_kw),
+        (_, t_gen, t_gen_kw),
+        (_, d_id, d_id_kw),
+        (_, d_gen, d_gen_kw),
+    ) = seen["released"]
     assert 100 < qf_id < 300 and qf_gen == 2500  # every quest item (the generalization set holds only quest items)
     assert (t_id, t_gen, t_id_kw["max_items"], t_gen_kw["max_items"], t_gen_kw["seed"]) == (300, 2500, None, 2000, 3)
     assert (d_id, d_gen, d_id_kw["max_prefixes"], d_gen_kw["max_prefixes"]) == (300, 300, 5000, 5000)

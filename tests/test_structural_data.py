@@ -1,7 +1,7 @@
 """Data of structural grokking (spec structural-grokking.md §1, §5): Dyck-(20, 10), question formation and
 tense reinflection. The released samples are read from ../shared/data, never copied."""
+
 import collections
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,8 +70,20 @@ def test_dyck_generator_reproduces_released_val_statistics():
 
 def test_dyck_loader_reads_released_val():
     strings = dyck.load(DYCK_VAL)
-    assert len(strings) == 20_000 and strings[0] == ("(h", "h)", "(j", "j)", "(q", "(n", "(r", "r)", "n)", "q)",
-                                                     "(r", "r)")
+    assert len(strings) == 20_000 and strings[0] == (
+        "(h",
+        "h)",
+        "(j",
+        "j)",
+        "(q",
+        "(n",
+        "(r",
+        "r)",
+        "n)",
+        "q)",
+        "(r",
+        "r)",
+    )
     targets = [dyck.closing_targets(s) for s in strings]
     assert sum(t.is_close.sum() for t in targets) == 132_673
     assert sum((t.distance >= 10).sum() for t in targets) == 9_464
@@ -87,7 +99,7 @@ def test_dyck_loader_reads_released_val():
 def test_closing_targets_by_hand():
     tg = dyck.closing_targets("(a (b b) (c c) a) (d d) END")
     assert tg.is_close.tolist() == [False, False, True, False, True, True, False, True]
-    assert tg.closer.tolist() == [-1, 0, 1, 0, 2, 0, -1, 3]          # the stack top before each token
+    assert tg.closer.tolist() == [-1, 0, 1, 0, 2, 0, -1, 3]  # the stack top before each token
     assert tg.distance.tolist() == [-1, -1, 1, -1, 1, 5, -1, 1]
     assert dyck.closing_prefixes(["(a (b b) a)", "(c c)"], n_min=None, min_distance=3) == [(0, 3)]
     assert dyck.segment_paths("(a (b b) a) (d d)") == ("(())", "()")
@@ -95,17 +107,29 @@ def test_closing_targets_by_hand():
         dyck.closing_targets("(a b)")
 
 
-@pytest.mark.parametrize("s, depth, k", [("(a b)", 10, None), ("(a a) b)", 10, None), ("(a (b b)", 10, None),
-                                         ("(a (b b) a)", 1, None), ("(u u)", 10, 20), ("(a x a)", 10, None),
-                                         ("(A A)", 10, None), ("(ab ab)", 10, None)])
+@pytest.mark.parametrize(
+    "s, depth, k",
+    [
+        ("(a b)", 10, None),
+        ("(a a) b)", 10, None),
+        ("(a (b b)", 10, None),
+        ("(a (b b) a)", 1, None),
+        ("(u u)", 10, 20),
+        ("(a x a)", 10, None),
+        ("(A A)", 10, None),
+        ("(ab ab)", 10, None),
+    ],
+)
 def test_is_well_nested_rejects(s, depth, k):
     assert not dyck.is_well_nested(s, depth=depth, k=k)
     assert dyck.is_well_nested("(a (b b) a) (t t) END", depth=2, k=20)
 
 
 def test_dyck_generation_is_seeded():
-    a, b = dyck.generate(seed=5, n_train=500, n_val=50, n_test=50), dyck.generate(seed=5, n_train=500, n_val=50,
-                                                                                    n_test=50)
+    a, b = (
+        dyck.generate(seed=5, n_train=500, n_val=50, n_test=50),
+        dyck.generate(seed=5, n_train=500, n_val=50, n_test=50),
+    )
     assert a == b and a != dyck.generate(seed=6, n_train=500, n_val=50, n_test=50)
 
 
@@ -116,10 +140,19 @@ def test_dyck_save_load_roundtrip(tmp_path):
     assert (tmp_path / "k-20_d-10_train.txt").read_text().splitlines()[0] == dyck.format_line(strings[0])
 
 
-@pytest.mark.parametrize("content, problem", [
-    (None, "not found"), ("", "empty"), ("(a a)\n", "END"), ("(a b) END\n", "well-nested"),
-    ("(a a) END\n(a (b b) END\n", ":2:"), (" ".join(["(a"] * 11 + ["a)"] * 11) + " END\n", "d=10"),
-    ("(u u) (v v) END\n", "k=20"), ("(\xe9 \xe9) END\n", "ASCII")])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "not found"),
+        ("", "empty"),
+        ("(a a)\n", "END"),
+        ("(a b) END\n", "well-nested"),
+        ("(a a) END\n(a (b b) END\n", ":2:"),
+        (" ".join(["(a"] * 11 + ["a)"] * 11) + " END\n", "d=10"),
+        ("(u u) (v v) END\n", "k=20"),
+        ("(\xe9 \xe9) END\n", "ASCII"),
+    ],
+)
 def test_dyck_bad_files_raise_config_error(tmp_path, content, problem):
     path = tmp_path / "bad.txt"
     if content is not None:
@@ -154,8 +187,10 @@ def test_loaders_read_mccoy_samples(samples):
     for task, items in samples.items():
         types = {w for x in items for w in x.source + x.target}
         assert types == set(mccoy.vocabulary(task)) and len(types) == {"question": 68, "tense": 98}[task]
-    assert q[1].line == ("our orangutan behind your vultures does entertain our newt behind some newt . quest\t"
-                         "does our orangutan behind your vultures entertain our newt behind some newt ?")
+    assert q[1].line == (
+        "our orangutan behind your vultures does entertain our newt behind some newt . quest\t"
+        "does our orangutan behind your vultures entertain our newt behind some newt ?"
+    )
 
 
 @pytest.mark.parametrize("task", ["question", "tense"])
@@ -164,8 +199,9 @@ def test_every_sample_line_is_reproduced_and_in_distribution(samples, task):
     assert np.mean([mccoy.is_correct(x.source, x.target) for x in items]) == 1.0  # all 1000 lines
     assert not any(mccoy.rules_disagree(x.source) for x in items)  # val: linear and hierarchical rules agree
     if task == "question":  # spec §1.4: in every quest item the first auxiliary is the fronted one
-        assert all(x.target[0] == next(w for w in x.source if mccoy.POS[w] == "A") for x in items
-                   if x.marker == "quest")
+        assert all(
+            x.target[0] == next(w for w in x.source if mccoy.POS[w] == "A") for x in items if x.marker == "quest"
+        )
 
 
 def test_pos_tables_agree_with_the_grammar():
@@ -234,7 +270,8 @@ def test_transformations_by_hand():
     assert not mccoy.is_correct(past + " . PRESENT", "my walrus by the yaks giggle .")
     assert " ".join(mccoy.inflect_present("the newts that the yak amused ate")) == "the newts that the yak amuses eat ."
     assert mccoy.inflect_present("the yak who read comforted the newts") == tuple(
-        "the yak who reads comforts the newts .".split())
+        ["the", "yak", "who", "reads", "comforts", "the", "newts", "."]
+    )
     assert " ".join(mccoy.to_past("the newts who read eat")) == "the newts who read ate"
 
 
@@ -243,9 +280,12 @@ def test_gold_trees_by_hand():
     s = "her newt who our quails amused entertained the yak near her newts . PAST"
     assert mccoy.tree_words(mccoy.gold_tree(s), s.split()) == (
         (("her", "newt"), ("who", (("our", "quails"), "amused"))),
-        ("entertained", (("the", "yak"), ("near", ("her", "newts")))))
+        ("entertained", (("the", "yak"), ("near", ("her", "newts")))),
+    )
     assert mccoy.gold_tree("the newts do comfort my yak who doesn't read . quest", punct=True) == (
-        (((0, 1), (2, (3, ((4, 5), (6, (7, 8)))))), 9), 10)
+        (((0, 1), (2, (3, ((4, 5), (6, (7, 8)))))), 9),
+        10,
+    )
     present = "the newt who comforts the yaks eats ."
     assert mccoy.gold_tree(present) == mccoy.gold_tree(mccoy.to_past(present))
 
@@ -266,17 +306,28 @@ def test_gold_trees_are_binary_and_cover_all_words(samples, generated, task):
     assert abs(f1 - {"question": 0.6628, "tense": 0.5015}[task]) < 0.01
 
 
-@pytest.mark.parametrize("sentence", ["the newt do swim", "the newt does comfort", "the newts do swim the yak",
-                                      "the newt does", "newt does swim", "the newt comforted the yaks that sleep",
-                                      "the newt comforts the yaks that slept", "the newt does swims",
-                                      "the newt who does swim", "the newt does swim the"])
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "the newt do swim",
+        "the newt does comfort",
+        "the newts do swim the yak",
+        "the newt does",
+        "newt does swim",
+        "the newt comforted the yaks that sleep",
+        "the newt comforts the yaks that slept",
+        "the newt does swims",
+        "the newt who does swim",
+        "the newt does swim the",
+    ],
+)
 def test_parse_rejects_sentences_outside_the_grammar(sentence):
     with pytest.raises(ValueError, match="grammar"):
         mccoy.parse(sentence)
 
 
 def test_scoring_helpers():
-    gold = "doesn't the newt who does swim eat ?".split()
+    gold = ["doesn't", "the", "newt", "who", "does", "swim", "eat", "?"]
     assert mccoy.first_word_correct("doesn't the newt swim ?", gold) and not mccoy.first_word_correct("does", gold)
     assert not mccoy.first_word_correct([], gold)
     assert mccoy.exact_match(" ".join(gold), gold) and not mccoy.exact_match(gold[:-1], gold)
@@ -296,7 +347,9 @@ def test_scoring_helpers():
     assert mccoy.main_verb_correct("my yak who amuse the yak giggles", gold_t, end="final_period")
     assert not mccoy.main_verb_correct(gold_t + " .", gold_t)  # keeps one "."
     wrong_end = gold_t[:-1] + "yak"  # "... giggles yak": the released rule drops "yak", the other keeps it
-    assert mccoy.main_verb_correct(wrong_end, gold_t) and not mccoy.main_verb_correct(wrong_end, gold_t, end="final_period")
+    assert mccoy.main_verb_correct(wrong_end, gold_t) and not mccoy.main_verb_correct(
+        wrong_end, gold_t, end="final_period"
+    )
     assert not mccoy.main_verb_correct("my walrus who amuses the yaks giggle .", gold_t)
     assert not mccoy.main_verb_correct("my walrus who amuses yaks giggles .", gold_t)  # POS sequence differs
     assert not mccoy.main_verb_correct("my walrus who amuses the yaks blorps .", gold_t)
@@ -325,8 +378,10 @@ def test_both_layouts_of_the_released_files(tmp_path, generated, task):
 
     splits = generated[task]
     name = {"question": "question_formation", "tense": "tense_inflection"}[task]
-    files = {"mccoy": {"train": splits.train, "dev": splits.val, "test": splits.val[::-1], "gen": splits.test},
-             "murty": {"train": splits.train, "val": splits.val, "test": splits.test}}
+    files = {
+        "mccoy": {"train": splits.train, "dev": splits.val, "test": splits.val[::-1], "gen": splits.test},
+        "murty": {"train": splits.train, "val": splits.val, "test": splits.test},
+    }
     built = {}
     for layout, contents in files.items():
         (tmp_path / layout).mkdir()
@@ -337,20 +392,26 @@ def test_both_layouts_of_the_released_files(tmp_path, generated, task):
         assert torch.equal(getattr(built["mccoy"], split).inputs, getattr(built["murty"], split).inputs)
     assert torch.equal(built["mccoy"].splits["gen"].inputs, built["murty"].splits["gen"].inputs)
     mccoy.save(tmp_path / "murty" / f"{task}.test", splits.val)  # McCoy's in-distribution .test in Murty's layout
-    with pytest.raises(ConfigError, match=rf"{task}.test: the linear and hierarchical rules agree on every item.*{task}.gen"):
+    with pytest.raises(
+        ConfigError, match=rf"{task}.test: the linear and hierarchical rules agree on every item.*{task}.gen"
+    ):
         build_task(TaskConfig(name=name, path=str(tmp_path / "murty")), seed=0)
 
 
-@pytest.mark.parametrize("content, task, problem", [
-    (None, None, "not found"), ("", None, "empty"),
-    ("the newt does swim . quest does the newt swim ?\n", None, "expected"),          # no tab
-    ("the newt does swim . quest\tdoes the newt\tswim ?\n", None, "expected"),        # two tabs
-    ("the newt does swim quest\tdoes the newt swim ?\n", None, "expected"),           # no '.'
-    ("the newt does swim . quest\tdoes the newt swim\n", None, "expected"),           # output without ? / .
-    ("the newt does blorp . quest\tdoes the newt blorp ?\n", None, "blorp"),
-    ("the newt does swim . quest\tdoes the newt swim ?\n", "tense", "'quest'"),
-    ("the newt swam . PAST\tthe newt swam .\nthe newt does swim . quest\tdoes the newt swim ?\n", None, ":2:"),
-])
+@pytest.mark.parametrize(
+    "content, task, problem",
+    [
+        (None, None, "not found"),
+        ("", None, "empty"),
+        ("the newt does swim . quest does the newt swim ?\n", None, "expected"),  # no tab
+        ("the newt does swim . quest\tdoes the newt\tswim ?\n", None, "expected"),  # two tabs
+        ("the newt does swim quest\tdoes the newt swim ?\n", None, "expected"),  # no '.'
+        ("the newt does swim . quest\tdoes the newt swim\n", None, "expected"),  # output without ? / .
+        ("the newt does blorp . quest\tdoes the newt blorp ?\n", None, "blorp"),
+        ("the newt does swim . quest\tdoes the newt swim ?\n", "tense", "'quest'"),
+        ("the newt swam . PAST\tthe newt swam .\nthe newt does swim . quest\tdoes the newt swim ?\n", None, ":2:"),
+    ],
+)
 def test_mccoy_bad_files_raise_config_error(tmp_path, content, task, problem):
     path = tmp_path / "bad.val"
     if content is not None:

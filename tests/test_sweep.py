@@ -1,4 +1,5 @@
 """Seed sweeps (`groklab sweep`) and training maps of sweeps (`groklab map`), end to end on tiny runs."""
+
 import os
 import signal
 import subprocess
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import groklab_cli
 from test_cli import bad, snapshot
 
@@ -17,9 +17,24 @@ from groklab.store import Run, SweepDir
 from groklab.sweep import parse_seeds, sweep
 
 # A sparse-parity MLP small enough to train in about a second per seed.
-PARITY = ["--set", "task.n_bits=12", "--set", "task.n_train=200", "--set", "task.n_test=50",
-          "--set", "model.hidden=[64]", "--set", "train.max_steps=240", "--set", "train.eval_every=8",
-          "--set", "measures.every=8", "--set", "train.checkpoint_every=40"]
+PARITY = [
+    "--set",
+    "task.n_bits=12",
+    "--set",
+    "task.n_train=200",
+    "--set",
+    "task.n_test=50",
+    "--set",
+    "model.hidden=[64]",
+    "--set",
+    "train.max_steps=240",
+    "--set",
+    "train.eval_every=8",
+    "--set",
+    "measures.every=8",
+    "--set",
+    "train.checkpoint_every=40",
+]
 
 
 def parity_config(**train):
@@ -93,18 +108,36 @@ def straight_parity_run(tmp_path_factory):
     return config, Run(straight.run_path(0)).metrics.drop(columns="elapsed_s")
 
 
-@pytest.mark.parametrize("event, n", [("checkpoint", 1),  # the step-0 checkpoint only (issue 11's window)
-                                      ("metrics", 7),     # between checkpoints: rows past the resume state
-                                      ("metrics", 11),    # step 80's row written, its checkpoint not
-                                      ("state", 4)])      # step 120's weights written, its resume state not
+@pytest.mark.parametrize(
+    "event, n",
+    [
+        ("checkpoint", 1),  # the step-0 checkpoint only (issue 11's window)
+        ("metrics", 7),  # between checkpoints: rows past the resume state
+        ("metrics", 11),  # step 80's row written, its checkpoint not
+        ("state", 4),
+    ],
+)  # step 120's weights written, its resume state not
 def test_sweep_resumes_a_killed_worker(tmp_path, straight_parity_run, event, n):
     """A worker killed (SIGKILL, tests/kill_at.py) at a moment of its run leaves a run the next `groklab sweep`
     resumes from its last checkpoint; the resumed run's metrics equal an uninterrupted run's, every column."""
     config, straight = straight_parity_run
     sweep_dir = SweepDir.create_or_open(tmp_path / "s", config.model_dump(mode="json"), [0])
     env = {**os.environ, "GROKLAB_THREADS": "1"}
-    worker = subprocess.run([sys.executable, str(Path(__file__).with_name("kill_at.py")), event, str(n), "worker",
-                             str(sweep_dir.path), "[[{}, 0]]"], env=env, capture_output=True, text=True, timeout=300)
+    worker = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("kill_at.py")),
+            event,
+            str(n),
+            "worker",
+            str(sweep_dir.path),
+            "[[{}, 0]]",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert worker.returncode == -signal.SIGKILL, worker.stderr
     killed = Run(sweep_dir.run_path(0))
     assert killed.status in ("killed", "new"), killed.status  # "new": killed before its first summary
@@ -138,10 +171,15 @@ def test_a_failed_seed_is_recorded_and_the_others_finish(tmp_path):
 def test_sweep_errors(parity_sweep, tmp_path):
     out, _ = parity_sweep
     bad(["sweep", "hu-sparse-parity", "--seeds", "9-1"], "--seeds takes ranges")
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--workers", "0", "--out", str(tmp_path / "w")],
-        "--workers must be at least 1")
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--set", "train.lr=0.2", "--seeds", "0-5", "--out", str(out)],
-        "holds a sweep of another config", run_dir=out)
+    bad(
+        ["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--workers", "0", "--out", str(tmp_path / "w")],
+        "--workers must be at least 1",
+    )
+    bad(
+        ["sweep", "hu-sparse-parity", *PARITY, "--set", "train.lr=0.2", "--seeds", "0-5", "--out", str(out)],
+        "holds a sweep of another config",
+        run_dir=out,
+    )
     bad(["sweep", "hu-sparse-parity", "--set", "task.k=50", "--seeds", "0", "--out", str(tmp_path / "k")], "task")
     (tmp_path / "file").write_text("x")
     bad(["sweep", "hu-sparse-parity", *PARITY, "--seeds", "0", "--out", str(tmp_path / "file")], "not a groklab sweep")
@@ -155,9 +193,20 @@ def test_map_of_a_sweep(parity_sweep):
     assert result.returncode == 0, result.stderr
     assert "states: K = 2" in result.stdout and "detours:" in result.stdout
     map_dir = out / "map"
-    for name in ("training_map.png", "training_map.svg", "report.html", "training_map.json", "selection.csv",
-                 "states.csv", "detours.csv", "transitions.csv", "transition_features.csv", "paths.csv",
-                 "convergence.csv", "figures/state_paths.png"):
+    for name in (
+        "training_map.png",
+        "training_map.svg",
+        "report.html",
+        "training_map.json",
+        "selection.csv",
+        "states.csv",
+        "detours.csv",
+        "transitions.csv",
+        "transition_features.csv",
+        "paths.csv",
+        "convergence.csv",
+        "figures/state_paths.png",
+    ):
         assert (map_dir / name).is_file(), name
     paths = pd.read_csv(map_dir / "paths.csv")
     assert sorted(paths["seed"].unique()) == list(range(6)) and set(paths["state"]) <= {0, 1}
@@ -169,19 +218,48 @@ def test_map_of_a_sweep(parity_sweep):
     assert "Training map" in page and "Detour test" in page and "training_map" in page
 
     from groklab.dynamics import TrainingMap
+
     model = TrainingMap.load(map_dir / "training_map.json")
     table = Run(out / "runs" / "seed_0002").metrics
     assert (model.predict(table) == paths[paths["seed"] == 2]["state"].to_numpy()).all()
 
     # convergence read from another metric (a structural sweep's gen_* metric, here the train accuracy)
-    again = groklab_cli("map", str(out), "--states", "2", "--restarts", "1", "--jobs", "1", "--metric", "train_acc",
-                        "--threshold", "0.8")
+    again = groklab_cli(
+        "map",
+        str(out),
+        "--states",
+        "2",
+        "--restarts",
+        "1",
+        "--jobs",
+        "1",
+        "--metric",
+        "train_acc",
+        "--threshold",
+        "0.8",
+    )
     assert again.returncode == 0, again.stderr
-    assert "train_acc &gt;= 0.8" in (map_dir / "report.html").read_text() or "train_acc >= 0.8" in (map_dir / "report.html").read_text()
+    assert (
+        "train_acc &gt;= 0.8" in (map_dir / "report.html").read_text()
+        or "train_acc >= 0.8" in (map_dir / "report.html").read_text()
+    )
 
     # how robust: 2 refits on resampled runs, the released code's selection rule
-    again = groklab_cli("map", str(out), "--states", "2", "--restarts", "1", "--jobs", "1", "--robustness", "2",
-                        "--bootstrap", "--selection", "mean")
+    again = groklab_cli(
+        "map",
+        str(out),
+        "--states",
+        "2",
+        "--restarts",
+        "1",
+        "--jobs",
+        "1",
+        "--robustness",
+        "2",
+        "--bootstrap",
+        "--selection",
+        "mean",
+    )
     assert again.returncode == 0, again.stderr
     assert "robustness over 2 refits: K chosen 2: 2" in again.stdout
     fits = pd.read_csv(map_dir / "robustness_fits.csv")
@@ -211,24 +289,67 @@ def test_map_errors(parity_sweep, tmp_path):
 def test_grid_sweep(tmp_path):
     """--grid runs every point for every seed, each in its own directory with its own config."""
     out = tmp_path / "grid"
-    result = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-2",
-                         "--grid", "train.lr=0.05,0.1", "--workers", "2", "--out", str(out))
+    result = groklab_cli(
+        "sweep",
+        "hu-sparse-parity",
+        *PARITY,
+        "--set",
+        "train.max_steps=40",
+        "--seeds",
+        "0-2",
+        "--grid",
+        "train.lr=0.05,0.1",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "table.csv")
-    assert len(table) == 6 and sorted(zip(table["train.lr"], table["seed"])) == [(lr, s) for lr in (0.05, 0.1) for s in range(3)]
+    assert len(table) == 6 and sorted(zip(table["train.lr"], table["seed"])) == [
+        (lr, s) for lr in (0.05, 0.1) for s in range(3)
+    ]
     assert (table["status"] == "finished").all()
     for lr in (0.05, 0.1):
         run = Run(out / "runs" / f"train.lr={lr}" / "seed_0001")
         assert run.config.train.lr == lr and run.config.seed == 1
     assert "per grid point" in result.stdout
-    again = groklab_cli("sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-2",
-                        "--grid", "train.lr=0.05,0.1", "--out", str(out))
+    again = groklab_cli(
+        "sweep",
+        "hu-sparse-parity",
+        *PARITY,
+        "--set",
+        "train.max_steps=40",
+        "--seeds",
+        "0-2",
+        "--grid",
+        "train.lr=0.05,0.1",
+        "--out",
+        str(out),
+    )
     assert again.returncode == 0 and "6 of 6 runs already done" in again.stderr
-    bad(["sweep", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=40", "--seeds", "0-1", "--grid",
-         "train.lr=0.05,0.2", "--out", str(out)], "another config or grid", run_dir=out)
+    bad(
+        [
+            "sweep",
+            "hu-sparse-parity",
+            *PARITY,
+            "--set",
+            "train.max_steps=40",
+            "--seeds",
+            "0-1",
+            "--grid",
+            "train.lr=0.05,0.2",
+            "--out",
+            str(out),
+        ],
+        "another config or grid",
+        run_dir=out,
+    )
     bad(["sweep", "hu-sparse-parity", "--grid", "train.lr", "--seeds", "0"], "--grid takes")
-    bad(["sweep", "hu-sparse-parity", "--grid", "train.lrr=1,2", "--seeds", "0", "--out", str(tmp_path / "x")],
-        "unknown key 'train.lrr'")
+    bad(
+        ["sweep", "hu-sparse-parity", "--grid", "train.lrr=1,2", "--seeds", "0", "--out", str(tmp_path / "x")],
+        "unknown key 'train.lrr'",
+    )
     bad(["map", str(out)], "sweeps a grid: map one point of it with --point, one of: train.lr=0.05; train.lr=0.1")
     bad(["map", str(out), "--point", "train.lr=0.3"], "one of: train.lr=0.05")
     mapped = groklab_cli("map", str(out), "--point", "train.lr=0.1", "--states", "2", "--restarts", "1", "--jobs", "1")
@@ -240,14 +361,25 @@ def test_grid_sweep(tmp_path):
 def test_grid_summary_counts_seeds_that_cross():
     from groklab.sweep import grid_summary
 
-    table = pd.DataFrame({"model.n_layers": [2, 2, 4, 4, 4], "seed": [0, 1, 0, 1, 2], "status": ["finished"] * 4 + ["killed"],
-                          "max_gen_first_word_acc": [0.5, 0.85, 0.9, 0.95, 0.1], "final_gen_first_word_acc": [0.4, 0.7, 0.9, 0.8, 0.1],
-                          "final_t_score": [0.2, 0.4, 0.5, 0.7, 0.0],  # a killed run does not count
-                          "max_gen_loss": [1.0] * 5, "final_gen_loss": [1.0] * 5})  # token-level: not summarized
+    table = pd.DataFrame(
+        {
+            "model.n_layers": [2, 2, 4, 4, 4],
+            "seed": [0, 1, 0, 1, 2],
+            "status": ["finished"] * 4 + ["killed"],
+            "max_gen_first_word_acc": [0.5, 0.85, 0.9, 0.95, 0.1],
+            "final_gen_first_word_acc": [0.4, 0.7, 0.9, 0.8, 0.1],
+            "final_t_score": [0.2, 0.4, 0.5, 0.7, 0.0],  # a killed run does not count
+            "max_gen_loss": [1.0] * 5,
+            "final_gen_loss": [1.0] * 5,
+        }
+    )  # token-level: not summarized
     summary = grid_summary(table, ["model.n_layers"]).set_index("model.n_layers")
     assert summary.loc[4, "runs"] == 2 and not any("gen_loss" in c for c in summary)
     assert summary.loc[4, "t_score_final_mean"] == pytest.approx(0.6) and "parseval_final_mean" not in summary
-    assert summary.loc[2, "gen_first_word_acc_crossed_0.8"] == 0.5 and summary.loc[4, "gen_first_word_acc_crossed_0.8"] == 1.0
+    assert (
+        summary.loc[2, "gen_first_word_acc_crossed_0.8"] == 0.5
+        and summary.loc[4, "gen_first_word_acc_crossed_0.8"] == 1.0
+    )
     assert summary.loc[4, "gen_first_word_acc_final_mean"] == pytest.approx(0.85)
     assert summary.loc[2, "gen_first_word_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())
 

@@ -1,13 +1,13 @@
 """Measures for every task: the local learning coefficient (measures/llc.py, through devinterp) -- a regular
 model's known value, the same estimate twice, a second estimate with other chains, the measure set on a run --
 and `structure` (measures/structure.py)."""
+
 import json
 import math
 
 import pandas as pd
 import pytest
 import torch
-
 from conftest import groklab_cli
 from test_cli import bad, cli_in_process
 from test_sweep import PARITY
@@ -73,11 +73,11 @@ def test_chains_that_leave_the_basin_give_no_estimate_or_are_tightened(regressio
 
     model, X, y = regression
     kw = dict(epsilons=(3e-3,), draws=40, burnin=20)
-    inside = estimate_llc(model, X, y, half_mse, ceiling=float(0.5 * (y ** 2).mean()), **kw)
+    inside = estimate_llc(model, X, y, half_mse, ceiling=float(0.5 * (y**2).mean()), **kw)
     assert 0 < inside["llc_rise"] < 0.05 and inside["llc"] > 0 and inside["llc_tried"] == 1
     assert inside["llc_nbeta"] == pytest.approx(256 / math.log(256)) and inside["llc_gamma"] == 100
     init = inside["llc_init_loss"]
-    ceiling = init + inside["llc_rise"] * (float(0.5 * (y ** 2).mean()) - init)  # the chains' mean loss: rise 1
+    ceiling = init + inside["llc_rise"] * (float(0.5 * (y**2).mean()) - init)  # the chains' mean loss: rise 1
     outside = estimate_llc(model, X, y, half_mse, ceiling=ceiling, escalate=False, **kw)
     assert math.isnan(outside["llc"]) and outside["llc_rise"] == pytest.approx(1.0)
     assert outside["llc_epsilon"] == 3e-3 and len(json.loads(outside["llc_loss_trace"])) == 4
@@ -92,15 +92,21 @@ def test_llc_measured_on_a_run_and_a_second_estimate_agrees(tmp_path):
     """`groklab measure RUN --names llc` adds the llc columns at every checkpoint and keeps the run's other
     measures; a second estimate at the last checkpoint (devinterp, other chains) agrees within 30%."""
     out = tmp_path / "run"
-    assert groklab_cli("run", "hu-sparse-parity", *PARITY, "--set", "train.checkpoint_every=240", "--out", str(out),
-                       "--no-report").returncode == 0
+    assert (
+        groklab_cli(
+            "run", "hu-sparse-parity", *PARITY, "--set", "train.checkpoint_every=240", "--out", str(out), "--no-report"
+        ).returncode
+        == 0
+    )
     before = Run(out).metrics
     result = groklab_cli("measure", str(out), "--names", "llc")
     assert result.returncode == 0, result.stderr
     metrics = Run(out).metrics
     measured = metrics.dropna(subset=["llc"])
     assert list(measured["step"]) == [0, 240]
-    assert (measured["llc_epsilon"] > 0).all() and measured["llc_loss_trace"].map(lambda t: len(json.loads(t))).eq(20).all()
+    assert (measured["llc_epsilon"] > 0).all() and measured["llc_loss_trace"].map(lambda t: len(json.loads(t))).eq(
+        20
+    ).all()
     # stayed in the basin: below half-way to the hinge's chance loss (1); at init the model is no better than
     # chance, so there is no basin to leave (NaN)
     assert measured["llc_init_loss"].iloc[0] >= 1 and math.isnan(measured["llc_rise"].iloc[0])
@@ -113,8 +119,20 @@ def test_llc_measured_on_a_run_and_a_second_estimate_agrees(tmp_path):
     first = measured["llc"].iloc[-1]
     assert first > 0 and abs(second["llc"] - first) <= 0.3 * abs(first), (first, second["llc"])
     # a cheaper pass on a subset: a fixed step size (no calibration), fewer chains, only steps at multiples of 200
-    result = cli_in_process("measure", str(out), "--names", "llc", "--every", "200", "--set", "measures.llc_epsilon=1e-3",
-                            "--set", "measures.llc_chains=2", "--set", "measures.llc_draws=40")
+    result = cli_in_process(
+        "measure",
+        str(out),
+        "--names",
+        "llc",
+        "--every",
+        "200",
+        "--set",
+        "measures.llc_epsilon=1e-3",
+        "--set",
+        "measures.llc_chains=2",
+        "--set",
+        "measures.llc_draws=40",
+    )
     assert result.returncode == 0, result.stderr
     again = Run(out).metrics.dropna(subset=["llc"]).set_index("step")
     assert again.loc[0, "llc_epsilon"] == 1e-3 and again.loc[0, "llc_tried"] == 1 and again.loc[0, "llc_chains"] == 2
@@ -133,8 +151,18 @@ def test_structure_of_sparse_parity_is_the_weight_share_on_the_relevant_bits(tmp
     assert relevant_share(W, 3) == pytest.approx(1.0)
     assert relevant_share(torch.ones(8, 12), 3) == pytest.approx(3 / 12)
     out = tmp_path / "run"  # live, on a run that learns: the share moves from about k / n_bits towards 1
-    result = groklab_cli("run", "hu-sparse-parity", *PARITY, "--set", "train.max_steps=1200", "--set",
-                         "measures.names=[structure,weight_stats]", "--out", str(out), "--no-report")
+    result = groklab_cli(
+        "run",
+        "hu-sparse-parity",
+        *PARITY,
+        "--set",
+        "train.max_steps=1200",
+        "--set",
+        "measures.names=[structure,weight_stats]",
+        "--out",
+        str(out),
+        "--no-report",
+    )
     assert result.returncode == 0, result.stderr
     metrics = Run(out).metrics
     assert metrics["structure"].iloc[0] == pytest.approx(3 / 12, abs=0.15)

@@ -15,7 +15,7 @@ REFERENCE = {
     "mul": lambda a, b, p: (a * b) % p,
     "x2xyy2": lambda a, b, p: (a * a + a * b + b * b) % p,
     "x2y2": lambda a, b, p: (a * a + b * b) % p,
-    "x3xy": lambda a, b, p: (a ** 3 + a * b) % p,
+    "x3xy": lambda a, b, p: (a**3 + a * b) % p,
 }
 
 
@@ -66,7 +66,7 @@ def test_s5_group_laws():
     gen = torch.Generator().manual_seed(0)
     a, b, c = (PERMS[torch.randint(120, (500,), generator=gen)] for _ in range(3))
     identity = torch.arange(5).expand(500, 5)
-    assert torch.equal(compose(compose(a, b), c), compose(a, compose(b, c)))          # associativity
+    assert torch.equal(compose(compose(a, b), c), compose(a, compose(b, c)))  # associativity
     assert torch.equal(compose(a, identity), a) and torch.equal(compose(identity, a), a)
     assert torch.equal(compose(a, inverse(a)), identity) and torch.equal(compose(inverse(a), a), identity)
     assert torch.equal(index_of(PERMS), torch.arange(120))
@@ -81,10 +81,12 @@ def test_s5_tasks(op):
     a, b, c = PERMS[tokens[:, 0]], PERMS[tokens[:, 1]], PERMS[labels]
     for i in random.Random(0).sample(range(14_400), 200):
         x, y, z = a[i].tolist(), b[i].tolist(), c[i].tolist()
-        ab = [y[x[j]] for j in range(5)]                                   # (a*b)[j] = b[a[j]]
-        want = {"s5": ab,
-                "s5conj": [sorted(range(5), key=lambda k: x[k])[ab[j]] for j in range(5)],
-                "s5aba": [x[ab[j]] for j in range(5)]}[op]
+        ab = [y[x[j]] for j in range(5)]  # (a*b)[j] = b[a[j]]
+        want = {
+            "s5": ab,
+            "s5conj": [sorted(range(5), key=lambda k: x[k])[ab[j]] for j in range(5)],
+            "s5aba": [x[ab[j]] for j in range(5)],
+        }[op]
         assert z == want
     if op == "s5conj":  # a e a^-1 = e
         e = index_of(torch.arange(5)[None]).item()

@@ -1,13 +1,12 @@
 import pytest
 import torch
+from conftest import TINY
 
 import groklab
 from groklab.config import load_config
 from groklab.experiment import resolve
 from groklab.models import build_model
 from groklab.training import Trainer, evaluate
-
-from conftest import TINY
 
 
 class Rows:
@@ -29,7 +28,9 @@ def tiny(*extra, seed=0):
 
 def trainer_for(prepared):
     cfg = prepared.config
-    return Trainer(prepared.task, build_model(prepared.model, cfg.resolved_model_seed), cfg.train, seed=cfg.resolved_model_seed)
+    return Trainer(
+        prepared.task, build_model(prepared.model, cfg.resolved_model_seed), cfg.train, seed=cfg.resolved_model_seed
+    )
 
 
 def without_time(rows):
@@ -60,8 +61,13 @@ def test_same_config_and_seed_give_bit_identical_metrics(batch):
 
 
 def test_resuming_from_a_state_continues_exactly():
-    prepared = tiny("train.max_steps=60", "train.eval_every=10", "train.checkpoint_every=25", "train.batch_size=16",
-                    "model.dropout=0.1")
+    prepared = tiny(
+        "train.max_steps=60",
+        "train.eval_every=10",
+        "train.checkpoint_every=25",
+        "train.batch_size=16",
+        "model.dropout=0.1",
+    )
     whole = Rows()
     trainer_for(prepared).run(whole)
 
@@ -80,8 +86,13 @@ def test_resuming_from_a_state_continues_exactly():
 
 def test_early_stop_and_divergence():
     sink = Rows()
-    outcome = trainer_for(tiny("train.max_steps=500", "train.eval_every=10",
-                               "train.early_stop={metric: train_acc, threshold: 0.5, patience: 2}")).run(sink)
+    outcome = trainer_for(
+        tiny(
+            "train.max_steps=500",
+            "train.eval_every=10",
+            "train.early_stop={metric: train_acc, threshold: 0.5, patience: 2}",
+        )
+    ).run(sink)
     assert outcome.status == "stopped_early"
     assert [r["train_acc"] >= 0.5 for r in sink.rows[-2:]] == [True, True]
 
@@ -102,8 +113,9 @@ def test_evaluate_scores_answer_classes_only():
 
 
 def test_python_api_equals_cli_config(tmp_path):
-    run = groklab.run(load_config("nanda-mod-add", TINY[1::2] + ["train.max_steps=20", "train.eval_every=10"]),
-                      tmp_path / "run")
+    run = groklab.run(
+        load_config("nanda-mod-add", TINY[1::2] + ["train.max_steps=20", "train.eval_every=10"]), tmp_path / "run"
+    )
     assert list(run.metrics["step"]) == [0, 10, 20]
     assert run.summary["status"] == "finished"
     assert run.steps == [0, 20]

@@ -1,15 +1,14 @@
 """Tree projections (Murty et al. 2023 §4; spec structural-grokking.md §5.4, §6 #9, #10, #17, #18): the
 transformer's key mask, batched span scores against a one-span-at-a-time reference, a planted encoder whose
 tree is known, greedy / exact-DP parsing, the seeded t_score estimator, PARSEVAL and its baselines."""
-import itertools
+
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
 import torch
+from conftest import SHARED_DATA
 
 from groklab.config import TaskConfig
 from groklab.errors import ConfigError
@@ -24,9 +23,21 @@ SOS = 11
 
 def tiny_lm(normalization="post", seed=0, d_vocab=12, n_ctx=12) -> Transformer:
     """The structural presets' model family (post-LN, sinusoidal, dropout, xavier), tiny."""
-    cfg = TransformerConfig(d_vocab=d_vocab, n_ctx=n_ctx, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-                            normalization=normalization, positional="sinusoidal", dropout=0.1, init="xavier",
-                            embed_scale=True, biases=frozenset({"mlp", "unembed"}))
+    cfg = TransformerConfig(
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        d_mlp=32,
+        normalization=normalization,
+        positional="sinusoidal",
+        dropout=0.1,
+        init="xavier",
+        embed_scale=True,
+        biases=frozenset({"mlp", "unembed"}),
+    )
     return Transformer(cfg, seed=seed)
 
 
@@ -43,13 +54,13 @@ def test_key_mask_blocks_exactly_the_keys_it_names():
         plain = model(x)
         assert torch.equal(model(x, key_mask=torch.zeros_like(x, dtype=torch.bool)), plain)  # all allowed
         mask = torch.zeros_like(x, dtype=torch.bool)
-        mask[:, 4] = True                                                 # key 4 blocked for every query
+        mask[:, 4] = True  # key 4 blocked for every query
         out = model(x, key_mask=mask)
-        assert torch.equal(out[:, :4], plain[:, :4])                      # queries before it never saw it
-        assert not torch.allclose(out[:, 4:], plain[:, 4:])               # the others do not see it
-        full = mask[:, None].expand(-1, 10, -1).clone()                   # (batch, pos_q, pos_k) form
+        assert torch.equal(out[:, :4], plain[:, :4])  # queries before it never saw it
+        assert not torch.allclose(out[:, 4:], plain[:, 4:])  # the others do not see it
+        full = mask[:, None].expand(-1, 10, -1).clone()  # (batch, pos_q, pos_k) form
         assert torch.equal(model(x, key_mask=full), out)
-        full[:, :6] = False                                               # only queries 6.. lose key 4
+        full[:, :6] = False  # only queries 6.. lose key 4
         per_query = model(x, key_mask=full)
         assert torch.equal(per_query[:, :6], plain[:, :6]) and not torch.allclose(per_query[:, 6:], plain[:, 6:])
         assert torch.allclose(model(x, at=6, key_mask=mask), out[:, 6], atol=1e-5)  # with `at`
@@ -60,8 +71,11 @@ def test_key_mask_blocks_exactly_the_keys_it_names():
 
 # ---------------------------------------------------------------- span scores
 def _hidden(model, x, key_mask=None):
-    name = "ln_final.hook_normalized" if model.cfg.normalization == "pre" else \
-        f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    name = (
+        "ln_final.hook_normalized"
+        if model.cfg.normalization == "pre"
+        else f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    )
     out = {}
     with model.hooks({name: lambda t: out.__setitem__("h", t)}):
         model(x, key_mask=key_mask)
@@ -74,14 +88,14 @@ def reference_scores(model, seq):
     model.eval()
     x = torch.tensor([seq])
     n = len(seq) - 1
-    h = _hidden(model, x)[0, 1:]                                             # (n, d)
+    h = _hidden(model, x)[0, 1:]  # (n, d)
     s = np.full((n, n), np.nan)
     for i in range(n):
         for j in range(i, n):
             mask = torch.ones(1, n + 1, dtype=torch.bool)
-            mask[0, 0] = mask[0, i + 1: j + 2] = False
-            free = _hidden(model, x, mask)[0, 1:][i: j + 1].sum(0)
-            s[i, j] = float(torch.nn.functional.cosine_similarity(h[i: j + 1].sum(0), free, dim=0))
+            mask[0, 0] = mask[0, i + 1 : j + 2] = False
+            free = _hidden(model, x, mask)[0, 1:][i : j + 1].sum(0)
+            s[i, j] = float(torch.nn.functional.cosine_similarity(h[i : j + 1].sum(0), free, dim=0))
     return s
 
 
@@ -105,7 +119,7 @@ def test_batched_span_scores_equal_one_span_at_a_time(normalization, monkeypatch
 def test_prefix_spans_score_one_and_other_spans_do_not():
     model = tiny_lm()
     for s in tp.span_scores(model, sentences([6, 9, 4], seed=4)):
-        assert (s[0] == 1.0).all()   # (0, j): the causal mask already blocks nothing; the same run, exactly 1
+        assert (s[0] == 1.0).all()  # (0, j): the causal mask already blocks nothing; the same run, exactly 1
         i, j = np.triu_indices(len(s))
         assert (s[i[i > 0], j[i > 0]] < 0.9999).all()
 
@@ -132,13 +146,14 @@ def planted_encoder(trees: dict, width: int):
         for r in range(len(tokens)):
             spans = constituents[int(tokens[r, 1])]
             a = int(key_mask[r, 1:].long().cumprod(0).sum())  # words blocked before the first visible one
-            noisy = lambda q: float(q >= a > 0 and (a, q) not in spans)  # noqa: E731  N(a, q) != 0
+            noisy = lambda q: float(q >= a > 0 and (a, q) not in spans)  # noqa: E731, B023  N(a, q) != 0 (used in this iteration)
             for p in range(tokens.shape[1] - 1):
                 out[r, p + 1, p] = 1.0
                 out[r, p + 1, width + p] += noisy(p)
                 if p > 0:
                     out[r, p + 1, width + p - 1] -= noisy(p - 1)
         return out
+
     return encode
 
 
@@ -193,6 +208,7 @@ def test_dp_is_exact_and_never_below_greedy():
 
 def released_tree_projection(chart, n):
     """The released `tree_projection(..., normalize=True)` (tree_projections_utils.py), global `random`."""
+
     def recurse(st, en):
         if st == en:
             return st, 0.0
@@ -204,6 +220,7 @@ def released_tree_projection(chart, n):
         p2, s2 = recurse(curr_split + 1, en)
         r = random.choice(range(st, en))
         return (p1, p2), s1 + s2 + best_val - (chart[st, r] + chart[r + 1, en])
+
     return recurse(0, n - 1)
 
 
@@ -252,8 +269,15 @@ SMALL = {"n_train": 400, "n_val": 20, "n_test": 20, "eval_items": 10}
 
 
 def test_measure_set_on_the_structural_tasks():
-    columns = {"t_score", "t_score_expected", "t_score_per_word", "t_score_dp", "parseval", "parseval_noroot",
-               "parseval_right_branching"}
+    columns = {
+        "t_score",
+        "t_score_expected",
+        "t_score_per_word",
+        "t_score_dp",
+        "parseval",
+        "parseval_noroot",
+        "parseval_right_branching",
+    }
     with pytest.raises(ConfigError, match="tree_projection"):
         MEASURES["tree_projection"].check(build_task(TaskConfig(name="add", p=13), seed=0))
     for name in ("question_formation", "tense_inflection", "dyck"):

@@ -1,10 +1,11 @@
 """groklab: reproduce and study grokking: progress measures, structural grokking, training maps.
 
-    import groklab
-    run = groklab.run(groklab.load_preset("nanda-mod-add"))
-    run.metrics            # pandas DataFrame, one row per evaluation step
-    run.model(step=5000)   # the transformer at a checkpoint
+import groklab
+run = groklab.run(groklab.load_preset("nanda-mod-add"))
+run.metrics            # pandas DataFrame, one row per evaluation step
+run.model(step=5000)   # the transformer at a checkpoint
 """
+
 from groklab import runtime
 
 runtime.configure_openmp()  # before anything loads torch (and its libgomp)
@@ -15,8 +16,21 @@ from groklab.experiment import measure, resume, run  # noqa: E402
 from groklab.store import Run, load_run  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "Run", "RunConfig", "RunDirError", "UserError", "load_config", "load_preset",
-           "load_run", "measure", "preset_names", "resume", "run", "write_report"]
+__all__ = [
+    "ConfigError",
+    "Run",
+    "RunConfig",
+    "RunDirError",
+    "UserError",
+    "load_config",
+    "load_preset",
+    "load_run",
+    "measure",
+    "preset_names",
+    "resume",
+    "run",
+    "write_report",
+]
 
 
 def write_report(*args, **kwargs):

@@ -2,11 +2,11 @@
 
 Exit codes: 0 done, 2 bad input (one line on stderr saying what to do), 130 interrupted.
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 import click
 
@@ -23,7 +23,9 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("spec", required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable)."
+)
 @click.option("--seed", type=int, help="Seed for data split, init and batch order.")
 @click.option("--out", type=click.Path(), help="Run directory to create (default runs/NAME-sSEED-TIME).")
 @click.option("--device", help="auto (default: CUDA if available), cpu, cuda or cuda:N.")
@@ -31,8 +33,17 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report.html at the end.")
 @click.option("--threads", type=int, help="CPU threads (default: the CPUs this process may use; see README).")
-def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], out: Optional[str],
-        device: Optional[str], resume_dir: Optional[str], quiet: bool, no_report: bool, threads: Optional[int]) -> None:
+def run(
+    spec: str | None,
+    overrides: tuple[str, ...],
+    seed: int | None,
+    out: str | None,
+    device: str | None,
+    resume_dir: str | None,
+    quiet: bool,
+    no_report: bool,
+    threads: int | None,
+) -> None:
     """Train PRESET or FILE.yaml into a new run directory, or --resume RUN_DIR."""
     import groklab
     from groklab.config import load_config
@@ -42,7 +53,9 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
             raise UserError("--resume continues a run with its own config; give no PRESET, --set, --seed or --out")
         existing = groklab.load_run(resume_dir)
         if existing.summary.get("status") in ("finished", "stopped_early", "diverged"):
-            click.echo(f"{resume_dir}: already {existing.summary['status']} at step {existing.summary.get('step')}; nothing to do")
+            click.echo(
+                f"{resume_dir}: already {existing.summary['status']} at step {existing.summary.get('step')}; nothing to do"
+            )
             return
         total = existing.config.train.max_steps
         with _progress(total, quiet) as on_step:
@@ -63,53 +76,122 @@ def run(spec: Optional[str], overrides: tuple[str, ...], seed: Optional[int], ou
 
 @cli.command()
 @click.argument("spec")
-@click.option("--seeds", default="0-4", show_default=True, help="Seeds to run: a range and/or list, e.g. 0-39 or 0,3,5-7.")
+@click.option(
+    "--seeds", default="0-4", show_default=True, help="Seeds to run: a range and/or list, e.g. 0-39 or 0,3,5-7."
+)
 @click.option("--workers", type=int, default=1, show_default=True, help="Runs trained at the same time (processes).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable)."
+)
 @click.option("--out", type=click.Path(), help="Sweep directory (default sweeps/NAME; the same command resumes it).")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
-@click.option("--threshold", type=float, default=0.9, show_default=True,
-              help="Test accuracy at which a run counts as converged (the sweep table).")
-@click.option("--grid", multiple=True, metavar="KEY.PATH=V1,V2,...",
-              help="Also sweep a config field over these values (repeatable: every combination).")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Test accuracy at which a run counts as converged (the sweep table).",
+)
+@click.option(
+    "--grid",
+    multiple=True,
+    metavar="KEY.PATH=V1,V2,...",
+    help="Also sweep a config field over these values (repeatable: every combination).",
+)
 @click.option("--depths", help="Shorthand for --grid model.n_layers=D1,D2,... (e.g. 2,4,6,8,10).")
 @click.option("--threads", type=int, help="CPU threads per worker (default: the CPUs this process may use / workers).")
-@click.option("--batch", type=int, default=1, show_default=True,
-              help="Runs trained together in one process as one batched model (seeds, lr, weight decay, ... may differ).")
-@click.option("--on", "engine", type=click.Choice(["local", "ray", "slurm", "submitit-local"]), default="local",
-              show_default=True, help="Where the runs train: worker processes here, a Ray cluster, SLURM (through "
-              "submitit), or SLURM's path on this machine (submitit's local executor).")
-@click.option("--address", default="auto", show_default=True,
-              help="[ray] The cluster: auto (the one this machine belongs to), HOST:PORT, or local (a private one).")
+@click.option(
+    "--batch",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Runs trained together in one process as one batched model (seeds, lr, weight decay, ... may differ).",
+)
+@click.option(
+    "--on",
+    "engine",
+    type=click.Choice(["local", "ray", "slurm", "submitit-local"]),
+    default="local",
+    show_default=True,
+    help="Where the runs train: worker processes here, a Ray cluster, SLURM (through "
+    "submitit), or SLURM's path on this machine (submitit's local executor).",
+)
+@click.option(
+    "--address",
+    default="auto",
+    show_default=True,
+    help="[ray] The cluster: auto (the one this machine belongs to), HOST:PORT, or local (a private one).",
+)
 @click.option("--partition", help="[slurm] Partition.")
-@click.option("--time", "time_limit", help="[slurm] Time limit of each array task: minutes or [D-]HH:MM[:SS] (default 24:00:00).")
+@click.option(
+    "--time", "time_limit", help="[slurm] Time limit of each array task: minutes or [D-]HH:MM[:SS] (default 24:00:00)."
+)
 @click.option("--mem", "mem_gb", type=float, help="[slurm] Memory per array task, GB.")
 @click.option("--gpus", type=int, help="[slurm] GPUs per array task (default: 1 with --device cuda, else 0).")
-@click.option("--runs-per-job", type=int, help="[slurm] Runs (or batches) one after another in each array task "
-              "(default: packed into at most 64 tasks).")
+@click.option(
+    "--runs-per-job",
+    type=int,
+    help="[slurm] Runs (or batches) one after another in each array task (default: packed into at most 64 tasks).",
+)
 @click.option("--max-jobs", type=int, help="[slurm] Array tasks running at once (SLURM's %N).")
-def sweep(spec: str, seeds: str, workers: int, overrides: tuple[str, ...], out: Optional[str], device: Optional[str],
-          threshold: float, grid: tuple[str, ...], depths: Optional[str], threads: Optional[int], batch: int, engine: str,
-          address: str, partition: Optional[str], time_limit: Optional[str], mem_gb: Optional[float], gpus: Optional[int],
-          runs_per_job: Optional[int], max_jobs: Optional[int]) -> None:
+def sweep(
+    spec: str,
+    seeds: str,
+    workers: int,
+    overrides: tuple[str, ...],
+    out: str | None,
+    device: str | None,
+    threshold: float,
+    grid: tuple[str, ...],
+    depths: str | None,
+    threads: int | None,
+    batch: int,
+    engine: str,
+    address: str,
+    partition: str | None,
+    time_limit: str | None,
+    mem_gb: float | None,
+    gpus: int | None,
+    runs_per_job: int | None,
+    max_jobs: int | None,
+) -> None:
     """Train PRESET or FILE.yaml once per seed (and grid point), one run or a batch of runs per unit of work, in
     local worker processes, on a Ray cluster or on SLURM; shows a live table of the runs; resumable."""
     from groklab.config import load_config
-    from groklab.sweep import parse_grid, parse_seeds, sweep as run_sweep
+    from groklab.sweep import parse_grid, parse_seeds
+    from groklab.sweep import sweep as run_sweep
     from groklab.sweep.engines import EngineOptions
 
     config = load_config(spec, overrides)
     points = parse_grid(list(grid) + ([f"model.n_layers={depths}"] if depths else []))
-    slurm = {k: v for k, v in dict(partition=partition, time=time_limit, mem_gb=mem_gb, gpus=gpus,
-                                    runs_per_job=runs_per_job, max_jobs=max_jobs).items() if v is not None}
+    slurm = {
+        k: v
+        for k, v in dict(
+            partition=partition, time=time_limit, mem_gb=mem_gb, gpus=gpus, runs_per_job=runs_per_job, max_jobs=max_jobs
+        ).items()
+        if v is not None
+    }
     with _live_sweep() as (say, watch):
         try:
-            result = run_sweep(config, parse_seeds(seeds), out, workers=workers, grid=points, device=device,
-                               threshold=threshold, threads=threads, batch=batch, on=engine,
-                               engine=EngineOptions(address=address, slurm=slurm), progress=say, watch=watch)
+            result = run_sweep(
+                config,
+                parse_seeds(seeds),
+                out,
+                workers=workers,
+                grid=points,
+                device=device,
+                threshold=threshold,
+                threads=threads,
+                batch=batch,
+                on=engine,
+                engine=EngineOptions(address=address, slurm=slurm),
+                progress=say,
+                watch=watch,
+            )
         except KeyboardInterrupt:
-            click.echo("sweep interrupted: its runs checkpointed and stopped; run the same command again to continue",
-                       err=True)
+            click.echo(
+                "sweep interrupted: its runs checkpointed and stopped; run the same command again to continue", err=True
+            )
             sys.exit(EXIT_INTERRUPTED)
     _print_sweep(result)
 
@@ -154,18 +236,30 @@ def _rich_progress(table, totals: str, rows: int = 30):
     from rich.console import Group
     from rich.table import Table
 
-    shown = table.assign(order=(table["status"] != "running").astype(int)).sort_values("order", kind="stable").head(rows)
+    shown = (
+        table.assign(order=(table["status"] != "running").astype(int)).sort_values("order", kind="stable").head(rows)
+    )
     view = Table(box=None, header_style="bold")
-    keys = [c for c in table.columns if c not in ("seed", "status", "step", "max_steps", "metric", "value", "steps_per_s", "left_s")]
+    keys = [
+        c
+        for c in table.columns
+        if c not in ("seed", "status", "step", "max_steps", "metric", "value", "steps_per_s", "left_s")
+    ]
     for col in [*keys, "seed", "status", "step", "value", "steps/s", "left"]:
-        view.add_column(table["metric"].iloc[0] if col == "value" and len(table) else col,
-                        justify="left" if col == "status" else "right")
+        view.add_column(
+            table["metric"].iloc[0] if col == "value" and len(table) else col,
+            justify="left" if col == "status" else "right",
+        )
     for _, r in shown.iterrows():
-        view.add_row(*[str(r[k]) for k in keys], str(r["seed"]), r["status"],
-                     "-" if _missing(r["step"]) else f"{int(r['step'])}/{r['max_steps']}",
-                     "-" if _missing(r["value"]) else f"{r['value']:.3f}",
-                     "-" if _missing(r["steps_per_s"]) else f"{r['steps_per_s']:.1f}",
-                     "-" if _missing(r["left_s"]) else f"{r['left_s'] / 60:.1f} min")
+        view.add_row(
+            *[str(r[k]) for k in keys],
+            str(r["seed"]),
+            r["status"],
+            "-" if _missing(r["step"]) else f"{int(r['step'])}/{r['max_steps']}",
+            "-" if _missing(r["value"]) else f"{r['value']:.3f}",
+            "-" if _missing(r["steps_per_s"]) else f"{r['steps_per_s']:.1f}",
+            "-" if _missing(r["left_s"]) else f"{r['left_s'] / 60:.1f} min",
+        )
     more = [f"... and {len(table) - rows} more"] if len(table) > rows else []
     return Group(view, *more, totals)
 
@@ -176,28 +270,70 @@ def _missing(value) -> bool:
 
 @cli.command("map")
 @click.argument("sweep_dir", type=click.Path())
-@click.option("--features", default="base", show_default=True,
-              help="A feature set (base, ablation, modular_best, parities_best, ...) or metrics columns, comma-separated.")
-@click.option("--states", default="bic", show_default=True, help="Number of latent states K, or bic / aic to choose K in 1..8.")
+@click.option(
+    "--features",
+    default="base",
+    show_default=True,
+    help="A feature set (base, ablation, modular_best, parities_best, ...) or metrics columns, comma-separated.",
+)
+@click.option(
+    "--states", default="bic", show_default=True, help="Number of latent states K, or bic / aic to choose K in 1..8."
+)
 @click.option("--threshold", type=float, help="Test accuracy at which a run has converged (default: the sweep's).")
-@click.option("--zscore", type=click.Choice(["per_run", "global"]), default="per_run", show_default=True,
-              help="Standardise each run's features within the run (the paper) or with the training runs' statistics.")
+@click.option(
+    "--zscore",
+    type=click.Choice(["per_run", "global"]),
+    default="per_run",
+    show_default=True,
+    help="Standardise each run's features within the run (the paper) or with the training runs' statistics.",
+)
 @click.option("--restarts", type=int, default=5, show_default=True, help="Seeded EM restarts per K.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the restarts (random_state).")
 @click.option("--jobs", type=int, default=-1, show_default=True, help="Processes for the fits (-1: all cores).")
-@click.option("--metric", default="test_acc", show_default=True,
-              help="The metrics column convergence is read from (e.g. gen_first_word_acc for a structural sweep).")
-@click.option("--point", multiple=True, metavar="KEY.PATH=VALUE",
-              help="For a grid sweep: the point whose seeds are mapped (e.g. model.n_layers=4); into map/POINT/.")
-@click.option("--selection", type=click.Choice(["best", "mean"]), default="best", show_default=True,
-              help="The criterion of each K from its best restart's held-out log-likelihood, or the mean over "
-                   "restarts (the released code's).")
-@click.option("--robustness", type=int, default=0, show_default=True, metavar="N",
-              help="Repeat model selection and the detour test N more times with other restart seeds.")
+@click.option(
+    "--metric",
+    default="test_acc",
+    show_default=True,
+    help="The metrics column convergence is read from (e.g. gen_first_word_acc for a structural sweep).",
+)
+@click.option(
+    "--point",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="For a grid sweep: the point whose seeds are mapped (e.g. model.n_layers=4); into map/POINT/.",
+)
+@click.option(
+    "--selection",
+    type=click.Choice(["best", "mean"]),
+    default="best",
+    show_default=True,
+    help="The criterion of each K from its best restart's held-out log-likelihood, or the mean over "
+    "restarts (the released code's).",
+)
+@click.option(
+    "--robustness",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Repeat model selection and the detour test N more times with other restart seeds.",
+)
 @click.option("--bootstrap", is_flag=True, help="With --robustness: each refit on a resample of the runs.")
-def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float], zscore: str, restarts: int,
-         seed: int, jobs: int, metric: str, point: tuple[str, ...], selection: str, robustness: int,
-         bootstrap: bool) -> None:
+def map_(
+    sweep_dir: str,
+    features: str,
+    states: str,
+    threshold: float | None,
+    zscore: str,
+    restarts: int,
+    seed: int,
+    jobs: int,
+    metric: str,
+    point: tuple[str, ...],
+    selection: str,
+    robustness: int,
+    bootstrap: bool,
+) -> None:
     """Fit the HMM training map of a sweep; write SWEEP_DIR/map/ (map SVG/PNG, CSV tables, report.html)."""
     from groklab.store import SweepDir
     from groklab.sweep.maps import map_sweep
@@ -214,46 +350,100 @@ def map_(sweep_dir: str, features: str, states: str, threshold: Optional[float],
         raise UserError(f"--robustness takes a number of refits >= 0 (--bootstrap needs one > 0); got {robustness}")
     sweep = SweepDir.open(sweep_dir)
     threshold = sweep.threshold if threshold is None else threshold
-    result = map_sweep(sweep, features if "," not in features else features.split(","), states, threshold,
-                       column=metric, point=_point(point), zscore=zscore, n_restarts=restarts, random_state=seed, n_jobs=jobs,
-                       selection=selection, robustness=robustness, bootstrap=bootstrap,
-                       progress=lambda line: click.echo(line, err=True))
+    result = map_sweep(
+        sweep,
+        features if "," not in features else features.split(","),
+        states,
+        threshold,
+        column=metric,
+        point=_point(point),
+        zscore=zscore,
+        n_restarts=restarts,
+        random_state=seed,
+        n_jobs=jobs,
+        selection=selection,
+        robustness=robustness,
+        bootstrap=bootstrap,
+        progress=lambda line: click.echo(line, err=True),
+    )
     model, detours = result.model, result.detours
     click.echo(f"training map: {result.path}  (report: {result.path / 'report.html'})")
-    click.echo(model.selection_[["n_states", "test_ll_best", "aic", "bic", "converged", "n_failed"]]
-               .to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    click.echo(
+        model.selection_[["n_states", "test_ll_best", "aic", "bic", "converged", "n_failed"]].to_string(
+            index=False, float_format=lambda v: f"{v:.1f}"
+        )
+    )
     click.echo(f"states: K = {model.n_states_}" + (f" (held-out {states.upper()})" if isinstance(states, str) else ""))
-    cols = ["state", "occupancy", "n_runs", "test_acc", "mean_conv_visit", "mean_conv_not", "r", "p", "p_holm", "detour"]
+    cols = [
+        "state",
+        "occupancy",
+        "n_runs",
+        "test_acc",
+        "mean_conv_visit",
+        "mean_conv_not",
+        "r",
+        "p",
+        "p_holm",
+        "detour",
+    ]
     click.echo(result.states[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
     conv = result.convergence
-    click.echo(f"converged (test acc >= {threshold}): {int(conv['converged'].sum())} of {len(conv)}; "
-               f"censored: {int(conv['censored'].sum())}")
+    click.echo(
+        f"converged (test acc >= {threshold}): {int(conv['converged'].sum())} of {len(conv)}; "
+        f"censored: {int(conv['censored'].sum())}"
+    )
     found = detours[detours["detour"]]
-    click.echo("detours: " + (", ".join(f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
-                                         for r in found.itertuples()) or "none at Holm-adjusted p < 0.05"))
+    click.echo(
+        "detours: "
+        + (
+            ", ".join(
+                f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
+                for r in found.itertuples()
+            )
+            or "none at Holm-adjusted p < 0.05"
+        )
+    )
     if result.robustness is not None:
         fits = result.robustness.fits[result.robustness.fits["fit"] > 0]
-        click.echo(f"robustness over {len(fits)} refits: K chosen " + ", ".join(
-            f"{k}: {n}" for k, n in fits["n_states"].value_counts().sort_index().items())
+        click.echo(
+            f"robustness over {len(fits)} refits: K chosen "
+            + ", ".join(f"{k}: {n}" for k, n in fits["n_states"].value_counts().sort_index().items())
             + f"; a detour at p < 0.05 in {int((fits['n_detours_raw'] > 0).sum())} of {len(fits)} "
-            f"(Holm-adjusted: {int((fits['n_detours'] > 0).sum())}); this map's states over the refits:")
+            f"(Holm-adjusted: {int((fits['n_detours'] > 0).sum())}); this map's states over the refits:"
+        )
         click.echo(result.robustness.summary.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--key-freqs", help="final (the last checkpoint's), each (each checkpoint's) or K1,K2,... "
-                                  "(default: the run's config)")
+@click.option(
+    "--key-freqs",
+    help="final (the last checkpoint's), each (each checkpoint's) or K1,K2,... (default: the run's config)",
+)
 @click.option("--names", help="measure sets, comma-separated (default: the run's config; e.g. weights,fourier)")
 @click.option("--device", help="cpu (default), cuda or cuda:N.")
-@click.option("--every", type=int, help="Only the checkpoints at multiples of this many steps (e.g. the LLC on a subset).")
-@click.option("--set", "overrides", multiple=True, metavar="measures.KEY=VALUE",
-              help="A measure setting for this pass (repeatable), e.g. measures.llc_epsilon=1e-3.")
-def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device: Optional[str],
-            every: Optional[int], overrides: tuple[str, ...]) -> None:
+@click.option(
+    "--every", type=int, help="Only the checkpoints at multiples of this many steps (e.g. the LLC on a subset)."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="measures.KEY=VALUE",
+    help="A measure setting for this pass (repeatable), e.g. measures.llc_epsilon=1e-3.",
+)
+def measure(
+    run_dir: str,
+    key_freqs: str | None,
+    names: str | None,
+    device: str | None,
+    every: int | None,
+    overrides: tuple[str, ...],
+) -> None:
     """Recompute the measures over a run's saved checkpoints (or every finished run of a sweep) and rewrite
     those metrics columns."""
-    from groklab.experiment import DONE, measure as remeasure
+    from groklab.experiment import DONE
+    from groklab.experiment import measure as remeasure
     from groklab.store import SweepDir
 
     if key_freqs not in (None, "final", "each"):
@@ -277,10 +467,14 @@ def measure(run_dir: str, key_freqs: Optional[str], names: Optional[str], device
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", type=click.Path(), help="HTML file (default: RUN_DIR/report.html; several runs: "
-                                                     "./groklab-comparison.html).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="HTML file (default: RUN_DIR/report.html; several runs: ./groklab-comparison.html).",
+)
 @click.option("--png", type=click.Path(), help="Also write each figure as PNG (and SVG) into this directory.")
-def report(run_dirs: tuple[str, ...], out: Optional[str], png: Optional[str]) -> None:
+def report(run_dirs: tuple[str, ...], out: str | None, png: str | None) -> None:
     """Write the interactive HTML report of a run, or overlay several runs' curves."""
     from groklab.report import write_report
 
@@ -289,24 +483,43 @@ def report(run_dirs: tuple[str, ...], out: Optional[str], png: Optional[str]) ->
 
 @cli.command()
 @click.argument("sweeps", nargs=-1, required=True, metavar="SWEEP_DIR[@KEY=VALUE,...] ...")
-@click.option("-o", "--out", type=click.Path(), default="compare.html", show_default=True,
-              help="The page; its tables go beside it (OUT_runs.csv, OUT_stats.csv, OUT_verdicts.csv).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    default="compare.html",
+    show_default=True,
+    help="The page; its tables go beside it (OUT_runs.csv, OUT_stats.csv, OUT_verdicts.csv).",
+)
 @click.option("--labels", help="Names of the populations, comma-separated (default: the sweep directories' names).")
 @click.option("--no-maps", is_flag=True, help="Do not fit training maps the sweeps lack (stored maps are still shown).")
-@click.option("--min-runs", type=int, default=3, show_default=True,
-              help="Runs a population needs before a claim is judged for it.")
-def compare(sweeps: tuple[str, ...], out: str, labels: Optional[str], no_maps: bool, min_runs: int) -> None:
+@click.option(
+    "--min-runs",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Runs a population needs before a claim is judged for it.",
+)
+def compare(sweeps: tuple[str, ...], out: str, labels: str | None, no_maps: bool, min_runs: int) -> None:
     """Compare populations (sweeps, or points of a grid sweep) through the same lenses: stages in normalized
     time, leads of the structure measure and the LLC, cleanup, training maps, and a verdict claim by claim."""
     from groklab.sweep.compare import compare_sweeps
 
     if min_runs < 2:
         raise UserError(f"--min-runs must be at least 2 (a bootstrap of one run says nothing), got {min_runs}")
-    result = compare_sweeps(list(sweeps), out, labels.split(",") if labels else None, fit_maps=not no_maps,
-                            min_runs=min_runs, progress=lambda line: click.echo(line, err=True))
+    result = compare_sweeps(
+        list(sweeps),
+        out,
+        labels.split(",") if labels else None,
+        fit_maps=not no_maps,
+        min_runs=min_runs,
+        progress=lambda line: click.echo(line, err=True),
+    )
     for pop in result.populations:
-        click.echo(f"{pop.label}: {len(pop.runs)} run(s), {int(pop.table['generalizes'].sum())} generalize; "
-                   f"map: {pop.map_note}")
+        click.echo(
+            f"{pop.label}: {len(pop.runs)} run(s), {int(pop.table['generalizes'].sum())} generalize; "
+            f"map: {pop.map_note}"
+        )
     with _wide_pandas():
         click.echo(result.verdicts.to_string(index=False))
     click.echo(f"compare: {result.path}")
@@ -343,7 +556,7 @@ def show(run_dir: str) -> None:
         _print_summary(groklab.load_run(run_dir))
 
 
-def _point(items: tuple[str, ...]) -> Optional[dict]:
+def _point(items: tuple[str, ...]) -> dict | None:
     """--point KEY.PATH=VALUE (repeatable) -> {key: value}, or None."""
     from groklab.sweep import parse_grid
 
@@ -365,8 +578,11 @@ def _print_sweep(sweep_dir) -> None:
         live = progress_table(sweep_dir)
         totals = progress_totals(live)
         live = live.assign(step=[f"{s:.0f}/{m}" if s == s else "-" for s, m in zip(live["step"], live["max_steps"])])
-        click.echo(live.drop(columns=["max_steps"]).rename(columns={"steps_per_s": "steps/s", "left_s": "left (s)"})
-                   .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}"))
+        click.echo(
+            live.drop(columns=["max_steps"])
+            .rename(columns={"steps_per_s": "steps/s", "left_s": "left (s)"})
+            .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
+        )
         click.echo(totals)
         return
     sweep_dir.write_table(table)
@@ -375,18 +591,40 @@ def _print_sweep(sweep_dir) -> None:
     click.echo(f"sweep {sweep_dir.path}: {len(table)} runs; table: {sweep_dir.path / 'table.csv'}")
     if structural:
         token_level = {f"{k}_{split}_{m}" for k in ("final", "max") for split in ("id", "gen") for m in ("acc", "loss")}
-        cols = [*grid, "seed", "status", *[c for c in table if c.startswith(("final_id_", "max_gen_", "final_gen_"))
-                                           and c not in token_level], "final_t_score", "elapsed_s"]
+        cols = [
+            *grid,
+            "seed",
+            "status",
+            *[c for c in table if c.startswith(("final_id_", "max_gen_", "final_gen_")) and c not in token_level],
+            "final_t_score",
+            "elapsed_s",
+        ]
     else:
-        cols = [*grid, "seed", "status", "converged", "convergence_step", "step_train_acc_99", "final_train_acc",
-                "final_test_acc", "elapsed_s"]
-    click.echo(table[[c for c in cols if c in table]].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}"))
+        cols = [
+            *grid,
+            "seed",
+            "status",
+            "converged",
+            "convergence_step",
+            "step_train_acc_99",
+            "final_train_acc",
+            "final_test_acc",
+            "elapsed_s",
+        ]
+    click.echo(
+        table[[c for c in cols if c in table]].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
+    )
     if not structural and "converged" in table and table["converged"].notna().any():
         done = table[table["converged"] == True]  # noqa: E712
         steps = done["convergence_step"]
-        click.echo(f"converged (test acc >= {table.attrs['threshold']}): {len(done)} of {len(table)}"
-                   + (f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
-                      if len(done) > 1 else ""))
+        click.echo(
+            f"converged (test acc >= {table.attrs['threshold']}): {len(done)} of {len(table)}"
+            + (
+                f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
+                if len(done) > 1
+                else ""
+            )
+        )
     if grid or structural:
         click.echo("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):")
         click.echo(grid_summary(table, grid).to_string(index=False, float_format=lambda v: f"{v:.3f}", line_width=120))
@@ -400,7 +638,8 @@ def _print_summary(result) -> None:
     metrics = result.metrics
     live = summarize(metrics) if not metrics.empty else {}
     status = {"new": "no checkpoint yet", "killed": "stopped without finishing (killed?); resume with --resume"}.get(
-        result.status, result.status)
+        result.status, result.status
+    )
     cfg = result.config
     lines = [("run", str(result.path)), ("preset", cfg.name), ("source", cfg.source), ("status", status)]
     if live:
@@ -410,18 +649,46 @@ def _print_summary(result) -> None:
         if structural:
             lines += structural_headline(live)
         else:
-            lines += [("grokked", f"yes: test acc >= 99% at step {grok}" + (
-                f" ({live['elapsed_s_test_acc_99']:.1f} s)" if live.get("elapsed_s_test_acc_99") is not None else "")
-                if grok is not None else "no (test acc never reached 99%)")]
-            lines += [("train acc >= 99%", f"step {live['step_train_acc_99']}" if live["step_train_acc_99"] is not None else "never")]
-        lines += [("final", f"train acc {live['final_train_acc']:.4f}, test acc {live['final_test_acc']:.4f}, "
-                            f"train loss {live['final_train_loss']:.3g}, test loss {live['final_test_loss']:.3g}")]
+            lines += [
+                (
+                    "grokked",
+                    f"yes: test acc >= 99% at step {grok}"
+                    + (
+                        f" ({live['elapsed_s_test_acc_99']:.1f} s)"
+                        if live.get("elapsed_s_test_acc_99") is not None
+                        else ""
+                    )
+                    if grok is not None
+                    else "no (test acc never reached 99%)",
+                )
+            ]
+            lines += [
+                (
+                    "train acc >= 99%",
+                    f"step {live['step_train_acc_99']}" if live["step_train_acc_99"] is not None else "never",
+                )
+            ]
+        lines += [
+            (
+                "final",
+                f"train acc {live['final_train_acc']:.4f}, test acc {live['final_test_acc']:.4f}, "
+                f"train loss {live['final_train_loss']:.3g}, test loss {live['final_test_loss']:.3g}",
+            )
+        ]
         if live.get("last_good_step") != live["last_step"]:
             lines += [("last good step", str(live.get("last_good_step")))]
         summary = result.summary
-        where = ", ".join(str(summary[k]) + (" thread(s)" if k == "threads" else "")
-                          for k in ("device", "cpu", "threads", "batch") if summary.get(k))
-        lines += [("wall time", f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)" + (f" on {where}" if where else ""))]
+        where = ", ".join(
+            str(summary[k]) + (" thread(s)" if k == "threads" else "")
+            for k in ("device", "cpu", "threads", "batch")
+            if summary.get(k)
+        )
+        lines += [
+            (
+                "wall time",
+                f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)" + (f" on {where}" if where else ""),
+            )
+        ]
         lines += [] if structural else _phase_lines(detect_phases(metrics))
         lines += _stage_lines(detect_stages(metrics))
     else:
@@ -435,19 +702,31 @@ def _stage_lines(stages: dict) -> list[tuple[str, str]]:
     """The stages every run has (memorized, structure / LLC onsets, generalized, cleanup) on one line."""
     if not stages:
         return []
-    names = {"memorized_step": "memorized", "structure_onset_step": "structure moves", "llc_onset_step": "LLC moves",
-             "generalized_step": "generalized", "cleanup_end_step": "cleanup ends"}
+    names = {
+        "memorized_step": "memorized",
+        "structure_onset_step": "structure moves",
+        "llc_onset_step": "LLC moves",
+        "generalized_step": "generalized",
+        "cleanup_end_step": "cleanup ends",
+    }
     found = sorted((v, names[k]) for k, v in stages.items() if k in names and v is not None)
     text = ", ".join(f"{name} at {step}" for step, name in found) or "none found"
-    leads = ", ".join(f"{k.split('_')[0]} leads by {stages[k]:.0%} of the delay" for k in ("structure_lead", "llc_lead")
-                      if stages.get(k) is not None)
-    return [("stages", text + (f" ({leads})" if leads else ""))] + ([("", stages["stages_note"])] if stages.get("stages_note") else [])
+    leads = ", ".join(
+        f"{k.split('_')[0]} leads by {stages[k]:.0%} of the delay"
+        for k in ("structure_lead", "llc_lead")
+        if stages.get(k) is not None
+    )
+    return [("stages", text + (f" ({leads})" if leads else ""))] + (
+        [("", stages["stages_note"])] if stages.get("stages_note") else []
+    )
 
 
 def _phase_lines(phases: dict) -> list[tuple[str, str]]:
     if not phases:
         return []
-    ends = [(name.replace("_", " "), phases.get(f"{name}_end")) for name in ("memorization", "circuit_formation", "cleanup")]
+    ends = [
+        (name.replace("_", " "), phases.get(f"{name}_end")) for name in ("memorization", "circuit_formation", "cleanup")
+    ]
     text = ", ".join(f"{name} ends at step {step}" if step is not None else f"no {name}" for name, step in ends)
     return [("phases", text)] + ([("", phases["phase_note"])] if phases.get("phase_note") else [])
 
@@ -463,15 +742,21 @@ class _progress:
             return self._plain if not self.quiet else None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:>7} steps/s"), TextColumn("{task.fields[acc]}"),
-                            TimeElapsedColumn(), transient=False)
+        self.bar = Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>7} steps/s"),
+            TextColumn("{task.fields[acc]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
         self.bar.start()
         self.task = self.bar.add_task("train", total=self.total, rate="", acc="")
         self.t0, self.s0, self.last = time.perf_counter(), None, 0.0
         return self._update
 
-    def _update(self, step: int, row: Optional[dict]) -> None:
+    def _update(self, step: int, row: dict | None) -> None:
         now = time.perf_counter()
         if self.s0 is None:
             self.s0, self.t0 = step, now
@@ -483,17 +768,20 @@ class _progress:
             self.bar.update(self.task, completed=step, rate=f"{rate:.1f}", **fields)
             self.last = now
 
-    def _plain(self, step: int, row: Optional[dict]) -> None:
+    def _plain(self, step: int, row: dict | None) -> None:
         if row is not None and (step % (10 * max(1, self.total // 100)) == 0 or step == 0):
-            click.echo(f"step {step:>7}  train acc {row['train_acc']:.4f}  test acc {row['test_acc']:.4f}  "
-                       f"train loss {row['train_loss']:.3g}  test loss {row['test_loss']:.3g}", err=True)
+            click.echo(
+                f"step {step:>7}  train acc {row['train_acc']:.4f}  test acc {row['test_acc']:.4f}  "
+                f"train loss {row['train_loss']:.3g}  test loss {row['test_loss']:.3g}",
+                err=True,
+            )
 
     def __exit__(self, *exc) -> None:
         if getattr(self, "bar", None) is not None:
             self.bar.stop()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="groklab", standalone_mode=False)
     except click.exceptions.Abort:

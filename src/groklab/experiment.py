@@ -4,6 +4,7 @@
 checked before the run directory is created, so a bad config never leaves a half-made run and
 never touches an existing one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,22 +13,28 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
 
 import pandas as pd
 import torch
+from pydantic import BaseModel
 
 from groklab import runtime
-from groklab.config import (MeasuresConfig, ModelConfig, RunConfig, TaskConfig, apply_overrides, config_from_dict,
-                            to_yaml)
+from groklab.config import (
+    MeasuresConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    apply_overrides,
+    config_from_dict,
+    to_yaml,
+)
 from groklab.dynamics import detect_phases, detect_stages, phase_evidence, summarize
 from groklab.dynamics.summary import is_structural
 from groklab.errors import ConfigError, RunDirError
 from groklab.measures import check_measures, final_key_frequencies, make_measures
-from pydantic import BaseModel
-
 from groklab.models import build_model, model_config, resolved_params
 from groklab.store import Run, RunDir, load_states, save_states
 from groklab.tasks import Task, build_task, task_params
@@ -37,7 +44,7 @@ from groklab.training.population import MEMBER_HPARAMS
 DONE = ("finished", "stopped_early", "diverged")
 EVAL_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
 BASE_COLUMNS = ("step", *EVAL_COLUMNS, "elapsed_s")  # everything else in a metrics row is a measure
-Progress = Callable[[int, Optional[dict]], None]
+Progress = Callable[[int, dict | None], None]
 
 
 @dataclass(frozen=True)
@@ -61,14 +68,16 @@ def resolve_device(spec: str, here: bool = True) -> torch.device:
         raise ConfigError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and here:
         if not torch.cuda.is_available():
-            raise ConfigError(f"device '{spec}' requested but CUDA is not available here; use --device cpu "
-                              "(or install a CUDA build of torch, see README)")
+            raise ConfigError(
+                f"device '{spec}' requested but CUDA is not available here; use --device cpu "
+                "(or install a CUDA build of torch, see README)"
+            )
         if (device.index or 0) >= torch.cuda.device_count():
             raise ConfigError(f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
 
 
-def resolve(config: RunConfig, device: Optional[str] = None) -> Prepared:
+def resolve(config: RunConfig, device: str | None = None) -> Prepared:
     """Validate everything and fill in every default; raises ConfigError with a one-line message."""
     data_seed, model_seed = config.resolved_data_seed, config.resolved_model_seed
     params = task_params(config.task)
@@ -77,17 +86,24 @@ def resolve(config: RunConfig, device: Optional[str] = None) -> Prepared:
     if config.measures is not None:
         check_measures(config.measures, task)
     if config.train.loss_fn == "stablemax" and task.loss == "hinge":
-        raise ConfigError(f"config: train.loss_fn 'stablemax' needs class outputs, but task '{task.name}' is trained "
-                          "with a hinge loss on one output; use loss_fn cross_entropy")
+        raise ConfigError(
+            f"config: train.loss_fn 'stablemax' needs class outputs, but task '{task.name}' is trained "
+            "with a hinge loss on one output; use loss_fn cross_entropy"
+        )
     stop = config.train.early_stop
     if stop is not None and stop.metric not in EVAL_COLUMNS + task.eval_columns:
-        raise ConfigError(f"config: train.early_stop.metric '{stop.metric}' is not one of "
-                          f"{', '.join(EVAL_COLUMNS + task.eval_columns)}")
-    resolved = config.model_copy(update={
-        "data_seed": data_seed, "model_seed": model_seed,
-        "task": TaskConfig(name=config.task.name, **params.model_dump(mode="json")),
-        "model": ModelConfig(**resolved_params(model)),
-    })
+        raise ConfigError(
+            f"config: train.early_stop.metric '{stop.metric}' is not one of "
+            f"{', '.join(EVAL_COLUMNS + task.eval_columns)}"
+        )
+    resolved = config.model_copy(
+        update={
+            "data_seed": data_seed,
+            "model_seed": model_seed,
+            "task": TaskConfig(name=config.task.name, **params.model_dump(mode="json")),
+            "model": ModelConfig(**resolved_params(model)),
+        }
+    )
     return Prepared(resolved, task, model, resolve_device(device or config.train.device))
 
 
@@ -95,8 +111,15 @@ def default_out(config: RunConfig) -> Path:
     return Path("runs") / f"{config.name}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run(config: RunConfig, out: Union[str, Path, None] = None, *, device: Optional[str] = None,
-        progress: Optional[Progress] = None, report: bool = True, threads: Optional[int] = None) -> Run:
+def run(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    device: str | None = None,
+    progress: Progress | None = None,
+    report: bool = True,
+    threads: int | None = None,
+) -> Run:
     """Train `config` into a new run directory (default runs/NAME-sSEED-TIME) and return the run;
     with `report`, end by writing RUN_DIR/report.html. `threads`: torch's CPU threads (default: the
     CPUs this process may use, `groklab.runtime.cpu_threads`)."""
@@ -106,23 +129,31 @@ def run(config: RunConfig, out: Union[str, Path, None] = None, *, device: Option
     return _finish(_train(run_dir, prepared, None, progress, threads), report)
 
 
-def resume(path: Union[str, Path], *, device: Optional[str] = None, progress: Optional[Progress] = None,
-           report: bool = True, threads: Optional[int] = None) -> Run:
+def resume(
+    path: str | Path,
+    *,
+    device: str | None = None,
+    progress: Progress | None = None,
+    report: bool = True,
+    threads: int | None = None,
+) -> Run:
     """Continue an interrupted or killed run from its last checkpoint; a finished run is left as is.
     The finished metrics equal those of an uninterrupted run."""
     existing = Run(path)
     if existing.summary.get("status") in DONE:
         return existing
     if existing.summary.get("batch") and not existing.dir.has_state():
-        raise RunDirError(f"{existing.path} is a member of the batched sweep's batch {existing.summary['batch']}; "
-                          "resume it with the same `groklab sweep` command")
+        raise RunDirError(
+            f"{existing.path} is a member of the batched sweep's batch {existing.summary['batch']}; "
+            "resume it with the same `groklab sweep` command"
+        )
     prepared = resolve(existing.config, device)
     check_threads(threads)
     state = existing.dir.load_state() if existing.dir.has_state() else None
     return _finish(_train(existing.dir, prepared, state, progress, threads), report)
 
 
-def check_threads(threads: Optional[int]) -> None:
+def check_threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
 
@@ -139,8 +170,14 @@ class Recorder:
     """The trainer's sink: appends metric rows, saves checkpoints, keeps summary.json current. A member of a
     batch (`batch` names it) saves its weights only and hands its resume state to `states` (the batch's)."""
 
-    def __init__(self, run_dir: RunDir, prepared: Prepared, rows: list[dict], batch: Optional[str] = None,
-                 states: Optional[dict[str, TrainState]] = None):
+    def __init__(
+        self,
+        run_dir: RunDir,
+        prepared: Prepared,
+        rows: list[dict],
+        batch: str | None = None,
+        states: dict[str, TrainState] | None = None,
+    ):
         self.run_dir, self.prepared, self.rows, self.batch, self.states = run_dir, prepared, rows, batch, states
 
     def on_eval(self, row: dict) -> None:
@@ -157,9 +194,19 @@ class Recorder:
 
     def write_summary(self, status: str, step: int) -> None:
         extra = {} if self.batch is None else {"batch": self.batch}
-        write_summary(self.run_dir, self.prepared.config, self.rows, status=status, step=step,
-                      device=str(self.prepared.device), cpu=runtime.cpu_name(), threads=torch.get_num_threads(),
-                      pid=os.getpid(), host=os.uname().nodename, **extra)
+        write_summary(
+            self.run_dir,
+            self.prepared.config,
+            self.rows,
+            status=status,
+            step=step,
+            device=str(self.prepared.device),
+            cpu=runtime.cpu_name(),
+            threads=torch.get_num_threads(),
+            pid=os.getpid(),
+            host=os.uname().nodename,
+            **extra,
+        )
 
 
 def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -> None:
@@ -168,11 +215,21 @@ def write_summary(run_dir: RunDir, cfg: RunConfig, rows: list[dict], **fields) -
     stages every run has (`dynamics.detect_stages`: memorized, structure and LLC onsets, generalized, cleanup)."""
     metrics = pd.DataFrame(rows)
     phases = {} if is_structural(metrics) else detect_phases(metrics)
-    run_dir.write_summary({**fields, "name": cfg.name, "source": cfg.source, "expected": cfg.expected,
-                           **summarize(metrics), **phases, **phase_evidence(metrics, phases), **detect_stages(metrics)})
+    run_dir.write_summary(
+        {
+            **fields,
+            "name": cfg.name,
+            "source": cfg.source,
+            "expected": cfg.expected,
+            **summarize(metrics),
+            **phases,
+            **phase_evidence(metrics, phases),
+            **detect_stages(metrics),
+        }
+    )
 
 
-def _trainer(prepared: Prepared, state: Optional[TrainState]) -> Trainer:
+def _trainer(prepared: Prepared, state: TrainState | None) -> Trainer:
     cfg = prepared.config
     model = build_model(prepared.model, cfg.resolved_model_seed).to(prepared.device)
     task = prepared.task.to(prepared.device)
@@ -183,8 +240,9 @@ def _trainer(prepared: Prepared, state: Optional[TrainState]) -> Trainer:
     return trainer
 
 
-def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], progress: Optional[Progress],
-           threads: Optional[int] = None) -> Run:
+def _train(
+    run_dir: RunDir, prepared: Prepared, state: TrainState | None, progress: Progress | None, threads: int | None = None
+) -> Run:
     runtime.set_threads(threads)
     with run_dir.lock():
         run_dir.truncate_metrics(state.step if state else -1)
@@ -198,8 +256,12 @@ def _train(run_dir: RunDir, prepared: Prepared, state: Optional[TrainState], pro
 
 def _final_measures(run: Run, prepared: Prepared, outcome: Outcome) -> Run:
     cfg = prepared.config
-    if (cfg.measures is not None and "fourier" in cfg.measures.names and cfg.measures.key_freqs == "final"
-            and outcome.status in ("finished", "stopped_early")):
+    if (
+        cfg.measures is not None
+        and "fourier" in cfg.measures.names
+        and cfg.measures.key_freqs == "final"
+        and outcome.status in ("finished", "stopped_early")
+    ):
         # the paper's choice: the final model's frequencies (the Fourier measures at checkpoints only are
         # recomputed; the other measure sets' columns stay as measured while training)
         measure(run.path, "final", device=str(prepared.device), names=("fourier",))
@@ -223,9 +285,16 @@ def batch_key(config: RunConfig) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], state_path: Union[str, Path], *,
-              name: str = "batch", device: Optional[str] = None, threads: Optional[int] = None,
-              progress: Optional[Progress] = None) -> list[Run]:
+def run_batch(
+    configs: Sequence[RunConfig],
+    paths: Sequence[str | Path],
+    state_path: str | Path,
+    *,
+    name: str = "batch",
+    device: str | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> list[Run]:
     """Train several runs together as one population (`groklab.training.population`), each into its
     own ordinary run directory, and return them. Their configs must agree but for seeds and the
     hyper-parameters members may differ in (`batch_key`). The batch's resume state — every member's,
@@ -234,8 +303,10 @@ def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], s
     equal those of an uninterrupted batch."""
     prepared = [resolve(config, device) for config in configs]
     if len({batch_key(p.config) for p in prepared}) > 1:
-        raise ConfigError("runs of one batch must share everything but seeds, train.lr, weight_decay, betas, eps, "
-                          "momentum and model.init_scale; batch them separately")
+        raise ConfigError(
+            "runs of one batch must share everything but seeds, train.lr, weight_decay, betas, eps, "
+            "momentum and model.init_scale; batch them separately"
+        )
     check_threads(threads)
     runtime.set_threads(threads)
     state_path = Path(state_path)
@@ -270,8 +341,14 @@ def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], s
                 recorders.append(Recorder(dirs[i], prepared[i], dirs[i].metric_rows(), batch=name, states=states))
             rng = start[0].rng if start[0] is not None else None
             with graceful_stop() as should_stop:
-                ends = Population(trainers).run(recorders, should_stop, progress, seed=trainers[0].seed, rng=rng,
-                                                on_checkpoints=lambda: save_states(state_path, states))
+                ends = Population(trainers).run(
+                    recorders,
+                    should_stop,
+                    progress,
+                    seed=trainers[0].seed,
+                    rng=rng,
+                    on_checkpoints=lambda: save_states(state_path, states),
+                )
             for i, recorder, outcome in zip(todo, recorders, ends):
                 recorder.write_summary(outcome.status, outcome.step)
                 outcomes[i] = outcome
@@ -280,9 +357,15 @@ def run_batch(configs: Sequence[RunConfig], paths: Sequence[Union[str, Path]], s
     return [Run(d.path) for d in dirs]
 
 
-def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = None, *,
-            device: Optional[str] = None, names: Optional[tuple[str, ...]] = None, every: Optional[int] = None,
-            overrides: Sequence[str] = ()) -> Run:
+def measure(
+    path: str | Path,
+    key_freqs: str | list[int] | None = None,
+    *,
+    device: str | None = None,
+    names: tuple[str, ...] | None = None,
+    every: int | None = None,
+    overrides: Sequence[str] = (),
+) -> Run:
     """Recompute the measure columns of a run's metrics from its saved checkpoints, leaving the
     training columns as they are; `names`: only these measure sets (e.g. ("llc",)), the other measure
     columns kept (and, in a pass over every checkpoint, these sets' columns removed from the rows between
@@ -295,7 +378,9 @@ def measure(path: Union[str, Path], key_freqs: Union[str, list[int], None] = Non
     if any(not item.startswith("measures.") for item in overrides):
         raise ConfigError(f"--set: measure takes only measures.KEY=VALUE settings, got {', '.join(overrides)}")
     run = Run(path)
-    config = config_from_dict(apply_overrides(run.config.model_dump(mode="json"), overrides)) if overrides else run.config
+    config = (
+        config_from_dict(apply_overrides(run.config.model_dump(mode="json"), overrides)) if overrides else run.config
+    )
     cfg = config.measures or MeasuresConfig()
     if names:
         cfg = cfg.model_copy(update={"names": tuple(names)})

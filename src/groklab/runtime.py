@@ -15,6 +15,7 @@ servers, a sweep's neighbours) and late in training. Imported by `groklab/__init
   from 51 to 181 ms per step by step 7k on a Xeon). Training flushes them to zero, in the main
   thread and in every OpenMP worker thread (the FTZ / DAZ flags are per thread).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,8 @@ import ctypes
 import functools
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 SPINCOUNT = "1000"  # iterations a waiting OpenMP thread spins before it sleeps (libgomp default: 300000)
 
@@ -34,19 +35,21 @@ def configure_openmp() -> None:
         os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_name() -> str:
     """The CPU's model name (as lscpu prints it), for the records of timings: AMD and Intel differ up to 3x."""
     try:
         with open("/proc/cpuinfo") as info:
-            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown CPU")
+            return next(
+                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown CPU"
+            )
     except OSError:
         import platform
 
         return platform.processor() or "unknown CPU"
 
 
-def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> Optional[float]:
+def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """CPUs allowed by this process's cgroup CPU quota (v2 cpu.max or v1 cfs quota / period), or None."""
     try:
         quota, period = (root / "cpu.max").read_text().split()[:2]
@@ -71,7 +74,7 @@ def cpu_threads() -> int:
     return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
 
 
-def set_threads(threads: Optional[int] = None) -> int:
+def set_threads(threads: int | None = None) -> int:
     """Use `threads` (default: `cpu_threads()`) for torch's intra-op parallelism; returns the number."""
     import torch
 
@@ -108,7 +111,7 @@ def denormals_flushed(on: bool = True) -> Iterator[None]:
             flush_denormals(False)
 
 
-def _libgomp() -> Optional[ctypes.CDLL]:
+def _libgomp() -> ctypes.CDLL | None:
     """The libgomp torch loaded (its own copy in a pip wheel), or None."""
     try:
         with open("/proc/self/maps") as maps:

@@ -1,4 +1,5 @@
 """Config layer: presets (YAML, with provenance) -> validated config objects."""
+
 from groklab.config.loading import (
     PRESET_DIR,
     apply_overrides,
@@ -12,7 +13,18 @@ from groklab.config.loading import (
 from groklab.config.schema import EarlyStop, MeasuresConfig, ModelConfig, RunConfig, TaskConfig, TrainConfig
 
 __all__ = [
-    "PRESET_DIR", "EarlyStop", "MeasuresConfig", "ModelConfig", "RunConfig", "TaskConfig", "TrainConfig",
-    "apply_overrides", "config_from_dict", "format_validation_error", "load_config",
-    "load_preset", "preset_names", "to_yaml",
+    "PRESET_DIR",
+    "EarlyStop",
+    "MeasuresConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "format_validation_error",
+    "load_config",
+    "load_preset",
+    "preset_names",
+    "to_yaml",
 ]

@@ -1,10 +1,12 @@
 """Presets (YAML with provenance), config files, `--set key.path=value` overrides, and
 one-line messages for invalid configs."""
+
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -29,7 +31,7 @@ def load_preset(name: str) -> RunConfig:
     return config_from_dict(_read_yaml(path))
 
 
-def load_config(spec: str, overrides: Sequence[str] = (), seed: Optional[int] = None) -> RunConfig:
+def load_config(spec: str, overrides: Sequence[str] = (), seed: int | None = None) -> RunConfig:
     """A preset name or a YAML file, with `key.path=value` overrides and an optional seed."""
     if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
         path = Path(spec)
@@ -80,7 +82,7 @@ def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def format_validation_error(err: ValidationError, prefix: str = "", schema: Optional[type[BaseModel]] = None) -> str:
+def format_validation_error(err: ValidationError, prefix: str = "", schema: type[BaseModel] | None = None) -> str:
     """The first problem of a pydantic error as one line: where, what, and what to do."""
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"] if not str(part).startswith(("function-", "literal["))]

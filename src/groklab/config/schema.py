@@ -4,11 +4,12 @@ A run config is plain data. Task and model parameters are validated by the task 
 owns them (`groklab.tasks`, `groklab.models`), so adding a task or a model is one new file there;
 the training settings are generic and validated here.
 """
+
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 class Strict(BaseModel):
@@ -55,7 +56,7 @@ class Grokfast(Strict):
 
     kind: Literal["ema", "ma"] = "ema"
     alpha: float = Field(0.98, ge=0.0, lt=1.0)
-    lamb: Optional[NonNegativeFloat] = None
+    lamb: NonNegativeFloat | None = None
     window: PositiveInt = 100
     warmup: bool = True
     normalize_lr: bool = False
@@ -71,51 +72,51 @@ class TrainConfig(Strict):
 
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: PositiveFloat = 1e-3
-    weight_decay: NonNegativeFloat = 1.0           # AdamW: decoupled; Adam and SGD: added to the gradient (L2)
-    betas: tuple[float, float] = (0.9, 0.98)       # AdamW, Adam
-    eps: PositiveFloat = 1e-8                      # AdamW, Adam (Prieto et al. go down to 1e-25)
-    momentum: NonNegativeFloat = 0.0               # SGD
-    warmup_steps: NonNegativeInt = 10           # lr factor min(step / warmup_steps, 1); step 0 has lr 0
-    decay_steps: Optional[PositiveInt] = None   # then linear decay to 0 at this step (Murty et al.'s code: 2M)
-    batch_size: Union[Literal["full"], PositiveInt] = "full"
-    grad_clip: Optional[PositiveFloat] = None    # max global grad norm
+    weight_decay: NonNegativeFloat = 1.0  # AdamW: decoupled; Adam and SGD: added to the gradient (L2)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW, Adam
+    eps: PositiveFloat = 1e-8  # AdamW, Adam (Prieto et al. go down to 1e-25)
+    momentum: NonNegativeFloat = 0.0  # SGD
+    warmup_steps: NonNegativeInt = 10  # lr factor min(step / warmup_steps, 1); step 0 has lr 0
+    decay_steps: PositiveInt | None = None  # then linear decay to 0 at this step (Murty et al.'s code: 2M)
+    batch_size: Literal["full"] | PositiveInt = "full"
+    grad_clip: PositiveFloat | None = None  # max global grad norm
     loss_dtype: Literal["float32", "float64"] = "float64"
     max_steps: PositiveInt = 10_000
     eval_every: PositiveInt = 100
-    eval_train_size: Optional[PositiveInt] = None  # train metrics on the first N training examples (large datasets)
+    eval_train_size: PositiveInt | None = None  # train metrics on the first N training examples (large datasets)
     checkpoint_every: PositiveInt = 100
-    early_stop: Optional[EarlyStop] = None
+    early_stop: EarlyStop | None = None
     # the loss trained on: softmax cross-entropy, or StableMax cross-entropy (Prieto et al. 2025; float64)
     loss_fn: Literal["cross_entropy", "stablemax"] = "cross_entropy"
-    grokfast: Optional[Grokfast] = None          # a gradient filter between backward and the step
-    orthograd: bool = False                      # ⊥Grad: the gradient's component along the weights removed
-    weight_norm: Union[Literal["init"], PositiveFloat, None] = None  # the total weight norm held fixed (Omnigrok)
-    device: str = "auto"                         # auto | cpu | cuda | cuda:N
-    flush_denormal: bool = True                  # CPU: denormal floats flushed to zero (groklab.runtime)
+    grokfast: Grokfast | None = None  # a gradient filter between backward and the step
+    orthograd: bool = False  # ⊥Grad: the gradient's component along the weights removed
+    weight_norm: Literal["init"] | PositiveFloat | None = None  # the total weight norm held fixed (Omnigrok)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    flush_denormal: bool = True  # CPU: denormal floats flushed to zero (groklab.runtime)
 
 
 class MeasuresConfig(Strict):
     """Measures computed during training (`groklab.measures`), landing as metrics columns."""
 
-    every: PositiveInt = 100                      # steps between measurements
+    every: PositiveInt = 100  # steps between measurements
     names: tuple[str, ...] = ("weights", "fourier")  # measure sets, see groklab.measures.MEASURES
     # Fourier key frequencies: "final" (the paper): found in the final model, and every checkpoint's
     # measures recomputed with them when the run ends (while training: found at each measurement);
     # "each": found at each measurement; or a list given.
-    key_freqs: Union[Literal["final", "each"], tuple[PositiveInt, ...]] = "final"
+    key_freqs: Literal["final", "each"] | tuple[PositiveInt, ...] = "final"
     key_method: Literal["neuron_argmax", "wl_norm", "we_norm"] = "neuron_argmax"
-    min_fve: float = Field(0.85, ge=0.0, le=1.0)        # neuron_argmax: neurons a frequency explains this well
-    min_share: float = Field(0.01, ge=0.0, le=1.0)      # ... and at least this fraction of neurons per frequency
-    rel_threshold: float = Field(0.1, gt=0.0, le=1.0)   # wl_norm / we_norm: fraction of the largest frequency norm
-    per_frequency: bool = False                     # also excluded_loss_f1 .. f(p-1)/2
+    min_fve: float = Field(0.85, ge=0.0, le=1.0)  # neuron_argmax: neurons a frequency explains this well
+    min_share: float = Field(0.01, ge=0.0, le=1.0)  # ... and at least this fraction of neurons per frequency
+    rel_threshold: float = Field(0.1, gt=0.0, le=1.0)  # wl_norm / we_norm: fraction of the largest frequency norm
+    per_frequency: bool = False  # also excluded_loss_f1 .. f(p-1)/2
     # measure set "llc" (measures.llc): the SGLD step size, calibrated at each checkpoint ("each") or fixed
     # (the same at every checkpoint: comparable values, and one chain set per checkpoint instead of up to 7);
     # chains, draws and burn-in per step size; the minibatch of each SGLD step; the inverse temperature
     # n.beta: "batch" (m / log m, devinterp's default), "dataset" (n / log n, Lau et al.) or a number;
     # the localization gamma (see measures/llc.py for which to choose for a large model)
-    llc_epsilon: Union[Literal["each"], PositiveFloat] = "each"
+    llc_epsilon: Literal["each"] | PositiveFloat = "each"
     llc_batch: int = Field(256, ge=2)
-    llc_nbeta: Union[Literal["dataset", "batch"], PositiveFloat] = "batch"
+    llc_nbeta: Literal["dataset", "batch"] | PositiveFloat = "batch"
     llc_gamma: PositiveFloat = 100.0
     llc_chains: PositiveInt = 4
     llc_draws: int = Field(200, ge=8)
@@ -126,18 +127,18 @@ class RunConfig(Strict):
     """Everything that determines a run. Same config (and machine) => bit-identical metrics."""
 
     name: str = "custom"
-    source: str = ""        # provenance: paper, section / figure
-    expected: str = ""      # the outcome the preset must produce, in words
-    outcome: dict[str, Union[bool, tuple[float, float]]] = Field(default_factory=dict)
+    source: str = ""  # provenance: paper, section / figure
+    expected: str = ""  # the outcome the preset must produce, in words
+    outcome: dict[str, bool | tuple[float, float]] = Field(default_factory=dict)
     # ... and as checks on the run's summary (groklab.dynamics.check_outcome): a bool must match,
     # [lo, hi] must contain the value. Tests (quick) and benchmarks (the long presets) apply them.
     seed: NonNegativeInt = 0
-    data_seed: Optional[NonNegativeInt] = None   # default: seed
-    model_seed: Optional[NonNegativeInt] = None  # default: seed
+    data_seed: NonNegativeInt | None = None  # default: seed
+    model_seed: NonNegativeInt | None = None  # default: seed
     task: TaskConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    measures: Optional[MeasuresConfig] = None
+    measures: MeasuresConfig | None = None
 
     @property
     def resolved_data_seed(self) -> int:

@@ -1,4 +1,5 @@
 """Dynamics layer: pure numpy/pandas over metric tables (no torch): summaries, phases, training maps."""
+
 from groklab.dynamics.detours import (
     convergence_times,
     detour_test,
@@ -14,6 +15,24 @@ from groklab.dynamics.robustness import map_robustness
 from groklab.dynamics.slingshots import detect_slingshots, slingshot_summary
 from groklab.dynamics.summary import GROK_THRESHOLD, check_outcome, first_step, summarize
 
-__all__ = ["FEATURE_SETS", "GROK_THRESHOLD", "TrainingMap", "check_outcome", "convergence_times", "detect_phases", "detect_stages",
-           "detour_test", "first_step", "map_robustness", "phase_evidence", "state_occupancy", "summarize", "training_map_graph",
-           "transition_features", "transition_table", "visited"]
+__all__ = [
+    "FEATURE_SETS",
+    "GROK_THRESHOLD",
+    "TrainingMap",
+    "check_outcome",
+    "convergence_times",
+    "detect_phases",
+    "detect_slingshots",
+    "detect_stages",
+    "detour_test",
+    "first_step",
+    "map_robustness",
+    "phase_evidence",
+    "slingshot_summary",
+    "state_occupancy",
+    "summarize",
+    "training_map_graph",
+    "transition_features",
+    "transition_table",
+    "visited",
+]

@@ -23,10 +23,11 @@ interval; shares (runs that generalize, runs with three stages) the same way ove
 the claim is "same" when both populations say yes or both say no, "different" when one says yes and the
 other no, and "not enough runs" otherwise — a CI that straddles is not evidence either way.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -43,8 +44,19 @@ CLAIMS = (
     ("cleanup shrinks the weights (norm falls > 10% after generalization)", "norm_fall", 0.1),
 )
 SHARES = ("generalizes", "three_stages")  # over all runs; the rest over the runs that generalize
-QUANTITIES = ("generalizes", "three_stages", "memorized_step", "generalized_step", "cleanup_end_step",
-              "memorization", "delay", "cleanup", "structure_lead", "llc_lead", "norm_fall")
+QUANTITIES = (
+    "generalizes",
+    "three_stages",
+    "memorized_step",
+    "generalized_step",
+    "cleanup_end_step",
+    "memorization",
+    "delay",
+    "cleanup",
+    "structure_lead",
+    "llc_lead",
+    "norm_fall",
+)
 CURVES = ("held_out", "structure", "llc", "norm")
 
 
@@ -54,8 +66,18 @@ def run_row(metrics: pd.DataFrame) -> dict:
     if not stages:
         return {"generalizes": False, "three_stages": False, "stages_note": "no train / held-out metric"}
     gen, mem, clean = (stages.get(k) for k in ("generalized_step", "memorized_step", "cleanup_end_step"))
-    row = {k: stages.get(k) for k in ("memorized_step", "generalized_step", "cleanup_end_step",
-                                      "structure_onset_step", "llc_onset_step", "structure_lead", "llc_lead")}
+    row = {
+        k: stages.get(k)
+        for k in (
+            "memorized_step",
+            "generalized_step",
+            "cleanup_end_step",
+            "structure_onset_step",
+            "llc_onset_step",
+            "structure_lead",
+            "llc_lead",
+        )
+    }
     row["generalizes"] = gen is not None
     row["three_stages"] = None not in (mem, gen, clean) and mem <= gen < clean
     if gen:
@@ -115,8 +137,12 @@ def verdict(outcomes: list[str]) -> str:
     return "not enough runs"
 
 
-def verdicts(stats: Mapping[str, pd.DataFrame], detours: Mapping[str, Optional[pd.DataFrame]],
-             min_runs: int = 3, alpha: float = 0.05) -> pd.DataFrame:
+def verdicts(
+    stats: Mapping[str, pd.DataFrame],
+    detours: Mapping[str, pd.DataFrame | None],
+    min_runs: int = 3,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
     """Claim by claim: each population's outcome and numbers, and the verdict across the populations.
     `detours`: each population's detour table (dynamics.detour_test: state, r, p_holm, obligatory, detour), or None when
     it has no training map."""
@@ -128,8 +154,11 @@ def verdicts(stats: Mapping[str, pd.DataFrame], detours: Mapping[str, Optional[p
             s = table.set_index("quantity").loc[quantity]
             outcome = claim_outcome(table, quantity, threshold, min_runs)
             outcomes.append(outcome)
-            row[name] = (f"{outcome}: {s['mean']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}], n = {int(s['n'])}"
-                         if s["n"] else f"{outcome}: no run has it")
+            row[name] = (
+                f"{outcome}: {s['mean']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}], n = {int(s['n'])}"
+                if s["n"]
+                else f"{outcome}: no run has it"
+            )
         row["verdict"] = verdict(outcomes)
         rows.append(row)
     row, outcomes = {"claim": f"the training map has a detour state (p < {alpha}, Holm)"}, []
@@ -142,9 +171,12 @@ def verdicts(stats: Mapping[str, pd.DataFrame], detours: Mapping[str, Optional[p
         found = table[table["detour"].astype(bool)]
         tested = int((~table["obligatory"].astype(bool)).sum())
         outcomes.append("yes" if len(found) else "no")
-        row[name] = ("yes: " + ", ".join(f"state {int(s.state)} (r = {s.r:+.2f}, p = {s.p_holm:.3g})"
-                                         for s in found.itertuples()) if len(found)
-                     else f"no: {tested} optional state(s) tested, none a detour")
+        row[name] = (
+            "yes: "
+            + ", ".join(f"state {int(s.state)} (r = {s.r:+.2f}, p = {s.p_holm:.3g})" for s in found.itertuples())
+            if len(found)
+            else f"no: {tested} optional state(s) tested, none a detour"
+        )
     row["verdict"] = verdict(outcomes)
     rows.append(row)
     return pd.DataFrame(rows)

@@ -9,11 +9,12 @@ the count of censored runs (#12), trimmed maps with unnormalised probabilities (
 the paper uses all runs; for the held-out runs only (spec §6 #11) pass
 `{s: tm.paths_[s] for s in tm.test_runs_}`.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping, Optional, Union
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,9 @@ from groklab.dynamics.hmm import Runs, TrainingMap, as_runs, prepare_run
 Paths = Mapping[object, np.ndarray]
 
 
-def convergence_times(runs: Runs, column: str = "test_acc", threshold: float = 0.9,
-                      first_n: Optional[int] = None) -> pd.DataFrame:
+def convergence_times(
+    runs: Runs, column: str = "test_acc", threshold: float = 0.9, first_n: int | None = None
+) -> pd.DataFrame:
     """First checkpoint at which `column` crosses `threshold`, per run (spec §5.2).
 
     The crossing is `column >= threshold`, or `<=` for a column ending in "_loss" (the released code
@@ -41,19 +43,27 @@ def convergence_times(runs: Runs, column: str = "test_acc", threshold: float = 0
         crossed = values <= threshold if column.endswith("_loss") else values >= threshold
         hits = np.flatnonzero(crossed)  # NaN never crosses
         if len(hits):
-            rows.append({"seed": seed, "converged": True, "index": int(hits[0]), "step": steps[hits[0]],
-                         "censored": False})
+            rows.append(
+                {"seed": seed, "converged": True, "index": int(hits[0]), "step": steps[hits[0]], "censored": False}
+            )
         else:
-            rows.append({"seed": seed, "converged": False, "index": len(table),
-                         "step": steps[-1] if len(steps) else math.nan, "censored": True})
+            rows.append(
+                {
+                    "seed": seed,
+                    "converged": False,
+                    "index": len(table),
+                    "step": steps[-1] if len(steps) else math.nan,
+                    "censored": True,
+                }
+            )
     return pd.DataFrame(rows, columns=["seed", "converged", "index", "step", "censored"])
 
 
-def _n_states(paths: Paths, n_states: Optional[int]) -> int:
+def _n_states(paths: Paths, n_states: int | None) -> int:
     return n_states if n_states is not None else int(max(np.max(p) for p in paths.values())) + 1
 
 
-def state_occupancy(paths: Paths, n_states: Optional[int] = None, normalize: bool = True) -> pd.DataFrame:
+def state_occupancy(paths: Paths, n_states: int | None = None, normalize: bool = True) -> pd.DataFrame:
     """Seeds x states: the fraction (or, with normalize=False, the number) of checkpoints in each state."""
     k = _n_states(paths, n_states)
     counts = np.array([np.bincount(np.asarray(p, dtype=int), minlength=k) for p in paths.values()])
@@ -61,7 +71,7 @@ def state_occupancy(paths: Paths, n_states: Optional[int] = None, normalize: boo
     return pd.DataFrame(table, index=pd.Index(list(paths), name="seed"), columns=pd.RangeIndex(k, name="state"))
 
 
-def visited(paths: Paths, n_states: Optional[int] = None) -> pd.DataFrame:
+def visited(paths: Paths, n_states: int | None = None) -> pd.DataFrame:
     """Seeds x states: does the run's path enter the state at all."""
     return state_occupancy(paths, n_states, normalize=False) > 0
 
@@ -81,8 +91,9 @@ def _two_sided_p(t: np.ndarray, df: float) -> np.ndarray:
     return 2 * stdtr(df, -np.abs(t))
 
 
-def detour_test(paths: Paths, convergence: Union[pd.DataFrame, pd.Series, Mapping], alpha: float = 0.05,
-                exclude_censored: bool = False) -> pd.DataFrame:
+def detour_test(
+    paths: Paths, convergence: pd.DataFrame | pd.Series | Mapping, alpha: float = 0.05, exclude_censored: bool = False
+) -> pd.DataFrame:
     """Which states go with slower convergence (Hu et al. 2023 §4.2; spec §5.3, §6 #1, #12).
 
     For each state k, over the runs: the visit indicator I_k(run) = k appears in the run's path;
@@ -117,7 +128,7 @@ def detour_test(paths: Paths, convergence: Union[pd.DataFrame, pd.Series, Mappin
     for state in np.flatnonzero(~obligatory):
         r[state] = _pearson(visits[:, state].astype(float), y)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = r * math.sqrt(max(n - 2, 0)) / np.sqrt(1 - r ** 2)
+        t = r * math.sqrt(max(n - 2, 0)) / np.sqrt(1 - r**2)
     p = _two_sided_p(t, n - 2) if n > 2 else np.full(k, math.nan)
     p_holm = np.full(k, math.nan)
     tested = np.isfinite(p)
@@ -126,12 +137,21 @@ def detour_test(paths: Paths, convergence: Union[pd.DataFrame, pd.Series, Mappin
         mean_visit = [y[visits[:, s]].mean() if n_visit[s] else math.nan for s in range(k)]
         mean_not = [y[~visits[:, s]].mean() if n - n_visit[s] else math.nan for s in range(k)]
 
-    table = pd.DataFrame({
-        "state": np.arange(k), "n_visit": n_visit, "n_not": n - n_visit,
-        "mean_conv_visit": mean_visit, "mean_conv_not": mean_not,
-        "r": r, "t": t, "p": p, "p_holm": p_holm, "obligatory": obligatory,
-        "detour": (p_holm < alpha) & (r > 0),
-    })
+    table = pd.DataFrame(
+        {
+            "state": np.arange(k),
+            "n_visit": n_visit,
+            "n_not": n - n_visit,
+            "mean_conv_visit": mean_visit,
+            "mean_conv_not": mean_not,
+            "r": r,
+            "t": t,
+            "p": p,
+            "p_holm": p_holm,
+            "obligatory": obligatory,
+            "detour": (p_holm < alpha) & (r > 0),
+        }
+    )
     regression = _time_regression(time_in[:, ~obligatory], y)
     for column in ("coef_time", "se_time", "t_time", "p_time"):
         table[column] = math.nan
@@ -165,8 +185,11 @@ def _time_regression(time_in: np.ndarray, y: np.ndarray) -> dict:
     design = np.column_stack([np.ones(n), time_in])
     dof = n - design.shape[1]
     if dof <= 0 or np.linalg.matrix_rank(design) < design.shape[1]:
-        warnings.warn("time-in-state regression is rank-deficient (too few runs, or the states' times add up "
-                      "to a constant): coef_time etc. are NaN", stacklevel=3)
+        warnings.warn(
+            "time-in-state regression is rank-deficient (too few runs, or the states' times add up "
+            "to a constant): coef_time etc. are NaN",
+            stacklevel=3,
+        )
         return nan
     beta, *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - design @ beta
@@ -177,7 +200,7 @@ def _time_regression(time_in: np.ndarray, y: np.ndarray) -> dict:
     return {"coef_time": beta[1:], "se_time": se, "t_time": t, "p_time": _two_sided_p(t, dof)}
 
 
-def transition_table(paths: Paths, model: Optional[TrainingMap] = None) -> pd.DataFrame:
+def transition_table(paths: Paths, model: TrainingMap | None = None) -> pd.DataFrame:
     """Every pair (s_t, s_t+1) that occurs in the paths, self-loops included: count (occurrences),
     runs (number of runs taking it) and prob (the fitted transmat_ entry, NaN without a model)."""
     counts: dict[tuple[int, int], int] = {}
@@ -188,9 +211,16 @@ def transition_table(paths: Paths, model: Optional[TrainingMap] = None) -> pd.Da
         for (i, j), c in zip(pairs.tolist(), n.tolist()):
             counts[i, j] = counts.get((i, j), 0) + c
             runs[i, j] = runs.get((i, j), 0) + 1
-    rows = [{"from": i, "to": j, "count": counts[i, j], "runs": runs[i, j],
-             "prob": float(model.transmat_[i, j]) if model is not None else math.nan}
-            for i, j in sorted(counts)]
+    rows = [
+        {
+            "from": i,
+            "to": j,
+            "count": counts[i, j],
+            "runs": runs[i, j],
+            "prob": float(model.transmat_[i, j]) if model is not None else math.nan,
+        }
+        for i, j in sorted(counts)
+    ]
     return pd.DataFrame(rows, columns=["from", "to", "count", "runs", "prob"])
 
 
@@ -200,8 +230,9 @@ def _log_emissions(model: TrainingMap, z: np.ndarray) -> np.ndarray:
     for k, (mu, sigma) in enumerate(zip(model.means_, model.covars_)):
         chol = np.linalg.cholesky(sigma)
         solved = np.linalg.solve(chol, (z - mu).T)  # (F, T)
-        out[:, k] = -0.5 * ((solved ** 2).sum(axis=0) + 2 * np.log(np.diag(chol)).sum()
-                            + z.shape[1] * math.log(2 * math.pi))
+        out[:, k] = -0.5 * (
+            (solved**2).sum(axis=0) + 2 * np.log(np.diag(chol)).sum() + z.shape[1] * math.log(2 * math.pi)
+        )
     return out
 
 
@@ -248,16 +279,22 @@ def transition_features(model: TrainingMap, runs: Runs, i: int, j: int) -> pd.Da
     if not gradients:
         raise ValueError(f"the transition {i} -> {j} never occurs in the decoded paths")
     mean = np.concatenate(gradients).mean(axis=0)
-    table = pd.DataFrame({"feature": model.features_, "mean_gradient": mean,
-                          "abs_rank": pd.Series(np.abs(mean)).rank(ascending=False, method="first").astype(int),
-                          "mean_shift": model.means_[j] - model.means_[i]})
+    table = pd.DataFrame(
+        {
+            "feature": model.features_,
+            "mean_gradient": mean,
+            "abs_rank": pd.Series(np.abs(mean)).rank(ascending=False, method="first").astype(int),
+            "mean_shift": model.means_[j] - model.means_[i],
+        }
+    )
     table = table.sort_values("abs_rank").reset_index(drop=True)
     table.attrs["n_occurrences"] = sum(len(g) for g in gradients)
     return table
 
 
-def training_map_graph(model: TrainingMap, paths: Optional[Paths] = None, runs: Optional[Runs] = None,
-                       renormalize: bool = False):
+def training_map_graph(
+    model: TrainingMap, paths: Paths | None = None, runs: Runs | None = None, renormalize: bool = False
+):
     """The trimmed training map (spec §5.1, §6 #15) as a networkx DiGraph.
 
     Nodes: every state, with occupancy (fraction of all checkpoints), n_runs (runs visiting it) and,
@@ -273,8 +310,10 @@ def training_map_graph(model: TrainingMap, paths: Optional[Paths] = None, runs: 
     accuracy = _state_test_acc(model, paths, runs) if runs is not None else None
     graph = nx.DiGraph()
     for state in range(k):
-        attributes = {"occupancy": counts[state].sum() / counts.to_numpy().sum(),
-                      "n_runs": int((counts[state] > 0).sum())}
+        attributes = {
+            "occupancy": counts[state].sum() / counts.to_numpy().sum(),
+            "n_runs": int((counts[state] > 0).sum()),
+        }
         if accuracy is not None:
             attributes["test_acc"] = accuracy[state]
         graph.add_node(state, **attributes)
@@ -286,7 +325,7 @@ def training_map_graph(model: TrainingMap, paths: Optional[Paths] = None, runs: 
     return graph
 
 
-def _state_test_acc(model: TrainingMap, paths: Paths, runs: Runs) -> Optional[list]:
+def _state_test_acc(model: TrainingMap, paths: Paths, runs: Runs) -> list | None:
     """Mean test_acc over the checkpoints decoded to each state, or None without a test_acc column."""
     tables = as_runs(runs)
     if not all("test_acc" in table for table in tables.values()):

@@ -21,6 +21,7 @@ Where this differs from the released code (`michahu/modeling-training`, `04_trai
 hmmlearn (and scikit-learn, which it imports) is imported on first use: it is heavy, and `groklab`
 imports this layer at start-up.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -29,17 +30,31 @@ import math
 import multiprocessing
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     # Hu et al. 2023 §3 / spec §3.3: 14 weight statistics per checkpoint; loss and accuracy are not features.
-    "base": ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity", "mean_lambda",
-             "variance_lambda", "mean_w", "median_w", "var_w", "mean_b", "median_b", "var_b"),
+    "base": (
+        "l1",
+        "l2",
+        "trace",
+        "spectral",
+        "code_sparsity",
+        "computational_sparsity",
+        "mean_lambda",
+        "variance_lambda",
+        "mean_w",
+        "median_w",
+        "var_w",
+        "mean_b",
+        "median_b",
+        "var_b",
+    ),
     "ablation": ("l1", "l2", "trace", "variance_lambda", "mean_w", "mean_b"),
     "ablation2": ("l2",),
     "ablation3": ("l1",),
@@ -54,7 +69,7 @@ COVARIANCE_TYPES = ("full", "diag")
 MAX_RETRIES = 3  # a degenerate restart is refitted with min_covar x10, x100, x1000
 RESTART_STRIDE = 1000  # restart i of K states is seeded random_state + RESTART_STRIDE*K + i
 
-Runs = Union[Mapping[object, pd.DataFrame], Sequence[pd.DataFrame]]
+Runs = Mapping[object, pd.DataFrame] | Sequence[pd.DataFrame]
 
 
 def as_runs(runs: Runs) -> dict:
@@ -126,9 +141,24 @@ class TrainingMap:
     converged_, paths_ (seed -> Viterbi states), hmmlearn_version_.
     """
 
-    def __init__(self, n_states="bic", features="base", covariance_type="full", n_restarts=5, n_iter=32,
-                 tol=1e-2, max_states=8, zscore="per_run", first_n=None, test_fraction=0.2, split_seed=0,
-                 random_state=0, min_covar=1e-3, n_jobs=1, selection="best"):
+    def __init__(
+        self,
+        n_states="bic",
+        features="base",
+        covariance_type="full",
+        n_restarts=5,
+        n_iter=32,
+        tol=1e-2,
+        max_states=8,
+        zscore="per_run",
+        first_n=None,
+        test_fraction=0.2,
+        split_seed=0,
+        random_state=0,
+        min_covar=1e-3,
+        n_jobs=1,
+        selection="best",
+    ):
         self.n_states = n_states
         self.selection = selection
         self.features = features
@@ -152,7 +182,7 @@ class TrainingMap:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {name: getattr(self, name) for name in names}
 
-    def set_params(self, **params) -> "TrainingMap":
+    def set_params(self, **params) -> TrainingMap:
         for name, value in params.items():
             if name not in self.get_params():
                 raise ValueError(f"unknown parameter {name!r} for TrainingMap")
@@ -166,7 +196,7 @@ class TrainingMap:
 
     # -- fitting ---------------------------------------------------------------------------------------
 
-    def fit(self, runs: Runs) -> "TrainingMap":
+    def fit(self, runs: Runs) -> TrainingMap:
         """Prepare the runs (spec §4.1), fit every K x restart on the training runs, score each on the
         held-out runs, keep the best restart per K, choose K, relabel the states canonically and decode
         every kept run (train and held-out, as the paper does)."""
@@ -181,8 +211,9 @@ class TrainingMap:
 
         self.dropped_runs_ = [seed for seed, x in raw.items() if len(x) == 0 or not np.isfinite(x).all()]
         if self.dropped_runs_:
-            warnings.warn(f"dropped runs with NaN/inf (or no rows) in the features: seeds {self.dropped_runs_}",
-                          stacklevel=2)
+            warnings.warn(
+                f"dropped runs with NaN/inf (or no rows) in the features: seeds {self.dropped_runs_}", stacklevel=2
+            )
         raw = {seed: x for seed, x in raw.items() if seed not in self.dropped_runs_}
         if not raw:
             raise ValueError("no run left to fit: every run has NaN/inf in the feature columns")
@@ -192,20 +223,28 @@ class TrainingMap:
 
         eval_runs = self.test_runs_ or self.train_runs_
         if not self.test_runs_:
-            warnings.warn("no held-out runs (test_fraction too small): restarts are scored on the training runs",
-                          stacklevel=2)
-        data = {"X": np.concatenate([z[s] for s in self.train_runs_]),
-                "lengths": [len(z[s]) for s in self.train_runs_],
-                "X_eval": np.concatenate([z[s] for s in eval_runs]),
-                "lengths_eval": [len(z[s]) for s in eval_runs],
-                "covariance_type": self.covariance_type, "min_covar": self.min_covar,
-                "n_iter": self.n_iter, "tol": self.tol}
-        candidates = [self.n_states] if isinstance(self.n_states, (int, np.integer)) else \
-            list(range(1, self.max_states + 1))
-        results = _run_restarts(data, [(k, i, self.random_state + RESTART_STRIDE * k + i)
-                                       for k in candidates for i in range(self.n_restarts)], self.n_jobs)
-        self.restarts_ = pd.DataFrame([{key: value for key, value in r.items() if key != "params"}
-                                       for r in results])
+            warnings.warn(
+                "no held-out runs (test_fraction too small): restarts are scored on the training runs", stacklevel=2
+            )
+        data = {
+            "X": np.concatenate([z[s] for s in self.train_runs_]),
+            "lengths": [len(z[s]) for s in self.train_runs_],
+            "X_eval": np.concatenate([z[s] for s in eval_runs]),
+            "lengths_eval": [len(z[s]) for s in eval_runs],
+            "covariance_type": self.covariance_type,
+            "min_covar": self.min_covar,
+            "n_iter": self.n_iter,
+            "tol": self.tol,
+        }
+        candidates = (
+            [self.n_states] if isinstance(self.n_states, (int, np.integer)) else list(range(1, self.max_states + 1))
+        )
+        results = _run_restarts(
+            data,
+            [(k, i, self.random_state + RESTART_STRIDE * k + i) for k in candidates for i in range(self.n_restarts)],
+            self.n_jobs,
+        )
+        self.restarts_ = pd.DataFrame([{key: value for key, value in r.items() if key != "params"} for r in results])
         best = self._select(candidates, results, n_eval=len(data["X_eval"]))
 
         self.hmmlearn_version_ = hmmlearn.__version__
@@ -249,8 +288,10 @@ class TrainingMap:
         n = len(seeds)
         n_test = min(max(round(self.test_fraction * n), 1), n - 1) if self.test_fraction > 0 else 0
         held_out = set(np.random.default_rng(self.split_seed).permutation(n)[:n_test].tolist())
-        return ([s for i, s in enumerate(seeds) if i not in held_out],
-                [s for i, s in enumerate(seeds) if i in held_out])
+        return (
+            [s for i, s in enumerate(seeds) if i not in held_out],
+            [s for i, s in enumerate(seeds) if i in held_out],
+        )
 
     def _fit_scaler(self, raw: dict, names: tuple[str, ...]) -> np.ndarray:
         """Decide the z-scoring: find constant columns (SD 0 within some run for "per_run", over the
@@ -297,11 +338,19 @@ class TrainingMap:
             ll = best["test_ll"] if best else math.nan
             kept[k] = best
             judged = ll if self.selection == "best" else (lls.mean() if ok else math.nan)
-            rows.append({"n_states": k, "test_ll_mean": lls.mean() if ok else math.nan,
-                         "test_ll_std": lls.std() if ok else math.nan, "test_ll_best": ll,
-                         "aic": -2 * judged + 2 * p, "bic": -2 * judged + p * math.log(n_eval), "n_params": p,
-                         "converged": bool(best is not None and best["converged"]),
-                         "n_failed": len(fits) - len(ok)})
+            rows.append(
+                {
+                    "n_states": k,
+                    "test_ll_mean": lls.mean() if ok else math.nan,
+                    "test_ll_std": lls.std() if ok else math.nan,
+                    "test_ll_best": ll,
+                    "aic": -2 * judged + 2 * p,
+                    "bic": -2 * judged + p * math.log(n_eval),
+                    "n_params": p,
+                    "converged": bool(best is not None and best["converged"]),
+                    "n_failed": len(fits) - len(ok),
+                }
+            )
         self.selection_ = pd.DataFrame(rows)
         usable = self.selection_.dropna(subset=["test_ll_best"])
         if usable.empty:
@@ -358,24 +407,32 @@ class TrainingMap:
         """Posterior state probabilities per checkpoint row (forward-backward), (T, K)."""
         return self.model_.predict_proba(self.transform(run))
 
-    def score(self, runs: Union[pd.DataFrame, Runs]) -> float:
+    def score(self, runs: pd.DataFrame | Runs) -> float:
         """Total log-likelihood of one run or of several (each an independent sequence)."""
         tables = [runs] if isinstance(runs, pd.DataFrame) else list(as_runs(runs).values())
         return float(sum(self.model_.score(self.transform(table)) for table in tables))
 
     # -- persistence ------------------------------------------------------------------------------------
 
-    def save(self, path: Union[str, Path]) -> None:
+    def save(self, path: str | Path) -> None:
         """Write the fitted map as JSON (no pickle): hyper-parameters, learned arrays, tables, paths."""
         state = {
             "format": "groklab.TrainingMap/1",
             "params": self.get_params(),
             "hmmlearn_version": self.hmmlearn_version_,
-            "features": self.features_, "dropped_features": self.dropped_features_,
-            "dropped_runs": self.dropped_runs_, "train_runs": self.train_runs_, "test_runs": self.test_runs_,
-            "zmean": self.zmean_, "zstd": self.zstd_,
-            "n_states": self.n_states_, "raw_index": self.raw_index_, "converged": self.converged_,
-            "startprob": self.startprob_, "transmat": self.transmat_, "means": self.means_,
+            "features": self.features_,
+            "dropped_features": self.dropped_features_,
+            "dropped_runs": self.dropped_runs_,
+            "train_runs": self.train_runs_,
+            "test_runs": self.test_runs_,
+            "zmean": self.zmean_,
+            "zstd": self.zstd_,
+            "n_states": self.n_states_,
+            "raw_index": self.raw_index_,
+            "converged": self.converged_,
+            "startprob": self.startprob_,
+            "transmat": self.transmat_,
+            "means": self.means_,
             "covars": self.covars_,
             "means_original": self.means_original_.to_numpy(),
             "selection": self.selection_.to_dict(orient="list"),
@@ -385,7 +442,7 @@ class TrainingMap:
         Path(path).write_text(json.dumps(_jsonable(state)))
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "TrainingMap":
+    def load(cls, path: str | Path) -> TrainingMap:
         """Read a map written by `save`; predictions equal those of the saved map."""
         state = json.loads(Path(path).read_text())
         if state.get("format") != "groklab.TrainingMap/1":
@@ -397,16 +454,21 @@ class TrainingMap:
         array = lambda value: None if value is None else np.array(value, dtype=float)  # noqa: E731
         self.hmmlearn_version_ = state["hmmlearn_version"]
         self.features_, self.dropped_features_ = state["features"], state["dropped_features"]
-        self.dropped_runs_, self.train_runs_, self.test_runs_ = (state["dropped_runs"], state["train_runs"],
-                                                                 state["test_runs"])
+        self.dropped_runs_, self.train_runs_, self.test_runs_ = (
+            state["dropped_runs"],
+            state["train_runs"],
+            state["test_runs"],
+        )
         self.zmean_, self.zstd_ = array(state["zmean"]), array(state["zstd"])
         self.n_states_, self.converged_ = state["n_states"], state["converged"]
         self.raw_index_ = np.array(state["raw_index"], dtype=int)
-        self.model_ = self._build_model({name: array(state[name])
-                                         for name in ("startprob", "transmat", "means", "covars")})
+        self.model_ = self._build_model(
+            {name: array(state[name]) for name in ("startprob", "transmat", "means", "covars")}
+        )
         self._set_arrays_from_model()
-        self.means_original_ = pd.DataFrame(array(state["means_original"]), columns=self.features_,
-                                            index=pd.RangeIndex(self.n_states_, name="state"))
+        self.means_original_ = pd.DataFrame(
+            array(state["means_original"]), columns=self.features_, index=pd.RangeIndex(self.n_states_, name="state")
+        )
         self.selection_ = pd.DataFrame(state["selection"])
         self.restarts_ = pd.DataFrame(state["restarts"])
         self.paths_ = {seed: np.array(path, dtype=int) for seed, path in state["paths"]}
@@ -414,6 +476,7 @@ class TrainingMap:
 
 
 # -- fitting machinery (module level, so that worker processes can run it) ------------------------------
+
 
 def _hmmlearn():
     """hmmlearn, imported on first use (it pulls in scikit-learn)."""
@@ -444,7 +507,7 @@ def _fast_gaussian_hmm_class():
             whiten = np.linalg.inv(chol).transpose(0, 2, 1)  # (K, F, F): x -> L^-1 x, as row vectors
             z = X[None] @ whiten - (self.means_[:, None, :] @ whiten)  # (K, T, F)
             log_det = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)  # (K,)
-            return -0.5 * (X.shape[1] * np.log(2 * np.pi) + (z ** 2).sum(axis=2) + log_det[:, None]).T  # (T, K)
+            return -0.5 * (X.shape[1] * np.log(2 * np.pi) + (z**2).sum(axis=2) + log_det[:, None]).T  # (T, K)
 
         def _needs_sufficient_statistics_for_covars(self):
             return "c" in self.params and self.covariance_type != "full"
@@ -473,8 +536,16 @@ def _hmm_class():
 
 def _new_hmm(n_states, covariance_type, min_covar, seed, n_iter, tol, implementation="log", covars_prior=None):
     extra = {} if covars_prior is None else {"covars_prior": covars_prior}
-    return _hmm_class()(n_components=n_states, covariance_type=covariance_type, min_covar=min_covar,
-                      random_state=seed, n_iter=n_iter, tol=tol, implementation=implementation, **extra)
+    return _hmm_class()(
+        n_components=n_states,
+        covariance_type=covariance_type,
+        min_covar=min_covar,
+        random_state=seed,
+        n_iter=n_iter,
+        tol=tol,
+        implementation=implementation,
+        **extra,
+    )
 
 
 def _fit_hmm(X, lengths, n_states, covariance_type, min_covar, seed, n_iter, tol, floor_prior: bool):
@@ -514,8 +585,9 @@ def _converged(history, tol: float) -> bool:
     return len(history) >= 2 and history[-1] - history[-2] < tol
 
 
-def _fit_restart(X, lengths, X_eval, lengths_eval, covariance_type, min_covar, n_iter, tol,
-                 n_states, restart, seed) -> dict:
+def _fit_restart(
+    X, lengths, X_eval, lengths_eval, covariance_type, min_covar, n_iter, tol, n_states, restart, seed
+) -> dict:
     """Fit one seeded restart and score it on the held-out rows (total log-likelihood). A degenerate
     fit is retried with min_covar x10 (also as covariance prior), up to MAX_RETRIES times; if every
     attempt fails the result is marked failed with the last error. BLAS / OpenMP run single-threaded:
@@ -527,7 +599,7 @@ def _fit_restart(X, lengths, X_eval, lengths_eval, covariance_type, min_covar, n
     result = {"n_states": n_states, "restart": restart, "random_state": seed}
     with threadpool_limits(limits=1), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for attempt in range(MAX_RETRIES + 1):
-            floor = min_covar * 10 ** attempt
+            floor = min_covar * 10**attempt
             try:
                 model = _fit_hmm(X, lengths, n_states, covariance_type, floor, seed, n_iter, tol, attempt > 0)
                 _check_fit(model)
@@ -538,13 +610,34 @@ def _fit_restart(X, lengths, X_eval, lengths_eval, covariance_type, min_covar, n
                 error = f"{type(err).__name__}: {err}"
                 continue
             history = list(model.monitor_.history)
-            params = {"startprob": model.startprob_, "transmat": model.transmat_, "means": model.means_,
-                      "covars": model.covars_}
-            return {**result, "test_ll": float(test_ll), "converged": _converged(history, tol),
-                    "n_iter": len(history), "min_covar": floor, "attempts": attempt + 1, "failed": False,
-                    "error": None, "params": params}
-    return {**result, "test_ll": math.nan, "converged": False, "n_iter": 0, "min_covar": floor,
-            "attempts": MAX_RETRIES + 1, "failed": True, "error": error, "params": None}
+            params = {
+                "startprob": model.startprob_,
+                "transmat": model.transmat_,
+                "means": model.means_,
+                "covars": model.covars_,
+            }
+            return {
+                **result,
+                "test_ll": float(test_ll),
+                "converged": _converged(history, tol),
+                "n_iter": len(history),
+                "min_covar": floor,
+                "attempts": attempt + 1,
+                "failed": False,
+                "error": None,
+                "params": params,
+            }
+    return {
+        **result,
+        "test_ll": math.nan,
+        "converged": False,
+        "n_iter": 0,
+        "min_covar": floor,
+        "attempts": MAX_RETRIES + 1,
+        "failed": True,
+        "error": error,
+        "params": None,
+    }
 
 
 _WORKER_DATA: dict = {}
@@ -569,13 +662,15 @@ def _run_restarts(data: dict, jobs: list[tuple], n_jobs: int) -> list[dict]:
         return [_fit_restart(**data, n_states=k, restart=i, seed=s) for k, i, s in jobs]
     order = sorted(range(len(jobs)), key=lambda j: -jobs[j][0])
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(n_jobs, len(jobs)), mp_context=context, initializer=_set_worker_data,
-                             initargs=(data,)) as pool:
+    with ProcessPoolExecutor(
+        min(n_jobs, len(jobs)), mp_context=context, initializer=_set_worker_data, initargs=(data,)
+    ) as pool:
         done = dict(zip(order, pool.map(_fit_in_worker, [jobs[j] for j in order])))
     return [done[j] for j in range(len(jobs))]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+
 
 def _is_constant(x: np.ndarray) -> np.ndarray:
     """Per column of (T, F): SD zero up to rounding (relative to the column's magnitude)."""
@@ -601,8 +696,12 @@ def _covars_param(covars_full: np.ndarray, covariance_type: str) -> np.ndarray:
 
 def _permute(params: dict, order: np.ndarray) -> dict:
     """Relabel the states of fitted arrays: new state c = old state order[c]."""
-    return {"startprob": params["startprob"][order], "transmat": params["transmat"][np.ix_(order, order)],
-            "means": params["means"][order], "covars": params["covars"][order]}
+    return {
+        "startprob": params["startprob"][order],
+        "transmat": params["transmat"][np.ix_(order, order)],
+        "means": params["means"][order],
+        "covars": params["covars"][order],
+    }
 
 
 def _jsonable(value):

@@ -21,22 +21,28 @@ The rule degrades rather than invents: a run that never memorizes, never collaps
 saying why. Nothing here looks at the step of the accuracy jump, so "the test accuracy jumps inside
 cleanup" is a finding the measures can confirm or refute, not an assumption.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 
-def _first(metrics: pd.DataFrame, mask, after: Optional[int] = None) -> Optional[int]:
+def _first(metrics: pd.DataFrame, mask, after: int | None = None) -> int | None:
     rows = metrics.loc[mask & (metrics["step"] >= (after if after is not None else -math.inf)), "step"]
     return int(rows.iloc[0]) if len(rows) else None
 
 
-def detect_phases(metrics: pd.DataFrame, floor_factor: float = 10.0, collapse_decades: float = 1.0,
-                  settle: float = 0.1, window: int = 5, gini_fraction: float = 0.9) -> dict:
+def detect_phases(
+    metrics: pd.DataFrame,
+    floor_factor: float = 10.0,
+    collapse_decades: float = 1.0,
+    settle: float = 0.1,
+    window: int = 5,
+    gini_fraction: float = 0.9,
+) -> dict:
     """{memorization_end, circuit_formation_end, cleanup_end: step or None, phase_note: why any is None}."""
     need = {"step", "train_loss", "train_acc", "test_loss", "test_acc"}
     if metrics.empty or not need <= set(metrics.columns):
@@ -110,7 +116,7 @@ def phase_evidence(metrics: pd.DataFrame, phases: dict) -> dict:
         out["restricted_lead_steps"] = None if None in (r, t) else t - r
     for name in ("gini_W_E", "gini_W_L"):
         if name in m:
-            rate = lambda a, b: (m.loc[b, name] - m.loc[a, name]) / (b - a)  # noqa: E731
+            rate = lambda a, b, name=name: (m.loc[b, name] - m.loc[a, name]) / (b - a)  # noqa: E731
             slow = rate(t_mem, t_circ)
             out[f"{name}_speedup"] = float(rate(t_circ, t_clean) / slow) if slow > 0 else None
     if "sum_sq_weights" in m:
@@ -127,17 +133,22 @@ STRUCTURE_COLUMNS = ("structure", "fourier_mult_fve", "t_score")  # the first pr
 NORM_COLUMNS = ("weight_norm", "sum_sq_weights", "l2")  # the first present is the weight norm
 
 
-def metric_columns(metrics: pd.DataFrame) -> dict[str, Optional[str]]:
+def metric_columns(metrics: pd.DataFrame) -> dict[str, str | None]:
     """Which columns play which part: the held-out metric (test_acc, or a structural LM's generalization
     metric: its paper's headline metric, HEADLINE_GEN, else the first gen_* column), the train metric (train_acc, or the held-out metric's in-distribution
     id_* twin), the structure measure, the LLC and the weight norm (None where the table has none)."""
     gen = sorted(c for c in metrics.columns if c.startswith("gen_") and c not in ("gen_acc", "gen_loss"))
     gen = [c for c in HEADLINE_GEN if c in gen] + [c for c in gen if c not in HEADLINE_GEN]
     held = gen[0] if gen else "test_acc" if "test_acc" in metrics else None
-    twin = "id_" + held[len("gen_"):] if gen else None
+    twin = "id_" + held[len("gen_") :] if gen else None
     pick = lambda names: next((c for c in names if c in metrics and metrics[c].notna().any()), None)  # noqa: E731
-    return {"held_out": held, "train": twin if twin in metrics else "train_acc" if "train_acc" in metrics else None,
-            "structure": pick(STRUCTURE_COLUMNS), "llc": pick(("llc",)), "norm": pick(NORM_COLUMNS)}
+    return {
+        "held_out": held,
+        "train": twin if twin in metrics else "train_acc" if "train_acc" in metrics else None,
+        "structure": pick(STRUCTURE_COLUMNS),
+        "llc": pick(("llc",)),
+        "norm": pick(NORM_COLUMNS),
+    }
 
 
 def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0.2, norm_fall: float = 0.1) -> dict:
@@ -176,13 +187,18 @@ def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0
     if top - base >= min_rise:
         out["generalized_step"] = _first(m, held >= base + 0.5 * (top - base), after=base_at)
     else:
-        notes.append(f"no generalization: {cols['held_out']} rose by {top - base:.2f} (< {min_rise}) after "
-                     f"{'memorization' if out['memorized_step'] is not None else 'the start'}")
+        notes.append(
+            f"no generalization: {cols['held_out']} rose by {top - base:.2f} (< {min_rise}) after "
+            f"{'memorization' if out['memorized_step'] is not None else 'the start'}"
+        )
     for name, key in (("structure", "structure_onset_step"), ("llc", "llc_onset_step")):
         if cols[name] is not None:
             out[key] = _onset(m[m["step"] >= base_at], cols[name], onset)
-    delay = None if None in (out["memorized_step"], out["generalized_step"]) else \
-        out["generalized_step"] - out["memorized_step"]
+    delay = (
+        None
+        if None in (out["memorized_step"], out["generalized_step"])
+        else out["generalized_step"] - out["memorized_step"]
+    )
     for name in ("structure", "llc"):
         t = out[f"{name}_onset_step"]
         if t is not None and out["generalized_step"] is not None and delay:
@@ -199,13 +215,15 @@ def detect_stages(metrics: pd.DataFrame, min_rise: float = 0.2, onset: float = 0
                 out["cleanup_end_step"] = _first(m, norm <= peak - 0.9 * fall, after=int(m.loc[peak_i, "step"]))
                 out["norm_drop"] = fall / peak
             else:
-                notes.append(f"no cleanup: {cols['norm']} fell by {fall / peak if peak else 0:.0%} after generalization")
+                notes.append(
+                    f"no cleanup: {cols['norm']} fell by {fall / peak if peak else 0:.0%} after generalization"
+                )
     out["stages_note"] = "; ".join(notes)
     out["stages_columns"] = ",".join(f"{k}={v}" for k, v in cols.items() if v is not None)
     return out
 
 
-def _onset(m: pd.DataFrame, column: str, fraction: float) -> Optional[int]:
+def _onset(m: pd.DataFrame, column: str, fraction: float) -> int | None:
     x = m[column]
     valid = x.dropna()
     if len(valid) < 3:

@@ -17,11 +17,12 @@ different K, min(K_ref, K_i) pairs are matched and the rest of either side stays
 state "is a detour in fit i" when its matched state there is one; by the paper's test (p < alpha, r > 0,
 `detour_raw`) and by groklab's (Holm-adjusted, `detour`).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -56,9 +57,16 @@ def _match(reference: TrainingMap, model: TrainingMap) -> dict[int, int]:
     return match_states(pick(reference), pick(model))
 
 
-def map_robustness(runs: Mapping[object, pd.DataFrame], convergence: pd.DataFrame, reference: TrainingMap,
-                   n_fits: int, bootstrap: bool = False, alpha: float = 0.05, seed: int = 0,
-                   progress: Callable[[str], None] = lambda line: None) -> Robustness:
+def map_robustness(
+    runs: Mapping[object, pd.DataFrame],
+    convergence: pd.DataFrame,
+    reference: TrainingMap,
+    n_fits: int,
+    bootstrap: bool = False,
+    alpha: float = 0.05,
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Robustness:
     """Refit `reference`'s estimator `n_fits` times (other restart seeds; with `bootstrap`, resampled runs)
     on `runs` ({seed: metrics table}, those the reference was fitted on), test every fit's states for
     detours against `convergence` (convergence_times of the runs), and match them to the reference's
@@ -70,13 +78,19 @@ def map_robustness(runs: Mapping[object, pd.DataFrame], convergence: pd.DataFram
         if i == 0:
             model, names = reference, {s: s for s in seeds}
         else:
-            drawn = np.random.default_rng(seed + i).choice(len(seeds), size=len(seeds)) if bootstrap else range(len(seeds))
+            drawn = (
+                np.random.default_rng(seed + i).choice(len(seeds), size=len(seeds)) if bootstrap else range(len(seeds))
+            )
             names = {j: seeds[k] for j, k in enumerate(drawn)}  # a name per draw -> the run drawn
             params = {**reference.get_params(), "random_state": reference.random_state + FIT_STRIDE * i}
             model = TrainingMap(**params).fit({j: runs[s] for j, s in names.items()})
-        table = pd.DataFrame({"seed": list(model.paths_),
-                              "index": [conv.loc[names[j], "index"] for j in model.paths_],
-                              "censored": [bool(conv.loc[names[j], "censored"]) for j in model.paths_]})
+        table = pd.DataFrame(
+            {
+                "seed": list(model.paths_),
+                "index": [conv.loc[names[j], "index"] for j in model.paths_],
+                "censored": [bool(conv.loc[names[j], "censored"]) for j in model.paths_],
+            }
+        )
         tested = detour_test(model.paths_, table, alpha=alpha)
         tested["detour_raw"] = (tested["p"] < alpha) & (tested["r"] > 0)
         matched = {v: k for k, v in _match(reference, model).items()}
@@ -84,13 +98,22 @@ def map_robustness(runs: Mapping[object, pd.DataFrame], convergence: pd.DataFram
         tested.insert(2, "reference_state", [matched.get(int(s), math.nan) for s in tested["state"]])
         states.append(tested)
         strongest = tested[tested["detour_raw"]].sort_values("p").head(1)
-        fits.append({"fit": i, "random_state": model.random_state, "bootstrap": bool(bootstrap and i > 0),
-                     "n_states": model.n_states_, "n_detours": int(tested["detour"].sum()),
-                     "n_detours_raw": int(tested["detour_raw"].sum()),
-                     "r": float(strongest["r"].iloc[0]) if len(strongest) else math.nan,
-                     "p": float(strongest["p"].iloc[0]) if len(strongest) else math.nan})
-        progress(f"fit {i} of {n_fits}: K = {model.n_states_}, detours at p < {alpha}: "
-                 f"{fits[-1]['n_detours_raw']} (Holm: {fits[-1]['n_detours']})")
+        fits.append(
+            {
+                "fit": i,
+                "random_state": model.random_state,
+                "bootstrap": bool(bootstrap and i > 0),
+                "n_states": model.n_states_,
+                "n_detours": int(tested["detour"].sum()),
+                "n_detours_raw": int(tested["detour_raw"].sum()),
+                "r": float(strongest["r"].iloc[0]) if len(strongest) else math.nan,
+                "p": float(strongest["p"].iloc[0]) if len(strongest) else math.nan,
+            }
+        )
+        progress(
+            f"fit {i} of {n_fits}: K = {model.n_states_}, detours at p < {alpha}: "
+            f"{fits[-1]['n_detours_raw']} (Holm: {fits[-1]['n_detours']})"
+        )
     fits, states = pd.DataFrame(fits), pd.concat(states, ignore_index=True)
     return Robustness(fits, states, _summary(states, reference.n_states_, n_fits))
 
@@ -103,10 +126,16 @@ def _summary(states: pd.DataFrame, k: int, n_fits: int) -> pd.DataFrame:
     for state in range(k):
         own = refits[refits["reference_state"] == state]
         r, p = own["r"].dropna(), own["p"].dropna()
-        rows.append({"reference_state": state, "matched": len(own) / n_fits if n_fits else math.nan,
-                     "detour_raw": own["detour_raw"].sum() / n_fits if n_fits else math.nan,
-                     "detour": own["detour"].sum() / n_fits if n_fits else math.nan,
-                     "r_median": r.median() if len(r) else math.nan,
-                     "r_q25": r.quantile(0.25) if len(r) else math.nan, "r_q75": r.quantile(0.75) if len(r) else math.nan,
-                     "p_median": p.median() if len(p) else math.nan})
+        rows.append(
+            {
+                "reference_state": state,
+                "matched": len(own) / n_fits if n_fits else math.nan,
+                "detour_raw": own["detour_raw"].sum() / n_fits if n_fits else math.nan,
+                "detour": own["detour"].sum() / n_fits if n_fits else math.nan,
+                "r_median": r.median() if len(r) else math.nan,
+                "r_q25": r.quantile(0.25) if len(r) else math.nan,
+                "r_q75": r.quantile(0.75) if len(r) else math.nan,
+                "p_median": p.median() if len(p) else math.nan,
+            }
+        )
     return pd.DataFrame(rows)

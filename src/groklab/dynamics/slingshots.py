@@ -16,9 +16,10 @@ rise. `detect_slingshots` finds the rises on the metrics table's norm column:
 The thresholds are this module's choice (the paper identifies slingshots by eye); the test on synthetic
 staircases and smooth curves pins what they accept.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ MIN_RISE = 0.05  # ... and raises the norm by at least 5%
 PLATEAU = 3  # evaluations of slower growth before a burst
 
 
-def last_layer_column(columns: Sequence[str]) -> Optional[str]:
+def last_layer_column(columns: Sequence[str]) -> str | None:
     """The metrics column with the last layer's sum of squared weights (measure set "weights"): the
     transformer's unembedding, else the last weight matrix in parameter order; None without one."""
     if "sum_sq_unembed.W_U" in columns:
@@ -37,8 +38,13 @@ def last_layer_column(columns: Sequence[str]) -> Optional[str]:
     return weights[-1] if weights else None
 
 
-def detect_slingshots(steps: Sequence[float], norm: Sequence[float], loss: Optional[Sequence[float]] = None,
-                      sharpness: float = SHARPNESS, min_rise: float = MIN_RISE) -> list[dict]:
+def detect_slingshots(
+    steps: Sequence[float],
+    norm: Sequence[float],
+    loss: Sequence[float] | None = None,
+    sharpness: float = SHARPNESS,
+    min_rise: float = MIN_RISE,
+) -> list[dict]:
     """Each slingshot: {start, end (steps), rise (relative growth of the norm over the burst), loss_spike
     (max training loss in the burst / the loss before it; NaN without a loss)}."""
     steps, norm = np.asarray(steps, dtype=float), np.asarray(norm, dtype=float)
@@ -59,7 +65,7 @@ def detect_slingshots(steps: Sequence[float], norm: Sequence[float], loss: Optio
         while j + 1 < len(burst) and burst[j + 1]:
             j += 1
         rise = float(norm[j + 1] / norm[i] - 1)
-        spike = float(np.nanmax(loss[i:j + 2]) / loss[i]) if loss is not None and loss[i] > 0 else float("nan")
+        spike = float(np.nanmax(loss[i : j + 2]) / loss[i]) if loss is not None and loss[i] > 0 else float("nan")
         if rise >= min_rise and i >= PLATEAU and j + 1 < len(burst) and (loss is None or spike > 1):
             found.append({"start": int(steps[i]), "end": int(steps[j + 1]), "rise": rise, "loss_spike": spike})
         i = j + 1
@@ -73,5 +79,5 @@ def slingshot_summary(metrics: pd.DataFrame) -> dict:
     if column is None or metrics[column].notna().sum() < 3:
         return {}
     rows = metrics[["step", column, *(["train_loss"] if "train_loss" in metrics else [])]].dropna(subset=[column])
-    found = detect_slingshots(rows["step"], np.sqrt(rows[column]), rows["train_loss"] if "train_loss" in rows else None)
+    found = detect_slingshots(rows["step"], np.sqrt(rows[column]), rows.get("train_loss", None))
     return {"slingshots": len(found), "slingshot_steps": [s["start"] for s in found], "slingshot_column": column}

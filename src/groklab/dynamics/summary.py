@@ -1,8 +1,8 @@
 """Headline figures of a run from its metrics table alone (no torch)."""
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -10,12 +10,18 @@ import pandas as pd
 from groklab.dynamics.slingshots import slingshot_summary
 
 GROK_THRESHOLD = 0.99
-STRUCTURAL_MEASURES = ("t_score", "t_score_per_word", "parseval", "weight_norm", "weight_norm_per_layer",
-                       "attention_entropy")
+STRUCTURAL_MEASURES = (
+    "t_score",
+    "t_score_per_word",
+    "parseval",
+    "weight_norm",
+    "weight_norm_per_layer",
+    "attention_entropy",
+)
 STABILITY_MEASURES = ("softmax_collapse", "zero_terms", "softmax_collapse_f64", "zero_terms_f64")
 
 
-def first_step(metrics: pd.DataFrame, column: str, threshold: float = GROK_THRESHOLD) -> Optional[int]:
+def first_step(metrics: pd.DataFrame, column: str, threshold: float = GROK_THRESHOLD) -> int | None:
     """The first evaluation step at which `column` >= threshold, or None."""
     if column not in metrics or metrics.empty:
         return None
@@ -50,8 +56,16 @@ def summarize(metrics: pd.DataFrame, threshold: float = GROK_THRESHOLD) -> dict:
         "elapsed_s": elapsed,
         "steps_per_s": round(last["step"] / elapsed, 2) if elapsed > 0 else None,
     }
-    for col in ("train_loss", "train_acc", "test_loss", "test_acc", "n_key_freqs", "frac_neurons_explained",
-                "fourier_mult_fve", "key_freqs"):
+    for col in (
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "n_key_freqs",
+        "frac_neurons_explained",
+        "fourier_mult_fve",
+        "key_freqs",
+    ):
         if col in metrics and pd.notna(last.get(col)):
             out[f"final_{col}"] = last[col] if col == "key_freqs" else float(last[col])
     for col in STRUCTURAL_MEASURES + STABILITY_MEASURES:  # measured at their own steps: the last value measured
@@ -75,7 +89,7 @@ def _heldout_summary(metrics: pd.DataFrame) -> dict:
         out[f"final_{col}"] = float(values.iloc[-1])
         if not col.endswith("_loss"):
             out[f"max_{col}"] = float(values.max())
-        partner = "id_" + col[len("gen_"):]
+        partner = "id_" + col[len("gen_") :]
         if col.startswith("gen_") and partner in metrics and metrics[partner].notna().any():
             peak = metrics[partner].idxmax()
             out[f"early_stop_{col}"] = float(metrics.loc[peak, col])
@@ -98,15 +112,21 @@ def structural_headline(summary: dict) -> list[tuple[str, str]]:
     the early-stopping comparison (gen_X where id_X first peaks vs at the end)."""
     lines = []
     for key in [k for k in summary if k.startswith("early_stop_gen_")]:
-        metric = key[len("early_stop_gen_"):]
+        metric = key[len("early_stop_gen_") :]
         gen, id_ = f"gen_{metric}", f"id_{metric}"
         cross = summary.get(f"step_{gen}_80")
         lines += [
             (id_, f"final {summary.get(f'final_{id_}', math.nan):.3f}, best {summary.get(f'max_{id_}', math.nan):.3f}"),
-            (gen, f"final {summary.get(f'final_{gen}', math.nan):.3f}, best {summary.get(f'max_{gen}', math.nan):.3f}, "
-                  + (f"reaches 0.8 at step {cross}" if cross is not None else "never reaches 0.8")),
-            ("early stopping", f"{gen} {summary[key]:.3f} where {id_} first peaks (step "
-                               f"{summary[f'early_stop_step_{gen}']}) vs {summary.get(f'final_{gen}', math.nan):.3f} at the end"),
+            (
+                gen,
+                f"final {summary.get(f'final_{gen}', math.nan):.3f}, best {summary.get(f'max_{gen}', math.nan):.3f}, "
+                + (f"reaches 0.8 at step {cross}" if cross is not None else "never reaches 0.8"),
+            ),
+            (
+                "early stopping",
+                f"{gen} {summary[key]:.3f} where {id_} first peaks (step "
+                f"{summary[f'early_stop_step_{gen}']}) vs {summary.get(f'final_{gen}', math.nan):.3f} at the end",
+            ),
         ]
     return lines
 

@@ -8,10 +8,11 @@ Basis: row 0 is the constant 1/sqrt(p); rows 2k-1 and 2k are cos(2 pi k x / p) a
 times sqrt(2/p), k = 1 .. (p-1)/2, so odd rows are cosines (the notebook's bar plot swaps the labels;
 we do not). p must be odd: then the basis is square and orthonormal.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -42,9 +43,9 @@ def fft1d(x: torch.Tensor, basis: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def fft2d(grid: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """grid (p*p, ...) over inputs (a, b) with row a*p + b -> coefficients (p, p, ...): F G F^T per channel."""
     p = basis.shape[0]
-    g = grid.reshape(p, p, -1).to(basis.dtype)                                   # (a, b, z) in the basis' precision
-    t = (basis @ g.reshape(p, -1)).reshape(p, p, -1)                             # (i, b, z): over a
-    out = (basis @ t.transpose(0, 1).reshape(p, -1)).reshape(p, p, -1)          # (j, i, z): over b
+    g = grid.reshape(p, p, -1).to(basis.dtype)  # (a, b, z) in the basis' precision
+    t = (basis @ g.reshape(p, -1)).reshape(p, p, -1)  # (i, b, z): over a
+    out = (basis @ t.transpose(0, 1).reshape(p, -1)).reshape(p, p, -1)  # (j, i, z): over b
     return out.transpose(0, 1).reshape(p, p, *grid.shape[1:])
 
 
@@ -56,11 +57,11 @@ def frequency_fve(grid: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     sin w_k a, cos w_k b, ..., sin w_k a sin w_k b). Units with no variance get 0.
     """
     p = basis.shape[0]
-    coef = fft2d(grid - grid.mean(0), basis.to(grid.dtype)) ** 2                # (p, p, n), in the grid's precision
-    total = coef.sum((0, 1))                                                   # (n,)
+    coef = fft2d(grid - grid.mean(0), basis.to(grid.dtype)) ** 2  # (p, p, n), in the grid's precision
+    total = coef.sum((0, 1))  # (n,)
     ks = torch.arange(1, (p - 1) // 2 + 1)
-    idx = torch.stack([torch.zeros_like(ks), 2 * ks - 1, 2 * ks], 1)          # (K, 3): const, cos k, sin k
-    block = coef[idx[:, :, None], idx[:, None, :]].sum((1, 2))                 # (K, n)
+    idx = torch.stack([torch.zeros_like(ks), 2 * ks - 1, 2 * ks], 1)  # (K, 3): const, cos k, sin k
+    block = coef[idx[:, :, None], idx[:, None, :]].sum((1, 2))  # (K, n)
     return torch.where(total > 0, block / total.clamp_min(1e-30), torch.zeros_like(block)).T.double()
 
 
@@ -85,10 +86,16 @@ def gini(values: torch.Tensor) -> float:
     return float(1 - 2 * ((c / c.sum()) * (n - i + 0.5) / n).sum())
 
 
-def key_frequencies(fve: Optional[torch.Tensor] = None, wl_norms: Optional[torch.Tensor] = None,
-                    method: str = "neuron_argmax", min_fve: float = 0.85, min_share: float = 0.01,
-                    rel_threshold: float = 0.1, given: Optional[Sequence[int]] = None,
-                    we_norms: Optional[torch.Tensor] = None) -> list[int]:
+def key_frequencies(
+    fve: torch.Tensor | None = None,
+    wl_norms: torch.Tensor | None = None,
+    method: str = "neuron_argmax",
+    min_fve: float = 0.85,
+    min_share: float = 0.01,
+    rel_threshold: float = 0.1,
+    given: Sequence[int] | None = None,
+    we_norms: torch.Tensor | None = None,
+) -> list[int]:
     """The frequencies the model computes with, by one documented rule:
 
     - "neuron_argmax" (the released code, made robust): each MLP neuron's best frequency by variance

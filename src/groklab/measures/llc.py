@@ -36,6 +36,7 @@ llc_rise, llc_tried (step sizes run to choose one: the cost is that many chains 
 (the chains' mean loss at every tenth draw, as JSON text).
 Deterministic: the chains are seeded (`seed` + chain) and the caller's random state is left as it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,8 @@ import io
 import json
 import math
 import warnings
-from typing import Callable, Literal, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 
@@ -52,12 +54,23 @@ DRAWS, BURNIN, CHAINS, BATCH, GAMMA = 200, 100, 4, 256, 100.0
 DRIFT, AGREE, BASIN = 0.1, 0.25, 0.5
 
 
-def estimate_llc(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                 loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor], *,
-                 epsilons: Sequence[float] = EPSILONS, gamma: float = GAMMA, draws: int = DRAWS, burnin: int = BURNIN,
-                 chains: int = CHAINS, batch_size: int = BATCH,
-                 nbeta: Union[Literal["dataset", "batch"], float] = "batch", escalate: bool = True,
-                 ceiling: Optional[float] = None, seed: int = 0) -> dict:
+def estimate_llc(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epsilons: Sequence[float] = EPSILONS,
+    gamma: float = GAMMA,
+    draws: int = DRAWS,
+    burnin: int = BURNIN,
+    chains: int = CHAINS,
+    batch_size: int = BATCH,
+    nbeta: Literal["dataset", "batch"] | float = "batch",
+    escalate: bool = True,
+    ceiling: float | None = None,
+    seed: int = 0,
+) -> dict:
     """The LLC of `model` at its weights, on the training examples (`inputs`, `labels`) under `loss(model,
     x, y)` (a mean over examples). The model is not changed. Returns the columns described above.
     With `escalate`, where no step size is usable at (nbeta, gamma), the chains are tightened along
@@ -79,25 +92,37 @@ def estimate_llc(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Ten
     def evaluate(net, batch):
         return loss(net, batch[0], batch[1]), {}
 
-    def chains_at(epsilon: float, nbeta: float, gamma: float) -> Optional[dict]:
+    def chains_at(epsilon: float, nbeta: float, gamma: float) -> dict | None:
         torch.manual_seed(seed)
         loader = torch.utils.data.DataLoader(data, batch_size=m, shuffle=True)
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
+            with (
+                warnings.catch_warnings(),
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
                 warnings.simplefilter("ignore")
                 return estimate_learning_coeff_with_summary(
-                    model, loader, evaluate=evaluate, sampling_method=SGLD,
+                    model,
+                    loader,
+                    evaluate=evaluate,
+                    sampling_method=SGLD,
                     optimizer_kwargs={"lr": epsilon, "localization": gamma, "nbeta": nbeta},
-                    num_draws=draws, num_chains=chains, num_burnin_steps=burnin, seed=seed, device=inputs.device,
-                    verbose=False, init_loss=torch.tensor(init_loss, device=inputs.device))
+                    num_draws=draws,
+                    num_chains=chains,
+                    num_burnin_steps=burnin,
+                    seed=seed,
+                    device=inputs.device,
+                    verbose=False,
+                    init_loss=torch.tensor(init_loss, device=inputs.device),
+                )
         except RuntimeError:  # devinterp stops a chain whose loss is NaN: epsilon too large
             return None
 
     attempts, last = 0, None
     devices = [torch.cuda.current_device()] if inputs.is_cuda else []
     with torch.random.fork_rng(devices=devices):
-        for choice, gamma_ in (ladder(nbeta, gamma) if escalate else [(nbeta, gamma)]):
+        for choice, gamma_ in ladder(nbeta, gamma) if escalate else [(nbeta, gamma)]:
             nbeta_, tried = _nbeta(choice, len(inputs), m), []
             for epsilon in epsilons:
                 attempts += 1
@@ -118,15 +143,33 @@ def estimate_llc(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Ten
     model.train(was_training)
     settings = {"llc_draws": draws, "llc_chains": chains, "llc_init_loss": init_loss, "llc_tried": attempts}
     if not tried:  # the diagnostics of the last step size tried (none: every chain diverged)
-        epsilon, nbeta_, gamma_, trace, rise = last if last is not None else (math.nan, nbeta_, gamma_, torch.zeros(0, 0), math.nan)
-        return {"llc": math.nan, "llc_sd": math.nan, "llc_epsilon": epsilon, "llc_nbeta": nbeta_, "llc_gamma": gamma_,
-                **settings, "llc_rise": rise, "llc_loss_trace": _trace_text(trace)}
+        epsilon, nbeta_, gamma_, trace, rise = (
+            last if last is not None else (math.nan, nbeta_, gamma_, torch.zeros(0, 0), math.nan)
+        )
+        return {
+            "llc": math.nan,
+            "llc_sd": math.nan,
+            "llc_epsilon": epsilon,
+            "llc_nbeta": nbeta_,
+            "llc_gamma": gamma_,
+            **settings,
+            "llc_rise": rise,
+            "llc_loss_trace": _trace_text(trace),
+        }
     epsilon, out, trace, rise = tried[-1]
-    return {"llc": float(out["llc/mean"]), "llc_sd": float(out["llc/std"]), "llc_epsilon": epsilon, "llc_nbeta": nbeta_,
-            "llc_gamma": gamma_, **settings, "llc_rise": rise, "llc_loss_trace": _trace_text(trace)}
+    return {
+        "llc": float(out["llc/mean"]),
+        "llc_sd": float(out["llc/std"]),
+        "llc_epsilon": epsilon,
+        "llc_nbeta": nbeta_,
+        "llc_gamma": gamma_,
+        **settings,
+        "llc_rise": rise,
+        "llc_loss_trace": _trace_text(trace),
+    }
 
 
-def ladder(nbeta: Union[str, float], gamma: float) -> list[tuple[Union[str, float], float]]:
+def ladder(nbeta: str | float, gamma: float) -> list[tuple[str | float, float]]:
     """The settings tried in turn while the chains leave the basin or drift at every step size: the one
     asked for, then Lau et al.'s n / log n with the localization 10x, then 100x (each tighter: the
     chains' spread per direction ~ 1 / sqrt(n_beta * curvature + gamma)). Measured on structural-qf-lab
@@ -137,14 +180,14 @@ def ladder(nbeta: Union[str, float], gamma: float) -> list[tuple[Union[str, floa
     return [s for i, s in enumerate(steps) if s not in steps[:i]]
 
 
-def _nbeta(choice: Union[str, float], n: int, m: int) -> float:
+def _nbeta(choice: str | float, n: int, m: int) -> float:
     if choice in ("dataset", "batch"):
         size = n if choice == "dataset" else m
         return size / math.log(size) if size > 1 else 1.0
     return float(choice)
 
 
-def _rise(trace: torch.Tensor, init_loss: float, ceiling: Optional[float]) -> float:
+def _rise(trace: torch.Tensor, init_loss: float, ceiling: float | None) -> float:
     """How far the draws' mean loss rose from L_n(w*) towards `ceiling`, as a fraction (NaN, which passes
     the basin check, without a ceiling above L_n(w*))."""
     if ceiling is None or not ceiling > init_loss:
@@ -167,7 +210,7 @@ def _levels_off(trace: torch.Tensor, init_loss: float) -> bool:
         return False
     series = trace.mean(0)  # (draws,) the chains' mean loss per draw
     quarter = len(series) // 4
-    third, last = series[2 * quarter:3 * quarter], series[3 * quarter:]
+    third, last = series[2 * quarter : 3 * quarter], series[3 * quarter :]
     noise = math.sqrt(float(third.var()) / len(third) + float(last.var()) / len(last))
     rise = abs(float(third.mean()) - init_loss)
     return abs(float(last.mean() - third.mean())) <= DRIFT * rise + 3 * noise

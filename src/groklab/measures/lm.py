@@ -3,10 +3,11 @@
 decisions §6 #6, #7, #8. The model is groklab's Transformer (or any module with `blocks` and, for attention,
 TransformerLens-style `run_with_cache` and `blocks.{i}.attn.hook_pattern` hook points).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -20,7 +21,7 @@ def _n_layers(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def weight_norm(model: torch.nn.Module, n_layers: Optional[int] = None) -> dict[str, float]:
+def weight_norm(model: torch.nn.Module, n_layers: int | None = None) -> dict[str, float]:
     """{"weight_norm": ‖θ‖ = sqrt(Σ_params ‖p‖²), "weight_norm_per_layer": ‖θ‖ / n_layers}.
 
     Murty et al. 2023 Fig. 3b (spec §5.2): every parameter counts (embeddings, unembedding, LayerNorm gains and
@@ -38,8 +39,9 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_entropy(model: torch.nn.Module, tokens: torch.Tensor, lengths: Union[torch.Tensor, Sequence[int]],
-                      batch_size: int = 256) -> dict[str, float]:
+def attention_entropy(
+    model: torch.nn.Module, tokens: torch.Tensor, lengths: torch.Tensor | Sequence[int], batch_size: int = 256
+) -> dict[str, float]:
     """Entropy of the attention distributions of the real forward pass (Murty et al. 2023, Fig. 3b, "attention
     sparsity": the negative mean entropy of all attention distributions; spec §5.3, §6 #6, #7).
 
@@ -62,7 +64,9 @@ def attention_entropy(model: torch.nn.Module, tokens: torch.Tensor, lengths: Uni
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     lengths = torch.as_tensor(lengths, dtype=torch.long)
     if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
-        raise ValueError(f"need tokens (batch, pos) and lengths (batch,), got {tuple(tokens.shape)} and {tuple(lengths.shape)}")
+        raise ValueError(
+            f"need tokens (batch, pos) and lengths (batch,), got {tuple(tokens.shape)} and {tuple(lengths.shape)}"
+        )
     if len(lengths) == 0 or int(lengths.min()) < 1 or int(lengths.max()) > tokens.shape[1]:
         raise ValueError(f"lengths must be in 1..{tokens.shape[1]} and the batch non-empty")
     n_layers = _n_layers(model)
@@ -73,19 +77,23 @@ def attention_entropy(model: torch.nn.Module, tokens: torch.Tensor, lengths: Uni
     model.eval()
     try:
         for start in range(0, len(tokens), batch_size):
-            length = lengths[start: start + batch_size].to(device)              # (batch,)
-            width = int(length.max())                # trailing pad columns change nothing (causal): drop them
-            _, cache = model.run_with_cache(tokens[start: start + batch_size, :width].to(device), names=names)
+            length = lengths[start : start + batch_size].to(device)  # (batch,)
+            width = int(length.max())  # trailing pad columns change nothing (causal): drop them
+            _, cache = model.run_with_cache(tokens[start : start + batch_size, :width].to(device), names=names)
             real = (torch.arange(width, device=device) < length[:, None]).double()  # (batch, query) real queries
             per_sentence = torch.zeros(len(length), dtype=torch.float64, device=device)
             for name in names:
-                pattern = cache[name].double()                                  # (batch, head, query, key)
-                h = _entropy(pattern)                                           # (batch, head, query)
+                pattern = cache[name].double()  # (batch, head, query, key)
+                h = _entropy(pattern)  # (batch, head, query)
                 total += float((h * real[:, None]).sum())
                 count += int(real.sum()) * pattern.shape[1]
-                per_sentence += (_entropy(pattern.mean(1)) * real).sum(-1)      # (batch,) head-mean, summed over queries
+                per_sentence += (_entropy(pattern.mean(1)) * real).sum(-1)  # (batch,) head-mean, summed over queries
             legacy += float((per_sentence / n_layers).sum())
     finally:
         model.train(was_training)
     entropy = total / count
-    return {"attention_entropy": entropy, "attention_sparsity": -entropy, "attention_entropy_legacy": legacy / len(tokens)}
+    return {
+        "attention_entropy": entropy,
+        "attention_sparsity": -entropy,
+        "attention_entropy_legacy": legacy / len(tokens),
+    }

@@ -1,19 +1,21 @@
 """The measure sets a run can compute live or post hoc, by name. A new measure set is one entry here."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 
 from groklab.config import MeasuresConfig
 from groklab.errors import ConfigError
 from groklab.measures.llc import EPSILONS, estimate_llc
-from groklab.measures.structure import check_structure, structure
 from groklab.measures.lm import attention_entropy, weight_norm
-from groklab.measures.stability import check_stability, stability
 from groklab.measures.progress import check_modular_addition, model_key_frequencies, progress_measures
-from groklab.measures.tree_projection import TASKS as TREE_TASKS, analysis_sample, tree_projection
+from groklab.measures.stability import check_stability, stability
+from groklab.measures.structure import check_structure, structure
+from groklab.measures.tree_projection import TASKS as TREE_TASKS
+from groklab.measures.tree_projection import analysis_sample, tree_projection
 from groklab.measures.weight_stats import weight_statistics
 from groklab.measures.weights import weight_norms
 
@@ -29,8 +31,10 @@ ANALYSIS_SAMPLE = 500  # training sequences whose attention is measured (spec §
 
 def _check_lm(task) -> None:
     if task.loss != "lm":
-        raise ConfigError(f"config: measure set 'lm' needs a language-model task (dyck, question_formation, "
-                          f"tense_inflection); task '{task.name}' is not one")
+        raise ConfigError(
+            f"config: measure set 'lm' needs a language-model task (dyck, question_formation, "
+            f"tense_inflection); task '{task.name}' is not one"
+        )
 
 
 def _lm_measures(model, task) -> dict:
@@ -46,8 +50,10 @@ TREE_SAMPLE = 200  # training sentences of the tree projections (spec §5.4 scor
 
 def _check_tree_projection(task) -> None:
     if task.loss != "lm" or task.name not in TREE_TASKS:
-        raise ConfigError(f"config: measure set 'tree_projection' needs a structural LM task "
-                          f"({', '.join(TREE_TASKS)}); task '{task.name}' is not one")
+        raise ConfigError(
+            f"config: measure set 'tree_projection' needs a structural LM task "
+            f"({', '.join(TREE_TASKS)}); task '{task.name}' is not one"
+        )
 
 
 def _tree_projection(model, task) -> dict:
@@ -76,22 +82,39 @@ def _llc(model, task, cfg: MeasuresConfig) -> dict:
     with torch.no_grad():  # in eval mode: no dropout, no draw from the random state
         chance = float(task.objective(torch.zeros_like(task.outputs(model.eval(), inputs)), labels, torch.float32))
     model.train(was_training)
-    return estimate_llc(model, inputs, labels, loss, epsilons=EPSILONS if calibrate else (cfg.llc_epsilon,),
-                        escalate=calibrate, chains=cfg.llc_chains, draws=cfg.llc_draws, burnin=cfg.llc_burnin,
-                        batch_size=cfg.llc_batch, nbeta=cfg.llc_nbeta, gamma=cfg.llc_gamma, ceiling=chance)
+    return estimate_llc(
+        model,
+        inputs,
+        labels,
+        loss,
+        epsilons=EPSILONS if calibrate else (cfg.llc_epsilon,),
+        escalate=calibrate,
+        chains=cfg.llc_chains,
+        draws=cfg.llc_draws,
+        burnin=cfg.llc_burnin,
+        batch_size=cfg.llc_batch,
+        nbeta=cfg.llc_nbeta,
+        gamma=cfg.llc_gamma,
+        ceiling=chance,
+    )
 
 
 MEASURES: dict[str, MeasureSet] = {
     "llc": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: _llc(model, task, cfg)),
     "structure": MeasureSet(check_structure, lambda model, task, cfg, freqs: structure(model, task)),
     "lm": MeasureSet(_check_lm, lambda model, task, cfg, freqs: _lm_measures(model, task)),
-    "tree_projection": MeasureSet(_check_tree_projection,
-                                  lambda model, task, cfg, freqs: _tree_projection(model, task)),
+    "tree_projection": MeasureSet(
+        _check_tree_projection, lambda model, task, cfg, freqs: _tree_projection(model, task)
+    ),
     "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
     "stability": MeasureSet(check_stability, lambda model, task, cfg, freqs: stability(model, task)),
     "weight_stats": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_statistics(model)),
-    "fourier": MeasureSet(check_modular_addition, lambda model, task, cfg, freqs: progress_measures(
-        model, task, freqs, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold, cfg.per_frequency)),
+    "fourier": MeasureSet(
+        check_modular_addition,
+        lambda model, task, cfg, freqs: progress_measures(
+            model, task, freqs, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold, cfg.per_frequency
+        ),
+    ),
 }
 
 
@@ -102,7 +125,7 @@ def check_measures(cfg: MeasuresConfig, task) -> None:
         MEASURES[name].check(task)
 
 
-def make_measures(cfg: MeasuresConfig, task, key_freqs: Optional[Sequence[int]] = None) -> Callable:
+def make_measures(cfg: MeasuresConfig, task, key_freqs: Sequence[int] | None = None) -> Callable:
     """model -> every column of the configured measure sets. Key frequencies: `key_freqs` if given,
     else the config's list, else found in each model measured."""
     check_measures(cfg, task)
@@ -113,6 +136,7 @@ def make_measures(cfg: MeasuresConfig, task, key_freqs: Optional[Sequence[int]] 
         for name in cfg.names:
             row.update(MEASURES[name].compute(model, task, cfg, freqs))
         return row
+
     return measure
 
 

@@ -5,6 +5,7 @@ Softmax collapse (SC): once the correct logit exceeds the others by enough, exp 
 (shifted by the maximum) is absorbed when added to 1, so sum_j exp(x_j - max x) == 1 exactly in the
 float type; that example's loss is then exactly 0 and its gradient vanishes, and learning stalls.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,12 +43,17 @@ def stability(model: torch.nn.Module, task) -> dict:
     if task.loss == "lm":
         keep = labels != -100
         logits, labels = logits[keep], labels[keep]
-    return {"softmax_collapse": softmax_collapse(logits), "zero_terms": zero_terms(logits, labels),
-            "softmax_collapse_f64": softmax_collapse(logits, torch.float64),
-            "zero_terms_f64": zero_terms(logits, labels, torch.float64)}
+    return {
+        "softmax_collapse": softmax_collapse(logits),
+        "zero_terms": zero_terms(logits, labels),
+        "softmax_collapse_f64": softmax_collapse(logits, torch.float64),
+        "zero_terms_f64": zero_terms(logits, labels, torch.float64),
+    }
 
 
 def check_stability(task) -> None:
     if task.loss == "hinge":
-        raise ConfigError(f"config: measure set 'stability' needs a softmax over classes; task '{task.name}' "
-                          "has a single hinge output")
+        raise ConfigError(
+            f"config: measure set 'stability' needs a softmax over classes; task '{task.name}' "
+            "has a single hinge output"
+        )

@@ -13,13 +13,15 @@ comparisons read the same column for modular arithmetic, structural language mod
   coordinates before the error falls); about k / n_bits at initialization.
 Other tasks have none: the measure set says so.
 """
+
 from __future__ import annotations
 
 import torch
 
 from groklab.errors import ConfigError
 from groklab.measures.progress import check_modular_addition, progress_measures
-from groklab.measures.tree_projection import TASKS as TREE_TASKS, analysis_sample, tree_projection
+from groklab.measures.tree_projection import TASKS as TREE_TASKS
+from groklab.measures.tree_projection import analysis_sample, tree_projection
 
 TREE_SAMPLE = 200
 
@@ -30,8 +32,10 @@ def check_structure(task) -> None:
     try:
         check_modular_addition(task)
     except ConfigError:
-        raise ConfigError(f"config: measure set 'structure' is defined for modular addition, structural LMs "
-                          f"({', '.join(TREE_TASKS)}) and sparse parity; task '{task.name}' has none") from None
+        raise ConfigError(
+            f"config: measure set 'structure' is defined for modular addition, structural LMs "
+            f"({', '.join(TREE_TASKS)}) and sparse parity; task '{task.name}' has none"
+        ) from None
 
 
 def structure(model: torch.nn.Module, task) -> dict[str, float]:
@@ -47,4 +51,4 @@ def structure(model: torch.nn.Module, task) -> dict[str, float]:
 def relevant_share(W: torch.Tensor, k: int) -> float:
     """|W[:, :k]|^2 / |W|^2 for a first-layer weight W (hidden, n_bits)."""
     W = W.detach().double()
-    return float((W[:, :k] ** 2).sum() / (W ** 2).sum())
+    return float((W[:, :k] ** 2).sum() / (W**2).sum())

@@ -32,10 +32,12 @@ s(i, j) at [i, j] for i <= j (NaN below the diagonal).
 - `tree_projection`: all of it for a corpus, as the metrics columns (§6 #9, #10, #17).
 - `analysis_sample`: the fixed analysis sample of a structural task's training data (§5.4, §6 #18).
 """
+
 from __future__ import annotations
 
 import random
-from typing import Callable, Literal, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,24 +51,28 @@ Tree = mccoy.Tree
 Encoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # encode(tokens (batch, pos) int64, key_mask (batch, pos) bool, True = blocked key) -> hidden (batch, pos, d)
 
-MAX_TOKENS = 8192       # tokens per model call
+MAX_TOKENS = 8192  # tokens per model call
 GROUP_TOKENS = 1 << 15  # sentence tokens whose contextual states are held at once
 TASKS = ("question_formation", "tense_inflection", "dyck")
-DYCK_MAX_TOKENS = 200   # Dyck analysis strings are shorter than this (spec §5.3, §5.4)
+DYCK_MAX_TOKENS = 200  # Dyck analysis strings are shorter than this (spec §5.3, §5.4)
 
 
 # ---------------------------------------------------------------- span scores
 def transformer_encoder(model: Transformer) -> Encoder:
     """encode(tokens, key_mask) -> the final-layer output (batch, pos, d_model) of a groklab Transformer:
     `ln_final` for pre-LN, else the last block's output (post-LN: after its second LayerNorm)."""
-    name = "ln_final.hook_normalized" if isinstance(model.ln_final, LayerNorm) else \
-        f"blocks.{len(model.blocks) - 1}.hook_resid_post"
+    name = (
+        "ln_final.hook_normalized"
+        if isinstance(model.ln_final, LayerNorm)
+        else f"blocks.{len(model.blocks) - 1}.hook_resid_post"
+    )
 
     def encode(tokens: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         out = {}
         with model.hooks({name: lambda t: out.__setitem__("h", t)}):
             model(tokens, key_mask=key_mask)
         return out["h"]
+
     return encode
 
 
@@ -76,8 +82,12 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def span_scores(model: Union[Transformer, Encoder], sentences: Sequence[Sequence[int]],
-                max_tokens: int = MAX_TOKENS, device: Union[str, torch.device, None] = None) -> list[np.ndarray]:
+def span_scores(
+    model: Transformer | Encoder,
+    sentences: Sequence[Sequence[int]],
+    max_tokens: int = MAX_TOKENS,
+    device: str | torch.device | None = None,
+) -> list[np.ndarray]:
     """s(i, j) = cos(v_ij, ṽ_ij) for every span of every sentence: a list of (n, n) float64 arrays.
 
     model: a groklab Transformer (run in eval mode, its mode restored after, on its own device) or any
@@ -95,13 +105,13 @@ def span_scores(model: Union[Transformer, Encoder], sentences: Sequence[Sequence
     if module is not None:
         module.eval()
     try:
-        out: list[Optional[np.ndarray]] = [None] * len(seqs)
+        out: list[np.ndarray | None] = [None] * len(seqs)
         by_length: dict[int, list[int]] = {}
         for b, seq in enumerate(seqs):
             by_length.setdefault(len(seq), []).append(b)
         for width, members in sorted(by_length.items()):  # sentences of equal length, GROUP_TOKENS at a time
             step = max(1, GROUP_TOKENS // width)
-            for group in (members[k: k + step] for k in range(0, len(members), step)):
+            for group in (members[k : k + step] for k in range(0, len(members), step)):
                 scores = _length_scores(encode, torch.stack([seqs[b] for b in group]).to(device), max_tokens)
                 for b, table in zip(group, scores.cpu().numpy()):
                     out[b] = table
@@ -119,15 +129,16 @@ def _length_scores(encode: Encoder, x: torch.Tensor, max_tokens: int) -> torch.T
     {SOS} ∪ [i, j] blocked gives (the keys after j cannot reach words <= j). Start 0 is the contextual run."""
     group, n = x.shape[0], x.shape[1] - 1
     per_call = max(1, max_tokens // (n + 1))
-    context = torch.cat([encode(rows, torch.zeros_like(rows, dtype=torch.bool)).double()
-                         for rows in x.split(per_call)])                  # (group, n + 1, d): h, SOS first
+    context = torch.cat(
+        [encode(rows, torch.zeros_like(rows, dtype=torch.bool)).double() for rows in x.split(per_call)]
+    )  # (group, n + 1, d): h, SOS first
     scores = torch.empty(group, n, n, dtype=torch.float64, device=x.device)
     scores[:, 0] = _start_scores(context, context, torch.zeros(group, dtype=torch.long, device=x.device))
     pos = torch.arange(n + 1, device=x.device)
     b = torch.arange(group, device=x.device).repeat_interleave(n - 1)  # (rows,) sentence of each run
-    i = torch.arange(1, n, device=x.device).repeat(group)              # (rows,) its span start
+    i = torch.arange(1, n, device=x.device).repeat(group)  # (rows,) its span start
     for b_, i_ in zip(b.split(per_call), i.split(per_call)) if n > 1 else ():
-        key_mask = (pos >= 1) & (pos <= i_[:, None])                     # (rows, n + 1): words 0..i-1 blocked
+        key_mask = (pos >= 1) & (pos <= i_[:, None])  # (rows, n + 1): words 0..i-1 blocked
         scores[b_, i_] = _start_scores(encode(x[b_], key_mask).double(), context[b_], i_)
     return scores
 
@@ -136,18 +147,18 @@ def _start_scores(free: torch.Tensor, context: torch.Tensor, i: torch.Tensor) ->
     """Runs with words 0..i-1 blocked, free (rows, n + 1, d), and the contextual runs (rows, n + 1, d) ->
     s(i, j) for j = 0..n-1 (rows, n), NaN for j < i. Both sums are taken the same way (float64)."""
     keep = torch.arange(free.shape[1] - 1, device=free.device) >= i[:, None]  # (rows, n): words i..
-    v_free = (free[:, 1:] * keep[..., None]).cumsum(1)                         # (rows, n, d): ṽ_ij at j
-    v = (context[:, 1:] * keep[..., None]).cumsum(1)                           # (rows, n, d): v_ij at j
+    v_free = (free[:, 1:] * keep[..., None]).cumsum(1)  # (rows, n, d): ṽ_ij at j
+    v = (context[:, 1:] * keep[..., None]).cumsum(1)  # (rows, n, d): v_ij at j
     return _cosine(v, v_free).masked_fill(~keep, float("nan"))
 
 
 # ---------------------------------------------------------------- parsing
-def _table(scores: np.ndarray, n: Optional[int]) -> tuple[np.ndarray, int]:
+def _table(scores: np.ndarray, n: int | None) -> tuple[np.ndarray, int]:
     s = np.asarray(scores, dtype=np.float64)
     return s, len(s) if n is None else n
 
 
-def greedy_tree(scores: np.ndarray, n: Optional[int] = None) -> Tree:
+def greedy_tree(scores: np.ndarray, n: int | None = None) -> Tree:
     """The released code's top-down parse: split (i, j) at k* = argmax_{k in i..j-1} s(i, k) + s(k+1, j),
     the first k winning ties, and recurse (O(n^2))."""
     s, n = _table(scores, n)
@@ -155,19 +166,20 @@ def greedy_tree(scores: np.ndarray, n: Optional[int] = None) -> Tree:
     def build(i: int, j: int) -> Tree:
         if i == j:
             return i
-        k = i + int(np.argmax(s[i, i:j] + s[i + 1: j + 1, j]))
+        k = i + int(np.argmax(s[i, i:j] + s[i + 1 : j + 1, j]))
         return build(i, k), build(k + 1, j)
+
     return build(0, n - 1)
 
 
-def dp_tree(scores: np.ndarray, n: Optional[int] = None) -> Tree:
+def dp_tree(scores: np.ndarray, n: int | None = None) -> Tree:
     """The tree maximising `tree_score` (the sum of its split scores), by the exact O(n^3) chart DP
     best(i, j) = max_k s(i, k) + s(k+1, j) + best(i, k) + best(k+1, j); the first k wins ties."""
     s, n = _table(scores, n)
     best, split = np.zeros((n, n)), np.zeros((n, n), dtype=np.int64)
-    for length in range(2, n + 1):              # every span of this length at once
+    for length in range(2, n + 1):  # every span of this length at once
         i = np.arange(n - length + 1)[:, None]  # (spans, 1) start
-        k = i + np.arange(length - 1)[None]      # (spans, length - 1) split points
+        k = i + np.arange(length - 1)[None]  # (spans, length - 1) split points
         j = i + length - 1
         value = s[i, k] + s[k + 1, j] + best[i, k] + best[k + 1, j]
         arg = np.argmax(value, axis=1)
@@ -176,6 +188,7 @@ def dp_tree(scores: np.ndarray, n: Optional[int] = None) -> Tree:
     def build(i: int, j: int) -> Tree:
         k = int(split[i, j])
         return i if i == j else (build(i, k), build(k + 1, j))
+
     return build(0, n - 1)
 
 
@@ -190,6 +203,7 @@ def _nodes(tree: Tree) -> list[tuple[int, int, int]]:
         (i, k), (_, j) = walk(t[0]), walk(t[1])
         out.append((i, k, j))
         return i, j
+
     walk(tree)
     return out
 
@@ -200,7 +214,7 @@ def tree_score(scores: np.ndarray, tree: Tree) -> float:
     return float(sum(s[i, k] + s[k + 1, j] for i, k, j in _nodes(tree)))
 
 
-def tree_gain(scores: np.ndarray, tree: Tree, rng: Optional[random.Random] = None) -> float:
+def tree_gain(scores: np.ndarray, tree: Tree, rng: random.Random | None = None) -> float:
     """t(S): Σ over internal nodes (i, k, j) of [s(i, k) + s(k+1, j)] − [s(i, r) + s(r+1, j)].
 
     rng given: one r per node, rng.choice(range(i, j)), nodes in post-order: the released code's estimator
@@ -213,7 +227,7 @@ def tree_gain(scores: np.ndarray, tree: Tree, rng: Optional[random.Random] = Non
             r = rng.choice(range(i, j))
             random_split = s[i, r] + s[r + 1, j]
         else:
-            random_split = float(np.mean(s[i, i:j] + s[i + 1: j + 1, j]))
+            random_split = float(np.mean(s[i, i:j] + s[i + 1 : j + 1, j]))
         gain += s[i, k] + s[k + 1, j] - random_split
     return float(gain)
 
@@ -237,8 +251,9 @@ def parseval(predicted: Sequence[Tree], gold: Sequence[Tree], root: bool = True)
     hit = n_pred = n_gold = 0
     for p, g in zip(predicted, gold):
         if len(mccoy.leaves(p)) != len(mccoy.leaves(g)):
-            raise ValueError(f"a predicted tree over {len(mccoy.leaves(p))} words for a gold tree over "
-                             f"{len(mccoy.leaves(g))}")
+            raise ValueError(
+                f"a predicted tree over {len(mccoy.leaves(p))} words for a gold tree over {len(mccoy.leaves(g))}"
+            )
         bp, bg = brackets(p, root), brackets(g, root)
         hit, n_pred, n_gold = hit + len(bp & bg), n_pred + len(bp), n_gold + len(bg)
     if not n_pred or not n_gold:
@@ -248,14 +263,21 @@ def parseval(predicted: Sequence[Tree], gold: Sequence[Tree], root: bool = True)
 
 
 # ---------------------------------------------------------------- the measure
-Sentence = Union[Sequence[int], Sequence[str], str]
+Sentence = Sequence[int] | Sequence[str] | str
 
 
 @torch.no_grad()
-def tree_projection(model: Union[Transformer, Encoder], sentences: Sequence[Sentence],
-                    gold_trees: Optional[Sequence[Tree]] = None, *, vocab: Optional[Sequence[str]] = None,
-                    decode: Literal["greedy", "exact_dp"] = "greedy", seed: int = 0,
-                    max_tokens: int = MAX_TOKENS, device: Union[str, torch.device, None] = None) -> dict[str, float]:
+def tree_projection(
+    model: Transformer | Encoder,
+    sentences: Sequence[Sentence],
+    gold_trees: Sequence[Tree] | None = None,
+    *,
+    vocab: Sequence[str] | None = None,
+    decode: Literal["greedy", "exact_dp"] = "greedy",
+    seed: int = 0,
+    max_tokens: int = MAX_TOKENS,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
     """Tree-projection scores of a corpus (Murty et al. 2023 §4; spec §5.4, §6 #9, #10, #17).
 
     sentences: token ids [SOS, w_0 .. w_{n-1}]; with `vocab` (an LM vocabulary, `lm_eval.lm_vocabulary`),
@@ -285,18 +307,24 @@ def tree_projection(model: Union[Transformer, Encoder], sentences: Sequence[Sent
     rng = random.Random(seed)
     seeded = np.array([tree_gain(s, t, rng) for s, t in zip(scores, trees)])
     words = np.array([len(s) for s in scores])
-    row = {"t_score": float(seeded.mean()),
-           "t_score_expected": float(np.mean([tree_gain(s, t) for s, t in zip(scores, trees)])),
-           "t_score_per_word": float((seeded / words).mean()),
-           "t_score_dp": float(np.mean([tree_gain(s, t) for s, t in zip(scores, dp)]))}
+    row = {
+        "t_score": float(seeded.mean()),
+        "t_score_expected": float(np.mean([tree_gain(s, t) for s, t in zip(scores, trees)])),
+        "t_score_per_word": float((seeded / words).mean()),
+        "t_score_dp": float(np.mean([tree_gain(s, t) for s, t in zip(scores, dp)])),
+    }
     nan = float("nan")
     if gold_trees is None:
         return {**row, "parseval": nan, "parseval_noroot": nan, "parseval_right_branching": nan}
-    return {**row, "parseval": parseval(trees, gold_trees), "parseval_noroot": parseval(trees, gold_trees, root=False),
-            "parseval_right_branching": parseval([mccoy.right_branching(int(m)) for m in words], gold_trees)}
+    return {
+        **row,
+        "parseval": parseval(trees, gold_trees),
+        "parseval_noroot": parseval(trees, gold_trees, root=False),
+        "parseval_right_branching": parseval([mccoy.right_branching(int(m)) for m in words], gold_trees),
+    }
 
 
-def analysis_sample(task, n: int) -> tuple[list[list[int]], Optional[list[Tree]]]:
+def analysis_sample(task, n: int) -> tuple[list[list[int]], list[Tree] | None]:
     """The fixed tree-projection sample of a structural task's training data (spec §5.4, §6 #18): token ids
     [SOS, w_0 .. w_{n-1}] and gold trees (None for Dyck).
     - question_formation: the first n training `quest` lines' declarative part (the words before ". quest");
@@ -308,7 +336,7 @@ def analysis_sample(task, n: int) -> tuple[list[list[int]], Optional[list[Tree]]
     vocab = task.vocab
     markers = {"question_formation": ("quest",), "tense_inflection": ("PAST", "PRESENT")}.get(task.name)
     lengths = (task.train.labels != IGNORE).sum(1).tolist()  # [SOS] w1..wn: as many inputs as targets
-    rows = (row for start in range(0, len(lengths), 1024) for row in task.train.inputs[start: start + 1024].tolist())
+    rows = (row for start in range(0, len(lengths), 1024) for row in task.train.inputs[start : start + 1024].tolist())
     ids: list[list[int]] = []
     for row, length in zip(rows, lengths):
         if len(ids) == n:
@@ -317,7 +345,7 @@ def analysis_sample(task, n: int) -> tuple[list[list[int]], Optional[list[Tree]]
         if markers is None:
             if len(words) < DYCK_MAX_TOKENS:
                 ids.append(row[:length])
-        else:                                    # [SOS] sentence . marker output: keep [SOS] sentence
+        else:  # [SOS] sentence . marker output: keep [SOS] sentence
             end = words.index(".") if "." in words else 0
             if 0 < end < len(words) - 1 and words[end + 1] in markers:
                 ids.append(row[: end + 1])

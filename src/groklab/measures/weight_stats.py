@@ -17,6 +17,7 @@ matrices together and the other matrix metrics come from fc alone. mean_w / medi
 median) / var_w (Bessel) and mean_b / median_b / var_b are over the included weights and biases
 concatenated (a transformer: its MLP biases and any attention biases; a ResNet: fc's bias).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,22 @@ import torch
 
 from groklab.models import MLP, ResNet18, Transformer
 
-FEATURES = ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity", "mean_lambda",
-            "variance_lambda", "mean_w", "median_w", "var_w", "mean_b", "median_b", "var_b")
+FEATURES = (
+    "l1",
+    "l2",
+    "trace",
+    "spectral",
+    "code_sparsity",
+    "computational_sparsity",
+    "mean_lambda",
+    "variance_lambda",
+    "mean_w",
+    "median_w",
+    "var_w",
+    "mean_b",
+    "median_b",
+    "var_b",
+)
 MATRIX_KEYS = FEATURES[:8]
 NAN = math.nan
 
@@ -39,9 +54,16 @@ def matrix_stats(W: torch.Tensor) -> dict[str, float]:
     sv = torch.linalg.svdvals(W)
     sv = torch.where(sv < 1e-5, torch.zeros_like(sv), sv)
     l1, l2, trace, spectral = W.abs().sum().item(), W.norm().item(), torch.diagonal(W).sum().item(), sv.max().item()
-    return {"l1": l1, "l2": l2, "trace": trace, "spectral": spectral,
-            "code_sparsity": l1 / l2 if l2 else NAN, "computational_sparsity": trace / spectral if spectral else NAN,
-            "mean_lambda": sv.mean().item(), "variance_lambda": sv.var(correction=1).item() if len(sv) > 1 else NAN}
+    return {
+        "l1": l1,
+        "l2": l2,
+        "trace": trace,
+        "spectral": spectral,
+        "code_sparsity": l1 / l2 if l2 else NAN,
+        "computational_sparsity": trace / spectral if spectral else NAN,
+        "mean_lambda": sv.mean().item(),
+        "variance_lambda": sv.var(correction=1).item() if len(sv) > 1 else NAN,
+    }
 
 
 def kernel_stats(W: torch.Tensor) -> dict[str, float]:
@@ -49,7 +71,7 @@ def kernel_stats(W: torch.Tensor) -> dict[str, float]:
     W = W.detach().double()
     if not torch.isfinite(W).all():
         return {"l1": NAN, "l2": NAN, "code_sparsity": NAN}
-    slices = W.flatten(2)                                                     # (out, in, kh * kw)
+    slices = W.flatten(2)  # (out, in, kh * kw)
     l1, l2 = slices.abs().sum(-1), slices.norm(dim=-1)
     ratio = torch.where(l2 > 0, l1 / l2.clamp_min(1e-300), torch.full_like(l1, NAN))
     return {"l1": l1.mean().item(), "l2": l2.mean().item(), "code_sparsity": torch.nanmean(ratio).item()}
@@ -62,8 +84,8 @@ def included_tensors(model: torch.nn.Module) -> tuple[list, list, list, list]:
         for block in model.blocks:
             attn, mlp = block.attn, block.mlp
             for W in (attn.W_Q, attn.W_K, attn.W_V):
-                matrices += list(W)                                           # one (d_model, d_head) matrix per head
-            matrices += [attn.W_O.flatten(0, 1), mlp.W_in, mlp.W_out]        # W_O as (heads * d_head, d_model)
+                matrices += list(W)  # one (d_model, d_head) matrix per head
+            matrices += [attn.W_O.flatten(0, 1), mlp.W_in, mlp.W_out]  # W_O as (heads * d_head, d_model)
             biases += [b for b in (attn.b_Q, attn.b_K, attn.b_V, attn.b_O, mlp.b_in, mlp.b_out) if b is not None]
         weights = matrices
     elif isinstance(model, MLP):
@@ -89,9 +111,15 @@ def weight_statistics(model: torch.nn.Module) -> dict[str, float]:
     for key in MATRIX_KEYS:
         values = [s[key] for s in per_matrix] + [s[key] for s in per_kernel if key in s]
         finite = [v for v in values if not math.isnan(v)]
-        row[key] = sum(finite) / len(finite) if finite and (key == "variance_lambda" or len(finite) == len(values)) else NAN
+        row[key] = (
+            sum(finite) / len(finite) if finite and (key == "variance_lambda" or len(finite) == len(values)) else NAN
+        )
     for suffix, tensors in (("w", weights), ("b", biases)):
-        flat = torch.cat([t.detach().double().flatten() for t in tensors]) if tensors else torch.empty(0, dtype=torch.float64)
+        flat = (
+            torch.cat([t.detach().double().flatten() for t in tensors])
+            if tensors
+            else torch.empty(0, dtype=torch.float64)
+        )
         row[f"mean_{suffix}"] = flat.mean().item() if len(flat) else NAN
         row[f"median_{suffix}"] = flat.median().item() if len(flat) else NAN
         row[f"var_{suffix}"] = flat.var(correction=1).item() if len(flat) > 1 else NAN

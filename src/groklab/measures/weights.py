@@ -1,4 +1,5 @@
 """Statistics of a model's weights (no activations needed)."""
+
 from __future__ import annotations
 
 import torch

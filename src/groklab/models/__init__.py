@@ -1,9 +1,10 @@
 """Models layer: nn.Modules only. One transformer serves every sequence task, configured, not copied;
 an MLP and a ResNet-18 serve vector and image tasks."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
 from pydantic import BaseModel, ValidationError
@@ -21,26 +22,37 @@ class ModelSpec:
     config: type[BaseModel]
     build: Callable[[BaseModel, int], nn.Module]
     from_task: Callable[[Task, dict], dict]  # the sizes the task sets, given the user's parameters
-    sequence: bool                           # consumes token sequences (else vectors / images)
+    sequence: bool  # consumes token sequences (else vectors / images)
 
 
 def _transformer_sizes(task: Task, params: dict) -> dict:
     outputs = params.pop("outputs", "vocab")
     if outputs not in ("vocab", "answers"):
         raise ConfigError(f"config: model.outputs must be 'vocab' or 'answers', got {outputs!r}")
-    return {"d_vocab": task.d_vocab, "n_ctx": task.n_ctx, "d_vocab_out": task.n_classes if outputs == "answers" else None}
+    return {
+        "d_vocab": task.d_vocab,
+        "n_ctx": task.n_ctx,
+        "d_vocab_out": task.n_classes if outputs == "answers" else None,
+    }
 
 
 MODELS: dict[str, ModelSpec] = {
     "transformer": ModelSpec(TransformerConfig, Transformer, _transformer_sizes, sequence=True),
-    "mlp": ModelSpec(MLPConfig, MLP, lambda task, params: {"d_in": _size(task.input_shape), "d_out": task.n_outputs},
-                     sequence=False),
-    "resnet18": ModelSpec(ResNetConfig, ResNet18,
-                          lambda task, params: {"in_channels": task.input_shape[0], "num_classes": task.n_outputs},
-                          sequence=False),
+    "mlp": ModelSpec(
+        MLPConfig, MLP, lambda task, params: {"d_in": _size(task.input_shape), "d_out": task.n_outputs}, sequence=False
+    ),
+    "resnet18": ModelSpec(
+        ResNetConfig,
+        ResNet18,
+        lambda task, params: {"in_channels": task.input_shape[0], "num_classes": task.n_outputs},
+        sequence=False,
+    ),
 }
-FROM_TASK = {"transformer": ("d_vocab", "n_ctx", "d_vocab_out"), "mlp": ("d_in", "d_out"),
-             "resnet18": ("in_channels", "num_classes")}
+FROM_TASK = {
+    "transformer": ("d_vocab", "n_ctx", "d_vocab_out"),
+    "mlp": ("d_in", "d_out"),
+    "resnet18": ("in_channels", "num_classes"),
+}
 
 
 def _size(shape: tuple[int, ...]) -> int:
@@ -57,7 +69,9 @@ def model_config(config: ModelConfig, task: Task) -> BaseModel:
         raise ConfigError(f"config: unknown model.arch '{config.arch}'; known: {', '.join(MODELS)}")
     if spec.sequence != bool(task.vocab):
         kind = "token sequences" if spec.sequence else "vectors or images"
-        raise ConfigError(f"config: model.arch '{config.arch}' takes {kind}, but task '{task.name}' does not provide them")
+        raise ConfigError(
+            f"config: model.arch '{config.arch}' takes {kind}, but task '{task.name}' does not provide them"
+        )
     params = config.params()
     taken = [key for key in FROM_TASK[config.arch] if key in params]
     if taken:
@@ -84,5 +98,16 @@ def build_model(cfg: BaseModel, seed: int) -> nn.Module:
     return MODELS[arch].build(cfg, seed)
 
 
-__all__ = ["MLP", "MLPConfig", "MODELS", "HookPoint", "ResNet18", "ResNetConfig", "Transformer", "TransformerConfig",
-           "build_model", "model_config", "resolved_params"]
+__all__ = [
+    "MLP",
+    "MLPConfig",
+    "MODELS",
+    "HookPoint",
+    "ResNet18",
+    "ResNetConfig",
+    "Transformer",
+    "TransformerConfig",
+    "build_model",
+    "model_config",
+    "resolved_params",
+]

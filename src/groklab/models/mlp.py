@@ -1,5 +1,6 @@
 """A multilayer perceptron: the sparse-parity and MNIST models of Hu et al. 2023 (§4.1; spec
 training-maps.md §2.2-2.3), and Omnigrok's MNIST MLP (init_scale)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -13,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 class MLPConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    d_in: PositiveInt                           # input features (set from the task; images are flattened)
-    d_out: PositiveInt                          # outputs (set from the task: classes, or 1 for a hinge loss)
+    d_in: PositiveInt  # input features (set from the task; images are flattened)
+    d_out: PositiveInt  # outputs (set from the task: classes, or 1 for a hinge loss)
     hidden: tuple[PositiveInt, ...] = (1000,)
     act: Literal["relu", "gelu"] = "relu"
     norm: Literal["none", "batchnorm", "layernorm"] = "none"
@@ -40,14 +41,14 @@ class MLP(nn.Module):
                     if layer.bias is not None:
                         layer.bias.zero_()
                 else:  # torch.nn.Linear's own init, drawn from the seeded generator
-                    bound = layer.in_features ** -0.5
+                    bound = layer.in_features**-0.5
                     layer.weight.uniform_(-bound, bound, generator=gen)
                     if layer.bias is not None:
                         layer.bias.uniform_(-bound, bound, generator=gen)
                 layer.weight.mul_(cfg.init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)                                                       # (batch, d_in)
+        x = x.flatten(1)  # (batch, d_in)
         for layer, norm in zip(self.layers[:-1], self.norms):
             x = self.act(norm(layer(x)))
-        return self.layers[-1](x)                                              # (batch, d_out)
+        return self.layers[-1](x)  # (batch, d_out)

@@ -3,6 +3,7 @@ training-maps.md §2.3): torchvision's BasicBlock layout [2, 2, 2, 2] with a 3x3
 no max-pool. Flags switch BatchNorm and the residual connections off; as in Hu et al.'s code the
 downsample branch keeps its BatchNorm even with batchnorm off, unless `fix_downsample_bn`.
 Parameter names follow torchvision (conv1, layer1.0.conv1, ..., fc)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 class ResNetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    in_channels: PositiveInt = 3      # set from the task
-    num_classes: PositiveInt = 100    # set from the task
+    in_channels: PositiveInt = 3  # set from the task
+    num_classes: PositiveInt = 100  # set from the task
     batchnorm: bool = True
     residual: bool = True
     fix_downsample_bn: bool = False
@@ -54,7 +55,9 @@ class ResNet18(nn.Module):
         self.bn1 = _bn(cfg.batchnorm, 64)
         widths, c_in = [64, 128, 256, 512], 64
         for i, (width, stride) in enumerate(zip(widths, [1, 2, 2, 2]), start=1):
-            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cfg, c_in, width, stride), BasicBlock(cfg, width, width, 1)))
+            setattr(
+                self, f"layer{i}", nn.Sequential(BasicBlock(cfg, c_in, width, stride), BasicBlock(cfg, width, width, 1))
+            )
             c_in = width
         self.fc = nn.Linear(512, cfg.num_classes)
         gen = torch.Generator().manual_seed(seed)
@@ -64,11 +67,11 @@ class ResNet18(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
                     m.weight.mul_(cfg.init_scale)
                 elif isinstance(m, nn.Linear):
-                    bound = m.in_features ** -0.5
+                    bound = m.in_features**-0.5
                     m.weight.uniform_(-bound, bound, generator=gen).mul_(cfg.init_scale)
                     m.bias.uniform_(-bound, bound, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))                                    # (batch, 64, 32, 32)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))             # (batch, 512, 4, 4)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))         # (batch, classes)
+        x = F.relu(self.bn1(self.conv1(x)))  # (batch, 64, 32, 32)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (batch, 512, 4, 4)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))  # (batch, classes)

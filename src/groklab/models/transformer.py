@@ -16,11 +16,13 @@ forward (tests/test_model.py):
   model's batch of 8 long sequences does not), the first attention layer computes its scores and
   value-output vectors once per pair and gathers them per input.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Literal, Optional, Union
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -33,9 +35,9 @@ Bias = Literal["attn", "mlp", "unembed"]
 class TransformerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    d_vocab: PositiveInt                   # input tokens (set from the task)
-    n_ctx: PositiveInt                     # sequence length (set from the task)
-    d_vocab_out: Optional[PositiveInt] = None  # output classes; None: d_vocab
+    d_vocab: PositiveInt  # input tokens (set from the task)
+    n_ctx: PositiveInt  # sequence length (set from the task)
+    d_vocab_out: PositiveInt | None = None  # output classes; None: d_vocab
     n_layers: PositiveInt = 1
     d_model: PositiveInt = 128
     n_heads: PositiveInt = 4
@@ -47,8 +49,10 @@ class TransformerConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     biases: frozenset[Bias] = frozenset({"mlp"})
     init: Literal["nanda", "gpt2", "pytorch", "xavier"] = "nanda"
-    bias_init: Literal["zero", "pytorch"] = "zero"  # "pytorch": nn.Linear's U(+-1/sqrt(fan_in)) (Murty's released model)
-    embed_scale: bool = False               # multiply token embeddings by sqrt(d_model) (Vaswani; Murty et al.)
+    bias_init: Literal["zero", "pytorch"] = (
+        "zero"  # "pytorch": nn.Linear's U(+-1/sqrt(fan_in)) (Murty's released model)
+    )
+    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani; Murty et al.)
     init_scale: float = Field(1.0, gt=0.0)  # multiplies every initial weight (Omnigrok's alpha)
 
     @property
@@ -67,11 +71,11 @@ def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape))
 
 
-def _bias(on: bool, *shape: int) -> Optional[nn.Parameter]:
+def _bias(on: bool, *shape: int) -> nn.Parameter | None:
     return nn.Parameter(torch.zeros(*shape)) if on else None
 
 
-def _add(x: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+def _add(x: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     return x if b is None else x + b
 
 
@@ -116,7 +120,7 @@ class KVCache:
     `model(piece, cache=cache)`, and get the logits feeding it whole would give (greedy decoding)."""
 
     def __init__(self, n_layers: int):
-        self.layers: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
 
     @property
     def length(self) -> int:
@@ -146,8 +150,14 @@ class Attention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v, self.hook_z = HookPoint(), HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, q: slice, tokens: Optional[torch.Tensor] = None,
-                key_mask: Optional[torch.Tensor] = None, kv: Optional[tuple[KVCache, int]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        q: slice,
+        tokens: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        kv: tuple[KVCache, int] | None = None,
+    ) -> torch.Tensor:
         """x (batch, pos, d_model) -> the output at the query positions x[:, q]: (batch, n_q, d_model).
 
         With `tokens` (batch, pos), x is instead the table (pos, d_vocab, d_model) of the input for
@@ -159,38 +169,48 @@ class Attention(nn.Module):
         if tokens is not None:
             positions = torch.arange(n_pos, device=x.device)
             return self._from_table(x, q, tokens, positions > positions[q][:, None])
-        q_, k, v = (self.hook_q(self._project(x[:, q], self.W_Q, self.b_Q)),  # (batch, q, head, d_head)
-                    self.hook_k(self._project(x, self.W_K, self.b_K)),        # (batch, pos, head, d_head)
-                    self.hook_v(self._project(x, self.W_V, self.b_V)))
+        q_, k, v = (
+            self.hook_q(self._project(x[:, q], self.W_Q, self.b_Q)),  # (batch, q, head, d_head)
+            self.hook_k(self._project(x, self.W_K, self.b_K)),  # (batch, pos, head, d_head)
+            self.hook_v(self._project(x, self.W_V, self.b_V)),
+        )
         if kv is not None:
             k, v = kv[0].extend(kv[1], k, v)  # (batch, past + pos, head, d_head)
         positions = torch.arange(k.shape[1], device=x.device)
-        future = positions > positions[k.shape[1] - n_pos:][q][:, None]  # (q, keys): the causal mask
+        future = positions > positions[k.shape[1] - n_pos :][q][:, None]  # (q, keys): the causal mask
         blocked = future if key_mask is None else future | key_mask[:, None, q]  # (q, pos) or (batch, 1, q, pos)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q_, k) / math.sqrt(q_.shape[-1])   # (batch, head, q, pos)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q_, k) / math.sqrt(q_.shape[-1])  # (batch, head, q, pos)
         pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores.masked_fill(blocked, -torch.inf)), -1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", self.dropout(pattern), v))  # (batch, q, head, d_head)
         return _add(torch.einsum("bqhe,hed->bqd", z, self.W_O), self.b_O)
 
     @staticmethod
-    def _project(x: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    def _project(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         return _add(torch.einsum("...d,hde->...he", x, W), b)  # (..., d_model) -> (..., head, d_head)
 
     def _from_table(self, x: torch.Tensor, q: slice, tokens: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         """The same attention, computed once per (position, token) pair and gathered per input.
         Exact; cheap when pairs are few (no dropout, no hooks: the plain path serves those)."""
-        keys, queries = x.flatten(0, 1), x[q].flatten(0, 1)                       # (pairs, d_model), (q pairs, d_model)
+        keys, queries = x.flatten(0, 1), x[q].flatten(0, 1)  # (pairs, d_model), (q pairs, d_model)
         rows, q_rows = _pair_rows(tokens, x.shape[1]), _pair_rows(tokens[:, q], x.shape[1])  # (batch, pos), (batch, q)
         q_tab, k_tab = self._project(queries, self.W_Q, self.b_Q), self._project(keys, self.W_K, self.b_K)
         s_tab = torch.einsum("nhe,mhe->nmh", q_tab, k_tab).flatten(0, 1) / math.sqrt(q_tab.shape[-1])
         scores = F.embedding(q_rows[:, :, None] * len(keys) + rows[:, None, :], s_tab)  # (batch, q, pos, head)
         pattern = torch.softmax(scores.masked_fill(future[..., None], -torch.inf), -2)
         # the output is a pattern-weighted sum of per-pair value-output vectors (v W_O): one embedding bag
-        vo_tab = torch.einsum("nhe,hed->nhd", self._project(keys, self.W_V, self.b_V), self.W_O)  # (pairs, head, d_model)
+        vo_tab = torch.einsum(
+            "nhe,hed->nhd", self._project(keys, self.W_V, self.b_V), self.W_O
+        )  # (pairs, head, d_model)
         heads = torch.arange(vo_tab.shape[1], device=x.device)
-        bags = (rows[:, None, :, None] * len(heads) + heads).expand(pattern.shape)  # (batch, q, pos, head): row of vo_tab
-        out = F.embedding_bag(bags.flatten(2).flatten(0, 1), vo_tab.flatten(0, 1),
-                              per_sample_weights=pattern.flatten(2).flatten(0, 1), mode="sum")  # (batch * q, d_model)
+        bags = (rows[:, None, :, None] * len(heads) + heads).expand(
+            pattern.shape
+        )  # (batch, q, pos, head): row of vo_tab
+        out = F.embedding_bag(
+            bags.flatten(2).flatten(0, 1),
+            vo_tab.flatten(0, 1),
+            per_sample_weights=pattern.flatten(2).flatten(0, 1),
+            mode="sum",
+        )  # (batch * q, d_model)
         return _add(out.unflatten(0, pattern.shape[:2]), self.b_O)
 
 
@@ -219,8 +239,14 @@ class Block(nn.Module):
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
-    def forward(self, x: Optional[torch.Tensor], q: slice, table: Optional[tuple] = None,
-                key_mask: Optional[torch.Tensor] = None, kv: Optional[tuple[KVCache, int]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        q: slice,
+        table: tuple | None = None,
+        key_mask: torch.Tensor | None = None,
+        kv: tuple[KVCache, int] | None = None,
+    ) -> torch.Tensor:
         """x (batch, pos, d_model) -> (batch, n_q, d_model) at positions x[:, q].
         Or x=None and `table` = (tokens, X) with X (pos, d_vocab, d_model): the input at (b, p) is
         X[p, tokens[b, p]], used in table form (see module doc). key_mask, kv: see `Transformer.forward`."""
@@ -262,8 +288,13 @@ class Transformer(nn.Module):
         self._hooked = 0
         init_weights(self, torch.Generator().manual_seed(seed))
 
-    def forward(self, tokens: torch.Tensor, at: Union[int, slice, None] = None,
-                key_mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        at: int | slice | None = None,
+        key_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """tokens (batch, pos) -> logits (batch, pos, d_vocab_out); with an int `at`, the logits at
         that position only (batch, d_vocab_out); with a slice, at those positions.
 
@@ -279,7 +310,7 @@ class Transformer(nn.Module):
         if key_mask is not None:
             key_mask = key_mask[:, None].expand(-1, n_pos, -1) if key_mask.ndim == 2 else key_mask  # (batch, pos, pos)
         q = slice(at, at + 1 or None) if isinstance(at, int) else at or slice(None)
-        W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[start:start + n_pos]
+        W_E, W_pos = self.embed.W_E, self.pos_embed.W_pos[start : start + n_pos]
         x, table = None, None
         if self.cfg.embed_scale:
             W_E = W_E * math.sqrt(self.cfg.d_model)
@@ -287,10 +318,17 @@ class Transformer(nn.Module):
         if tabulate and not self._hooked and not (self.training and self.cfg.dropout):
             table = (tokens, W_pos[:, None] + W_E[None])  # X: (pos, d_vocab, d_model), every (position, token) input
         else:
-            x = self.dropout(self.hook_embed(F.embedding(tokens, W_E)) + self.hook_pos_embed(W_pos))  # (batch, pos, d_model)
+            x = self.dropout(
+                self.hook_embed(F.embedding(tokens, W_E)) + self.hook_pos_embed(W_pos)
+            )  # (batch, pos, d_model)
         for i, block in enumerate(self.blocks):
-            x = block(x, q if i == len(self.blocks) - 1 else slice(None), table if i == 0 else None, key_mask,
-                      None if cache is None else (cache, i))
+            x = block(
+                x,
+                q if i == len(self.blocks) - 1 else slice(None),
+                table if i == 0 else None,
+                key_mask,
+                None if cache is None else (cache, i),
+            )
         logits = F.linear(self.ln_final(x), self.unembed.W_U.T, self.unembed.b_U)  # (batch, q, d_vocab_out)
         return logits[:, 0] if isinstance(at, int) else logits
 
@@ -299,7 +337,7 @@ class Transformer(nn.Module):
         return KVCache(len(self.blocks))
 
     @contextlib.contextmanager
-    def hooks(self, fns: dict[str, Callable[[torch.Tensor], Optional[torch.Tensor]]]) -> Iterator[None]:
+    def hooks(self, fns: dict[str, Callable[[torch.Tensor], torch.Tensor | None]]) -> Iterator[None]:
         """Run with functions attached to hook points by name; a function that returns a tensor
         replaces the activation (patching), one that returns None only observes."""
         points = dict(self.named_modules())
@@ -316,8 +354,9 @@ class Transformer(nn.Module):
             for handle in handles:
                 handle.remove()
 
-    def run_with_cache(self, tokens: torch.Tensor, at: Union[int, slice, None] = None,
-                       names: Optional[list[str]] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def run_with_cache(
+        self, tokens: torch.Tensor, at: int | slice | None = None, names: list[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and every named activation (or those in `names`), as TransformerLens' run_with_cache."""
         cache: dict[str, torch.Tensor] = {}
         store = lambda name: lambda t: cache.__setitem__(name, t.detach())  # noqa: E731
@@ -362,8 +401,13 @@ def init_weights(model: Transformer, gen: torch.Generator) -> None:
         if not leaf.startswith("W_"):
             continue
         if cfg.init == "xavier":
-            fans = {"W_E": cfg.d_vocab + cfg.d_model, "W_pos": cfg.n_ctx + cfg.d_model, "W_U": cfg.d_model + cfg.n_outputs,
-                    "W_in": cfg.d_model + cfg.d_mlp, "W_out": cfg.d_mlp + cfg.d_model}.get(leaf, cfg.d_model + cfg.n_heads * cfg.d_head)
+            fans = {
+                "W_E": cfg.d_vocab + cfg.d_model,
+                "W_pos": cfg.n_ctx + cfg.d_model,
+                "W_U": cfg.d_model + cfg.n_outputs,
+                "W_in": cfg.d_model + cfg.d_mlp,
+                "W_out": cfg.d_mlp + cfg.d_model,
+            }.get(leaf, cfg.d_model + cfg.n_heads * cfg.d_head)
             bound = (math.sqrt(2) if leaf == "W_in" else 1.0) * math.sqrt(6 / fans)
             p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
         elif cfg.init == "pytorch":
@@ -375,7 +419,11 @@ def init_weights(model: Transformer, gen: torch.Generator) -> None:
         elif cfg.init == "nanda":
             p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(cfg.d_vocab if leaf == "W_U" else cfg.d_model))
         else:
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.02 / (math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1))
+            p.copy_(
+                torch.randn(p.shape, generator=gen)
+                * 0.02
+                / (math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1)
+            )
         p.mul_(cfg.init_scale)
     if cfg.bias_init == "pytorch":
         bias_fan_in = {"b_O": cfg.n_heads * cfg.d_head, "b_out": cfg.d_mlp}  # else d_model (b_Q/K/V, b_in, b_U)

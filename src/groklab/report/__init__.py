@@ -1,20 +1,28 @@
 """Report layer: reads runs from the store and draws them (one offline HTML page; PNG/SVG on request).
 
-    groklab.write_report(["runs/nanda"])                    # -> runs/nanda/report.html
-    groklab.write_report(["runs/a", "runs/b"], "cmp.html")  # curves of several runs overlaid
+groklab.write_report(["runs/nanda"])                    # -> runs/nanda/report.html
+groklab.write_report(["runs/a", "runs/b"], "cmp.html")  # curves of several runs overlaid
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 from groklab.errors import RunDirError, UserError
-from groklab.report.figures import (Figure, curve_figures, fourier_figures, header, measure_figures, stability_figures,
-                                    structural_figures)
+from groklab.report.figures import (
+    Figure,
+    curve_figures,
+    fourier_figures,
+    header,
+    measure_figures,
+    stability_figures,
+    structural_figures,
+)
 from groklab.report.html import render_html
 from groklab.store import Run
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def build_report(runs: Sequence[Run]) -> tuple[str, list[Figure]]:
@@ -23,8 +31,12 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[Figure]]:
     for run in runs:
         if run.metrics.empty:
             raise RunDirError(f"{run.path} has no metrics yet; report it after its first evaluation")
-    figures = (curve_figures(list(runs)) + structural_figures(list(runs)) + measure_figures(list(runs))
-               + stability_figures(list(runs)))
+    figures = (
+        curve_figures(list(runs))
+        + structural_figures(list(runs))
+        + measure_figures(list(runs))
+        + stability_figures(list(runs))
+    )
     if len(runs) == 1:
         figures += fourier_figures(runs[0])
         title = f"groklab report: {header(runs[0])['title']}"
@@ -33,7 +45,7 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[Figure]]:
     return render_html(title, [header(run) for run in runs], figures), figures
 
 
-def write_report(paths: Sequence[PathLike], out: Optional[PathLike] = None, png: Optional[PathLike] = None) -> Path:
+def write_report(paths: Sequence[PathLike], out: PathLike | None = None, png: PathLike | None = None) -> Path:
     """Write the report of one run (default RUN_DIR/report.html) or the comparison of several
     (default ./groklab-comparison.html); with `png`, also each figure as PNG (and SVG) there."""
     runs = [Run(path) for path in paths]

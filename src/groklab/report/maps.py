@@ -8,12 +8,12 @@ straight across and the optional ones (detours, shortcuts) stand apart. Nodes ar
 are the transitions that occur in the decoded paths (trimmed map, Hu et al. §5.1), as wide as the number
 of runs that take them. Self-loops are left out of the drawing (their probabilities are in the tables).
 """
+
 from __future__ import annotations
 
 import html as _html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,9 @@ DETOUR_COLOR = "#d62728"
 @dataclass
 class MapLayout:
     """Everything the two renderers need, computed once."""
-    states: pd.DataFrame    # state, x, y, occupancy, n_runs, test_acc, detour, r, p_holm
-    edges: pd.DataFrame     # from, to, runs, count, prob (no self-loops)
+
+    states: pd.DataFrame  # state, x, y, occupancy, n_runs, test_acc, detour, r, p_holm
+    edges: pd.DataFrame  # from, to, runs, count, prob (no self-loops)
     n_runs: int
 
 
@@ -70,8 +71,10 @@ def _node_sizes(occupancy: pd.Series, smallest: float, largest: float) -> np.nda
 
 def _label(row) -> str:
     acc = "n/a" if pd.isna(row["test_acc"]) else f"{row['test_acc']:.2f}"
-    return (f"state {int(row['state'])}<br>occupancy {row['occupancy']:.1%}<br>runs visiting {int(row['n_runs'])}"
-            f"<br>mean test acc {acc}" + ("<br><b>detour</b>" if row["detour"] else ""))
+    return (
+        f"state {int(row['state'])}<br>occupancy {row['occupancy']:.1%}<br>runs visiting {int(row['n_runs'])}"
+        f"<br>mean test acc {acc}" + ("<br><b>detour</b>" if row["detour"] else "")
+    )
 
 
 def save_map_static(layout: MapLayout, directory: Path, stem: str = "training_map") -> list[Path]:
@@ -94,24 +97,50 @@ def save_map_static(layout: MapLayout, directory: Path, stem: str = "training_ma
     colors = [cmap(a) if np.isfinite(a) else (0.8, 0.8, 0.8, 1) for a in acc]
     sizes = _node_sizes(layout.states["occupancy"], 250, 2600)
     rims = [DETOUR_COLOR if d else "#333333" for d in layout.states["detour"]]
-    nx.draw_networkx_nodes(graph, pos, nodelist=list(layout.states["state"].astype(int)), node_size=sizes,
-                           node_color=colors, edgecolors=rims, linewidths=[3 if d else 1 for d in layout.states["detour"]],
-                           ax=ax)
+    nx.draw_networkx_nodes(
+        graph,
+        pos,
+        nodelist=list(layout.states["state"].astype(int)),
+        node_size=sizes,
+        node_color=colors,
+        edgecolors=rims,
+        linewidths=[3 if d else 1 for d in layout.states["detour"]],
+        ax=ax,
+    )
     nx.draw_networkx_labels(graph, pos, font_color="white", font_weight="bold", ax=ax)
     if len(layout.edges):
         widths = [0.8 + 5 * graph.edges[e]["runs"] / max(layout.n_runs, 1) for e in graph.edges]
         size_of = dict(zip(layout.states["state"].astype(int), sizes))
         for edge, width in zip(graph.edges, widths):
-            nx.draw_networkx_edges(graph, pos, edgelist=[edge], width=width, arrowsize=14, edge_color="#555555",
-                                   connectionstyle="arc3,rad=0.15", node_size=[size_of[edge[0]], size_of[edge[1]]],
-                                   nodelist=list(edge), ax=ax)
-        nx.draw_networkx_edge_labels(graph, pos, edge_labels={e: graph.edges[e]["runs"] for e in graph.edges},
-                                     font_size=7, label_pos=0.45, connectionstyle="arc3,rad=0.15", ax=ax)
+            nx.draw_networkx_edges(
+                graph,
+                pos,
+                edgelist=[edge],
+                width=width,
+                arrowsize=14,
+                edge_color="#555555",
+                connectionstyle="arc3,rad=0.15",
+                node_size=[size_of[edge[0]], size_of[edge[1]]],
+                nodelist=list(edge),
+                ax=ax,
+            )
+        nx.draw_networkx_edge_labels(
+            graph,
+            pos,
+            edge_labels={e: graph.edges[e]["runs"] for e in graph.edges},
+            font_size=7,
+            label_pos=0.45,
+            connectionstyle="arc3,rad=0.15",
+            ax=ax,
+        )
     mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     fig.colorbar(mappable, ax=ax, label="mean test accuracy in the state", shrink=0.8)
     ax.set_xlabel("mean fraction of training elapsed in the state")
-    ax.set_title(f"training map: {len(layout.states)} states, {layout.n_runs} runs "
-                 "(node area ~ occupancy; edge labels: runs taking it; red rim: detour)", fontsize=9)
+    ax.set_title(
+        f"training map: {len(layout.states)} states, {layout.n_runs} runs "
+        "(node area ~ occupancy; edge labels: runs taking it; red rim: detour)",
+        fontsize=9,
+    )
     ax.tick_params(left=False, labelleft=False, bottom=True, labelbottom=True)
     ys = layout.states["y"]
     ax.set_ylim(ys.min() - 0.8, ys.max() + 0.8)
@@ -137,66 +166,178 @@ def map_plotly(layout: MapLayout):
         (x0, y0), (x1, y1) = pos[int(edge[1])], pos[int(edge[2])]
         bend = 0.08 * np.array([-(y1 - y0), x1 - x0])  # curve to the left, so i->j and j->i stay apart
         mx, my = (x0 + x1) / 2 + bend[0], (y0 + y1) / 2 + bend[1]
-        fig.add_annotation(x=x1, y=y1, ax=mx, ay=my, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
-                           arrowhead=2, arrowsize=1, standoff=18, arrowwidth=0.8 + 5 * edge.runs / max(layout.n_runs, 1),
-                           arrowcolor="#666")
-        fig.add_trace(go.Scatter(x=[x0, mx], y=[y0, my], mode="lines", showlegend=False, hoverinfo="skip",
-                                 line={"color": "#666", "width": 0.8 + 5 * edge.runs / max(layout.n_runs, 1)}))
-        fig.add_trace(go.Scatter(x=[mx], y=[my], mode="markers+text", text=[str(int(edge.runs))],
-                                 textposition="top center", marker={"size": 4, "color": "#666"}, showlegend=False,
-                                 hovertext=f"{int(edge[1])} → {int(edge[2])}: {int(edge.runs)} runs, "
-                                           f"{int(edge.count)} transitions, p = {edge.prob:.3f}", hoverinfo="text"))
+        fig.add_annotation(
+            x=x1,
+            y=y1,
+            ax=mx,
+            ay=my,
+            xref="x",
+            yref="y",
+            axref="x",
+            ayref="y",
+            showarrow=True,
+            arrowhead=2,
+            arrowsize=1,
+            standoff=18,
+            arrowwidth=0.8 + 5 * edge.runs / max(layout.n_runs, 1),
+            arrowcolor="#666",
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[x0, mx],
+                y=[y0, my],
+                mode="lines",
+                showlegend=False,
+                hoverinfo="skip",
+                line={"color": "#666", "width": 0.8 + 5 * edge.runs / max(layout.n_runs, 1)},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[mx],
+                y=[my],
+                mode="markers+text",
+                text=[str(int(edge.runs))],
+                textposition="top center",
+                marker={"size": 4, "color": "#666"},
+                showlegend=False,
+                hovertext=f"{int(edge[1])} → {int(edge[2])}: {int(edge.runs)} runs, "
+                f"{int(edge.count)} transitions, p = {edge.prob:.3f}",
+                hoverinfo="text",
+            )
+        )
     s = layout.states
-    fig.add_trace(go.Scatter(
-        x=s["x"], y=s["y"], mode="markers+text", text=[str(int(k)) for k in s["state"]], showlegend=False,
-        textfont={"color": "white", "size": 14}, hovertext=[_label(row) for _, row in s.iterrows()], hoverinfo="text",
-        marker={"size": _node_sizes(s["occupancy"], 22, 70), "color": s["test_acc"], "colorscale": "Viridis",
-                "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": "mean test acc"}},
-                "line": {"color": [DETOUR_COLOR if d else "#333" for d in s["detour"]],
-                         "width": [4 if d else 1 for d in s["detour"]]}}))
-    fig.update_layout(height=460, template="plotly_white", margin={"l": 30, "r": 20, "t": 30, "b": 50},
-                      xaxis={"title": "mean fraction of training elapsed in the state", "range": [-0.08, 1.08]},
-                      yaxis={"visible": False, "range": [s["y"].min() - 0.8, s["y"].max() + 0.8]})
+    fig.add_trace(
+        go.Scatter(
+            x=s["x"],
+            y=s["y"],
+            mode="markers+text",
+            text=[str(int(k)) for k in s["state"]],
+            showlegend=False,
+            textfont={"color": "white", "size": 14},
+            hovertext=[_label(row) for _, row in s.iterrows()],
+            hoverinfo="text",
+            marker={
+                "size": _node_sizes(s["occupancy"], 22, 70),
+                "color": s["test_acc"],
+                "colorscale": "Viridis",
+                "cmin": 0,
+                "cmax": 1,
+                "colorbar": {"title": {"text": "mean test acc"}},
+                "line": {
+                    "color": [DETOUR_COLOR if d else "#333" for d in s["detour"]],
+                    "width": [4 if d else 1 for d in s["detour"]],
+                },
+            },
+        )
+    )
+    fig.update_layout(
+        height=460,
+        template="plotly_white",
+        margin={"l": 30, "r": 20, "t": 30, "b": 50},
+        xaxis={"title": "mean fraction of training elapsed in the state", "range": [-0.08, 1.08]},
+        yaxis={"visible": False, "range": [s["y"].min() - 0.8, s["y"].max() + 0.8]},
+    )
     return fig
 
 
-def sweep_figures(selection: pd.DataFrame, paths: pd.DataFrame, convergence: pd.DataFrame,
-                  detours: pd.DataFrame, means: pd.DataFrame) -> list[Figure]:
+def sweep_figures(
+    selection: pd.DataFrame, paths: pd.DataFrame, convergence: pd.DataFrame, detours: pd.DataFrame, means: pd.DataFrame
+) -> list[Figure]:
     """Model selection, the state path of every run (slowest at the top), convergence of visitors vs
     others per state, and the state means of the features."""
-    figures = [Figure("model_selection", "Model selection",
-                      "Held-out AIC and BIC of the best restart for each number of states K (lower is better); "
-                      "the chosen K is where the criterion is smallest.",
-                      [Panel("criteria", [Trace("BIC", selection["n_states"], selection["bic"]),
-                                          Trace("AIC", selection["n_states"], selection["aic"], dash=True)],
-                             xlabel="states K", ylabel="criterion")])]
+    figures = [
+        Figure(
+            "model_selection",
+            "Model selection",
+            "Held-out AIC and BIC of the best restart for each number of states K (lower is better); "
+            "the chosen K is where the criterion is smallest.",
+            [
+                Panel(
+                    "criteria",
+                    [
+                        Trace("BIC", selection["n_states"], selection["bic"]),
+                        Trace("AIC", selection["n_states"], selection["aic"], dash=True),
+                    ],
+                    xlabel="states K",
+                    ylabel="criterion",
+                )
+            ],
+        )
+    ]
     order = convergence.sort_values(["index", "seed"])["seed"].tolist()
     grid = paths.pivot(index="seed", columns="checkpoint", values="state").reindex(order)
     k = int(paths["state"].max()) + 1
-    colorscale = [[edge, PALETTE[int(min(edge * k, k - 1e-9)) % len(PALETTE)]]
-                  for i in range(k) for edge in (i / k, (i + 1) / k)]
-    figures.append(Figure("state_paths", "Latent state of every run at every checkpoint",
-                          "One row per seed, the fastest-converging at the bottom; colour = Viterbi state.",
-                          [Panel("paths", heatmap={"z": grid.to_numpy(dtype=float), "x": list(grid.columns),
-                                                   "y": [f"seed {s}" for s in grid.index], "colorbar": "state",
-                                                   "zrange": (-0.5, k - 0.5), "colorscale": colorscale},
-                                 xlabel="checkpoint", ylabel="")]))
+    colorscale = [
+        [edge, PALETTE[int(min(edge * k, k - 1e-9)) % len(PALETTE)]] for i in range(k) for edge in (i / k, (i + 1) / k)
+    ]
+    figures.append(
+        Figure(
+            "state_paths",
+            "Latent state of every run at every checkpoint",
+            "One row per seed, the fastest-converging at the bottom; colour = Viterbi state.",
+            [
+                Panel(
+                    "paths",
+                    heatmap={
+                        "z": grid.to_numpy(dtype=float),
+                        "x": list(grid.columns),
+                        "y": [f"seed {s}" for s in grid.index],
+                        "colorbar": "state",
+                        "zrange": (-0.5, k - 0.5),
+                        "colorscale": colorscale,
+                    },
+                    xlabel="checkpoint",
+                    ylabel="",
+                )
+            ],
+        )
+    )
     tested = detours.dropna(subset=["mean_conv_visit", "mean_conv_not"])
     if len(tested):
         labels = [f"state {int(s)}" for s in tested["state"]]
-        figures.append(Figure("detours", "Convergence of runs that visit each state and of runs that do not",
-                              "Mean convergence time (checkpoint index) of the runs whose path enters the state and of "
-                              "the others; states every run visits (obligatory) are left out.",
-                              [Panel("convergence", [Trace("visit", labels, tested["mean_conv_visit"], kind="bar"),
-                                                     Trace("do not visit", labels, tested["mean_conv_not"], kind="bar")],
-                                     xlabel="state", ylabel="mean convergence checkpoint", grouped=True)]))
+        figures.append(
+            Figure(
+                "detours",
+                "Convergence of runs that visit each state and of runs that do not",
+                "Mean convergence time (checkpoint index) of the runs whose path enters the state and of "
+                "the others; states every run visits (obligatory) are left out.",
+                [
+                    Panel(
+                        "convergence",
+                        [
+                            Trace("visit", labels, tested["mean_conv_visit"], kind="bar"),
+                            Trace("do not visit", labels, tested["mean_conv_not"], kind="bar"),
+                        ],
+                        xlabel="state",
+                        ylabel="mean convergence checkpoint",
+                        grouped=True,
+                    )
+                ],
+            )
+        )
     z = means.to_numpy(dtype=float)
-    figures.append(Figure("state_means", "What each state looks like",
-                          "Mean of each feature over the checkpoints decoded to the state, standardised across states "
-                          "(raw values in states.csv).",
-                          [Panel("means", heatmap={"z": (z - z.mean(axis=0)) / np.where(z.std(axis=0) > 0, z.std(axis=0), 1),
-                                                   "x": list(means.columns), "y": [f"state {s}" for s in means.index],
-                                                   "colorbar": "z across states"}, xlabel="feature", ylabel="")]))
+    figures.append(
+        Figure(
+            "state_means",
+            "What each state looks like",
+            "Mean of each feature over the checkpoints decoded to the state, standardised across states "
+            "(raw values in states.csv).",
+            [
+                Panel(
+                    "means",
+                    heatmap={
+                        "z": (z - z.mean(axis=0)) / np.where(z.std(axis=0) > 0, z.std(axis=0), 1),
+                        "x": list(means.columns),
+                        "y": [f"state {s}" for s in means.index],
+                        "colorbar": "z across states",
+                    },
+                    xlabel="feature",
+                    ylabel="",
+                )
+            ],
+        )
+    )
     return figures
 
 
@@ -207,42 +348,82 @@ def robustness_figure(fits: pd.DataFrame, states: pd.DataFrame, summary: pd.Data
     refits = fits[fits["fit"] > 0]
     shares = refits["n_states"].value_counts(normalize=True).sort_index()
     labels = [f"state {int(s)}" for s in summary["reference_state"]]
-    return Figure("robustness", "How robust is the map? Model selection and detours over refits",
-                  f"{len(refits)} refits with other restart seeds (and resampled runs, if asked). Left: the K each "
-                  "chose. Middle: the share of refits in which this map's state, matched by its means, is a detour. "
-                  "Right: the detour test's r of the matched state in each refit.",
-                  [Panel("K chosen", [Trace("refits", list(shares.index), list(shares.to_numpy()), kind="bar")],
-                         xlabel="states K", ylabel="share of refits"),
-                   Panel("detour frequency", [Trace("p < 0.05, r > 0", labels, summary["detour_raw"], kind="bar"),
-                                              Trace("Holm-adjusted", labels, summary["detour"], kind="bar")],
-                         xlabel="state of this map", ylabel="share of refits", grouped=True),
-                   Panel("r of the matched state",
-                         [Trace(f"state {int(state)}", group["fit"], group["r"], kind="markers", opacity=0.8)
-                          for state, group in states[states["fit"] > 0].dropna(subset=["reference_state"])
-                          .groupby("reference_state")],
-                         xlabel="refit", ylabel="r (visit vs convergence time)")])
+    return Figure(
+        "robustness",
+        "How robust is the map? Model selection and detours over refits",
+        f"{len(refits)} refits with other restart seeds (and resampled runs, if asked). Left: the K each "
+        "chose. Middle: the share of refits in which this map's state, matched by its means, is a detour. "
+        "Right: the detour test's r of the matched state in each refit.",
+        [
+            Panel(
+                "K chosen",
+                [Trace("refits", list(shares.index), list(shares.to_numpy()), kind="bar")],
+                xlabel="states K",
+                ylabel="share of refits",
+            ),
+            Panel(
+                "detour frequency",
+                [
+                    Trace("p < 0.05, r > 0", labels, summary["detour_raw"], kind="bar"),
+                    Trace("Holm-adjusted", labels, summary["detour"], kind="bar"),
+                ],
+                xlabel="state of this map",
+                ylabel="share of refits",
+                grouped=True,
+            ),
+            Panel(
+                "r of the matched state",
+                [
+                    Trace(f"state {int(state)}", group["fit"], group["r"], kind="markers", opacity=0.8)
+                    for state, group in states[states["fit"] > 0]
+                    .dropna(subset=["reference_state"])
+                    .groupby("reference_state")
+                ],
+                xlabel="refit",
+                ylabel="r (visit vs convergence time)",
+            ),
+        ],
+    )
 
 
-def render_map_page(title: str, rows: list[tuple[str, str]], layout: MapLayout, figures: list[Figure],
-                    tables: list[tuple[str, pd.DataFrame]]) -> str:
+def render_map_page(
+    title: str,
+    rows: list[tuple[str, str]],
+    layout: MapLayout,
+    figures: list[Figure],
+    tables: list[tuple[str, pd.DataFrame]],
+) -> str:
     """The sweep's HTML page: header, the map, the figures, then the tables."""
     header = {"title": title, "banner": "", "verdict": "", "rows": rows}
     page = render_html(title, [header], [])
-    body = map_plotly(layout).to_html(full_html=False, include_plotlyjs=False, div_id="training_map",
-                                      config={"displaylogo": False, "toImageButtonOptions": {"format": "svg"}})
-    parts = [f"<section><h2>Training map</h2><p class=caption>{_html.escape(__doc__.split(chr(10) + chr(10))[1])}</p>"
-             f"<div class=figure>{body}</div></section>"]
+    body = map_plotly(layout).to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id="training_map",
+        config={"displaylogo": False, "toImageButtonOptions": {"format": "svg"}},
+    )
+    parts = [
+        f"<section><h2>Training map</h2><p class=caption>{_html.escape(__doc__.split(chr(10) + chr(10))[1])}</p>"
+        f"<div class=figure>{body}</div></section>"
+    ]
     for fig in figures:
-        div = plotly_figure(fig).to_html(full_html=False, include_plotlyjs=False, div_id=fig.key,
-                                         config={"displaylogo": False})
-        parts.append(f"<section><h2>{_html.escape(fig.title)}</h2><p class=caption>{_html.escape(fig.caption)}</p>"
-                     f"<div class=figure>{div}</div></section>")
+        div = plotly_figure(fig).to_html(
+            full_html=False, include_plotlyjs=False, div_id=fig.key, config={"displaylogo": False}
+        )
+        parts.append(
+            f"<section><h2>{_html.escape(fig.title)}</h2><p class=caption>{_html.escape(fig.caption)}</p>"
+            f"<div class=figure>{div}</div></section>"
+        )
     for name, table in tables:
-        parts.append(f"<section><h2>{_html.escape(name)}</h2>"
-                     + table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="data")
-                     + "</section>")
-    style = "<style>table.data{border-collapse:collapse;font-size:.9em}table.data td,table.data th{padding:3px 10px;" \
-            "border-bottom:1px solid #eee;text-align:right}</style>"
+        parts.append(
+            f"<section><h2>{_html.escape(name)}</h2>"
+            + table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="data")
+            + "</section>"
+        )
+    style = (
+        "<style>table.data{border-collapse:collapse;font-size:.9em}table.data td,table.data th{padding:3px 10px;"
+        "border-bottom:1px solid #eee;text-align:right}</style>"
+    )
     return page.replace("</body></html>", style + "\n".join(parts) + "</body></html>")
 
 

@@ -1,4 +1,5 @@
 """The same figures as static PNG (and SVG where cheap: no heatmaps) for papers, with matplotlib."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,9 @@ def save_static(fig: Figure, directory: Path) -> list[Path]:
             picks = np.unique(np.linspace(0, len(f["steps"]) - 1, min(6, len(f["steps"]))).astype(int))
             cmap = plt.get_cmap("viridis")
             for i, j in enumerate(picks):
-                ax.plot(f["x"], f["y"][j], color=cmap(i / max(1, len(picks) - 1)), lw=1.2, label=f"step {f['steps'][j]}")
+                ax.plot(
+                    f["x"], f["y"][j], color=cmap(i / max(1, len(picks) - 1)), lw=1.2, label=f"step {f['steps'][j]}"
+                )
         for trace in panel.traces:
             color = trace.color or colors.setdefault(trace.name, PALETTE[len(colors) % len(PALETTE)])
             if trace.kind == "bar":
@@ -49,11 +52,25 @@ def save_static(fig: Figure, directory: Path) -> list[Path]:
                 if x and isinstance(x[0], str):
                     ax.set_xticks(np.arange(len(x)), x)
             elif trace.kind == "markers":
-                ax.plot(np.asarray(trace.x), np.asarray(trace.y, dtype=float), "o", ms=3.5, color=color,
-                        alpha=trace.opacity, label=trace.name if trace.legend else None)
+                ax.plot(
+                    np.asarray(trace.x),
+                    np.asarray(trace.y, dtype=float),
+                    "o",
+                    ms=3.5,
+                    color=color,
+                    alpha=trace.opacity,
+                    label=trace.name if trace.legend else None,
+                )
             else:
-                ax.plot(np.asarray(trace.x), np.asarray(trace.y, dtype=float), color=color, alpha=trace.opacity,
-                        ls="--" if trace.dash else "-", lw=trace.width * 0.8, label=trace.name if trace.legend else None)
+                ax.plot(
+                    np.asarray(trace.x),
+                    np.asarray(trace.y, dtype=float),
+                    color=color,
+                    alpha=trace.opacity,
+                    ls="--" if trace.dash else "-",
+                    lw=trace.width * 0.8,
+                    label=trace.name if trace.legend else None,
+                )
         if panel.logy:
             ax.set_yscale("log")
         ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)

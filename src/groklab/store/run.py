@@ -1,9 +1,9 @@
 """`load_run`: a run directory as Python objects, for notebooks and for the tools that read runs."""
+
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Optional, Union
 
 import pandas as pd
 import torch
@@ -19,7 +19,7 @@ from groklab.tasks import Task, build_task
 class Run:
     """A run on disk: its config, metrics table, summary and checkpoints (loaded lazily)."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: str | Path):
         self.dir = RunDir.open(Path(path))
         self.path = self.dir.path
 
@@ -33,7 +33,9 @@ class Run:
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
-            raise RunDirError(f"{self.path}/config.yaml is corrupt (invalid YAML{where}); the run cannot be read") from None
+            raise RunDirError(
+                f"{self.path}/config.yaml is corrupt (invalid YAML{where}); the run cannot be read"
+            ) from None
         except ConfigError as err:
             raise RunDirError(f"{self.path}/config.yaml is corrupt ({err}); the run cannot be read") from None
 
@@ -51,7 +53,7 @@ class Run:
         """Steps with saved weights."""
         return self.dir.checkpoint_steps()
 
-    def checkpoint(self, step: Optional[int] = None, names: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+    def checkpoint(self, step: int | None = None, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The model's state dict at `step` (default: the last checkpoint); only `names` if given."""
         steps = self.steps
         if not steps:
@@ -72,7 +74,7 @@ class Run:
     def task(self) -> Task:
         return build_task(self.config.task, self.config.resolved_data_seed)
 
-    def model(self, step: Optional[int] = None) -> torch.nn.Module:
+    def model(self, step: int | None = None) -> torch.nn.Module:
         """The model with its weights at `step` (default: the last checkpoint), in eval mode."""
         task = self.task
         model = build_model(model_config(self.config.model, task), self.config.resolved_model_seed)
@@ -80,7 +82,7 @@ class Run:
         return model.eval()
 
 
-def load_run(path: Union[str, Path]) -> Run:
+def load_run(path: str | Path) -> Run:
     return Run(path)
 
 

@@ -13,6 +13,7 @@ Crash safety: metrics are appended and flushed line by line (a torn last line fr
 ignored); every other file is written to a temporary name, synced and renamed into place, so a
 run killed at any moment keeps its last complete checkpoint, state and summary.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -20,7 +21,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pandas as pd
 import torch
@@ -31,7 +31,14 @@ from groklab.errors import RunDirError
 from groklab.training import TrainState
 
 CONFIG, METRICS, STATE, SUMMARY, REPORT, LOCK, CHECKPOINTS = (
-    "config.yaml", "metrics.jsonl", "state.safetensors", "summary.json", "report.html", ".lock", "checkpoints")
+    "config.yaml",
+    "metrics.jsonl",
+    "state.safetensors",
+    "summary.json",
+    "report.html",
+    ".lock",
+    "checkpoints",
+)
 _STEP_FILE = re.compile(r"step_(\d+)\.safetensors$")
 
 
@@ -49,12 +56,13 @@ class RunDir:
 
     # -- creating and opening ---------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, config_yaml: str) -> "RunDir":
+    def create(cls, path: Path, config_yaml: str) -> RunDir:
         """A new run directory holding `config_yaml`. Never touches an existing run."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RunDirError(f"{path} already exists; resume it with `groklab run --resume {path}` "
-                              "or choose another --out")
+            raise RunDirError(
+                f"{path} already exists; resume it with `groklab run --resume {path}` or choose another --out"
+            )
         try:
             (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             _atomic_write(path / CONFIG, lambda tmp: tmp.write_text(config_yaml))
@@ -63,7 +71,7 @@ class RunDir:
         return cls(path)
 
     @classmethod
-    def open(cls, path: Path) -> "RunDir":
+    def open(cls, path: Path) -> RunDir:
         """An existing run directory (it must at least hold its config)."""
         path = Path(path)
         if not path.is_dir():
@@ -131,19 +139,23 @@ class RunDir:
         meta = {"step": str(state.step)}
         _atomic_write(self._checkpoint_path(state.step), lambda tmp: save_file(weights, str(tmp), meta))
 
-    def load_weights(self, step: int, names: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+    def load_weights(self, step: int, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The weights at `step` (only `names` if given: read lazily from the file)."""
         path = self._checkpoint_path(step)
         if not path.is_file():
-            raise RunDirError(f"no checkpoint at step {step} in {self.path}; available: {self.checkpoint_steps()[-5:]} ...")
+            raise RunDirError(
+                f"no checkpoint at step {step} in {self.path}; available: {self.checkpoint_steps()[-5:]} ..."
+            )
         try:
             if names is None:
                 return load_file(str(path))
             with safe_open(str(path), "pt") as f:
-                missing = [name for name in names if name not in f.keys()]
+                missing = [name for name in names if name not in f.keys()]  # noqa: SIM118 (safe_open is no dict)
                 if missing:  # a question for another model, not a damaged file
-                    raise RunDirError(f"checkpoint {path} has no weight {missing[0]!r}: this run's model has "
-                                      f"{', '.join(list(f.keys())[:4])}, ...")
+                    raise RunDirError(
+                        f"checkpoint {path} has no weight {missing[0]!r}: this run's model has "
+                        f"{', '.join(list(f.keys())[:4])}, ..."
+                    )
                 return {name: f.get_tensor(name) for name in names}
         except (SafetensorError, OSError, ValueError) as err:
             raise RunDirError(f"checkpoint {path} is corrupt ({err}); delete it to fall back to another") from None
@@ -156,11 +168,12 @@ class RunDir:
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
             return _unflatten_state(tensors, meta)
         except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-            raise RunDirError(f"resume state {path} is corrupt or unreadable ({type(err).__name__}); "
-                              "the run cannot be resumed") from None
+            raise RunDirError(
+                f"resume state {path} is corrupt or unreadable ({type(err).__name__}); the run cannot be resumed"
+            ) from None
 
     # -- summary and lock -------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
@@ -181,7 +194,7 @@ class RunDir:
         _atomic_write(self.report_path, lambda tmp: tmp.write_text(html))
         return self.report_path
 
-    def lock(self) -> "Lock":
+    def lock(self) -> Lock:
         return Lock(self.path / LOCK)
 
 
@@ -191,13 +204,15 @@ class Lock:
     def __init__(self, path: Path):
         self.path, self.file = path, None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         self.file = open(self.path, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
-            raise RunDirError(f"{self.path.parent} is being trained by another process; wait for it or stop it") from None
+            raise RunDirError(
+                f"{self.path.parent} is being trained by another process; wait for it or stop it"
+            ) from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -221,16 +236,20 @@ def load_states(path: Path) -> dict[str, TrainState]:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             names = json.loads(meta["names"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
         states = {}
         for i, name in enumerate(names):
             prefix = f"{i}/"
-            states[name] = _unflatten_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
-                                            {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)})
+            states[name] = _unflatten_state(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+                {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)},
+            )
         return states
     except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-        raise RunDirError(f"batch state {path} is corrupt or unreadable ({type(err).__name__}); delete it to "
-                          "restart the batch's unfinished runs") from None
+        raise RunDirError(
+            f"batch state {path} is corrupt or unreadable ({type(err).__name__}); delete it to "
+            "restart the batch's unfinished runs"
+        ) from None
 
 
 def _flatten_state(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -244,8 +263,14 @@ def _flatten_state(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str
         tensors[f"rng.{key}"] = value.contiguous().cpu()
     for key, value in state.hooks.items():
         tensors[f"hooks.{key}"] = value.contiguous().cpu()
-    meta = {"format": "groklab-state-1", "step": str(state.step), "elapsed_s": repr(state.elapsed_s),
-            "streak": str(state.streak), "ended": state.ended or "", "param_groups": json.dumps(opt["param_groups"])}
+    meta = {
+        "format": "groklab-state-1",
+        "step": str(state.step),
+        "elapsed_s": repr(state.elapsed_s),
+        "streak": str(state.streak),
+        "ended": state.ended or "",
+        "param_groups": json.dumps(opt["param_groups"]),
+    }
     return tensors, meta
 
 
@@ -265,5 +290,13 @@ def _unflatten_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> 
             index, key = rest.split(".", 1)
             opt_state.setdefault(int(index), {})[key] = value
     optimizer = {"state": opt_state, "param_groups": json.loads(meta["param_groups"])}
-    return TrainState(int(meta["step"]), model, optimizer, rng, float(meta["elapsed_s"]), int(meta["streak"]),
-                      meta.get("ended") or None, hooks)
+    return TrainState(
+        int(meta["step"]),
+        model,
+        optimizer,
+        rng,
+        float(meta["elapsed_s"]),
+        int(meta["streak"]),
+        meta.get("ended") or None,
+        hooks,
+    )

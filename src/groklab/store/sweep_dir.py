@@ -1,20 +1,20 @@
 """The sweep directory: many runs of one config that differ in their seed (and the values of a grid).
 
-    SWEEP_DIR/
-      sweep.yaml            the base config and the seeds (what `groklab sweep` was asked)
-      runs/seed_0007/       one run directory per seed (see run_dir.py); with a grid,
-      runs/model.n_layers=4/seed_0007/   one per point of the grid and seed
-      logs/seed_0007.log    each worker's output (logs/batch-NAME.log: a batch's)
-      batches/batch-NAME.safetensors  a batch's resume state: its members' states at one step (atomic)
-      table.csv             one row per seed: status, convergence, final accuracies (atomic)
-      map/                  the training map of the sweep (`groklab map`); map/KEY=VALUE/: of one grid point
+SWEEP_DIR/
+  sweep.yaml            the base config and the seeds (what `groklab sweep` was asked)
+  runs/seed_0007/       one run directory per seed (see run_dir.py); with a grid,
+  runs/model.n_layers=4/seed_0007/   one per point of the grid and seed
+  logs/seed_0007.log    each worker's output (logs/batch-NAME.log: a batch's)
+  batches/batch-NAME.safetensors  a batch's resume state: its members' states at one step (atomic)
+  table.csv             one row per seed: status, convergence, final accuracies (atomic)
+  map/                  the training map of the sweep (`groklab map`); map/KEY=VALUE/: of one grid point
 """
+
 from __future__ import annotations
 
 import itertools
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import yaml
@@ -50,8 +50,9 @@ class SweepDir:
         return (Path(path) / SWEEP).is_file()
 
     @classmethod
-    def create_or_open(cls, path: Path, config: dict, seeds: list[int], threshold: float = 0.9,
-                       grid: Optional[dict[str, list]] = None) -> "SweepDir":
+    def create_or_open(
+        cls, path: Path, config: dict, seeds: list[int], threshold: float = 0.9, grid: dict[str, list] | None = None
+    ) -> SweepDir:
         """A new sweep directory, or the existing one when it holds the same config and grid (to resume
         it). `grid` {key.path: [values]}: every combination is run for every seed. `threshold` (the test
         accuracy at which a run counts as converged) is the latest one asked."""
@@ -66,8 +67,10 @@ class SweepDir:
             else:
                 old = cls.open(path).spec
                 if _normalized(old["config"]) != config or old.get("grid", {}) != spec["grid"]:
-                    raise RunDirError(f"{path} holds a sweep of another config or grid; resume it with its own "
-                                      "command or choose another --out")
+                    raise RunDirError(
+                        f"{path} holds a sweep of another config or grid; resume it with its own "
+                        "command or choose another --out"
+                    )
                 spec["seeds"] = sorted(set(old["seeds"]) | set(seeds))
         try:
             (path / RUNS).mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,7 @@ class SweepDir:
         return cls(path)
 
     @classmethod
-    def open(cls, path: Path) -> "SweepDir":
+    def open(cls, path: Path) -> SweepDir:
         path = Path(path)
         if not path.is_dir():
             raise RunDirError(f"no sweep directory at {path}")
@@ -109,19 +112,22 @@ class SweepDir:
         grid = self.spec.get("grid") or {}
         return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
-    def run_path(self, seed: int, point: Optional[dict] = None) -> Path:
+    def run_path(self, seed: int, point: dict | None = None) -> Path:
         """RUNS/seed_NNNN, or RUNS/KEY=VALUE,.../seed_NNNN for a point of the grid."""
-        return self.path / RUNS / point_name(point) / f"seed_{seed:04d}" if point else \
-            self.path / RUNS / f"seed_{seed:04d}"
+        return (
+            self.path / RUNS / point_name(point) / f"seed_{seed:04d}"
+            if point
+            else self.path / RUNS / f"seed_{seed:04d}"
+        )
 
     def batch_state_path(self, name: str) -> Path:
         (self.path / BATCHES).mkdir(exist_ok=True)
         return self.path / BATCHES / f"{name}.safetensors"
 
-    def log_path(self, seed: int, point: Optional[dict] = None) -> Path:
+    def log_path(self, seed: int, point: dict | None = None) -> Path:
         return self.path / LOGS / (f"{point_name(point)},seed_{seed:04d}.log" if point else f"seed_{seed:04d}.log")
 
-    def map_path(self, point: Optional[dict] = None) -> Path:
+    def map_path(self, point: dict | None = None) -> Path:
         """MAP/, or MAP/KEY=VALUE,.../ for the map of one point of the grid."""
         return self.path / MAP / point_name(point) if point else self.path / MAP
 
@@ -129,8 +135,9 @@ class SweepDir:
     def map_dir(self) -> Path:
         return self.map_path()
 
-    def write_map(self, tables: dict[str, pd.DataFrame], page: str, save_map, save_model,
-                  point: Optional[dict] = None) -> Path:
+    def write_map(
+        self, tables: dict[str, pd.DataFrame], page: str, save_map, save_model, point: dict | None = None
+    ) -> Path:
         """Replace the training map (MAP/, or MAP/POINT/ for a point of the grid) with the new one: CSV tables,
         report.html, the drawings written by `save_map(dir)` and the fitted model by `save_model(path)`.
         Written next to it first and swapped in, so an interrupted `groklab map` leaves the previous map whole."""
@@ -151,8 +158,9 @@ class SweepDir:
         shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def read_map(self, point: Optional[dict] = None,
-                 names: tuple[str, ...] = ("states", "detours", "transitions", "convergence")) -> Optional[dict]:
+    def read_map(
+        self, point: dict | None = None, names: tuple[str, ...] = ("states", "detours", "transitions", "convergence")
+    ) -> dict | None:
         """The stored training map's tables {name: DataFrame} (of one point of the grid), or None when the
         sweep has no map (or it cannot be read: it is fitted again)."""
         target = self.map_path(point)
@@ -164,7 +172,7 @@ class SweepDir:
     def write_table(self, table: pd.DataFrame) -> None:
         _atomic_write(self.path / TABLE, lambda tmp: table.to_csv(tmp, index=False))
 
-    def read_table(self) -> Optional[pd.DataFrame]:
+    def read_table(self) -> pd.DataFrame | None:
         """The stored sweep table, or None when there is none or it cannot be read (it is rebuilt from the runs)."""
         path = self.path / TABLE
         try:

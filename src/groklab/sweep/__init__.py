@@ -10,6 +10,7 @@ last checkpoint: the sweep directory is the whole state, on every engine.
 A config that fixes `data_seed` or `model_seed` keeps them fixed across the sweep; `seed` varies.
 Runs are deterministic given the config, the seed and the number of threads per worker.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,9 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
 import yaml
@@ -33,11 +34,10 @@ from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
 from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
 from groklab.models import build_model
-from groklab.training import batchable
 from groklab.store import Run, SweepDir
 from groklab.sweep.engines import ENGINES, EngineOptions, make_engine
 from groklab.sweep.worker import BUSY, INTERRUPTED, Job
-
+from groklab.training import batchable
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -78,11 +78,22 @@ def point_config(config: RunConfig, point: dict, seed: int) -> RunConfig:
     return config_from_dict({**data, "seed": seed})
 
 
-def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] = None, *, workers: int = 1,
-          grid: Optional[dict[str, list]] = None, threads: Optional[int] = None, device: Optional[str] = None,
-          threshold: float = 0.9, batch: int = 1, on: str = "local", engine: Optional[EngineOptions] = None,
-          progress: Callable[[str], None] = lambda line: None,
-          watch: Callable[[SweepDir], None] = lambda sweep_dir: None) -> SweepDir:
+def sweep(
+    config: RunConfig,
+    seeds: Sequence[int],
+    out: str | Path | None = None,
+    *,
+    workers: int = 1,
+    grid: dict[str, list] | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    threshold: float = 0.9,
+    batch: int = 1,
+    on: str = "local",
+    engine: EngineOptions | None = None,
+    progress: Callable[[str], None] = lambda line: None,
+    watch: Callable[[SweepDir], None] = lambda sweep_dir: None,
+) -> SweepDir:
     """Train `config` once per seed (and per point of `grid`, e.g. {"model.n_layers": [2, 4, 6]}) into
     SWEEP_DIR/runs/... (default sweeps/NAME), then write the sweep table. With `batch` > 1, up to `batch` runs
     that share their shapes train together as one population (`groklab.training.population`); grid points
@@ -101,14 +112,18 @@ def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] =
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     prepared = {}
     for point in points:  # everything checked before any run starts
-        prepared[_key(point, seeds[0])[0]] = resolve(point_config(config, point, seeds[0]), device if on == "local" else "cpu")
+        prepared[_key(point, seeds[0])[0]] = resolve(
+            point_config(config, point, seeds[0]), device if on == "local" else "cpu"
+        )
     out = Path(out) if out else Path("sweeps") / config.name
     if on == "local":
         threads = threads or max(1, runtime.cpu_threads() // workers)
     elif threads is None:
         raise ConfigError(f"--on {on}: say how many CPU threads each run (or batch) takes, e.g. --threads 4")
     options = replace(engine or EngineOptions(), workers=workers)
-    executor = make_engine(on, str(out.resolve()), options)  # an engine that is not there fails before the sweep is made
+    executor = make_engine(
+        on, str(out.resolve()), options
+    )  # an engine that is not there fails before the sweep is made
     try:
         sweep_dir = SweepDir.create_or_open(out, config.model_dump(mode="json"), list(seeds), threshold, grid)
         keys = [_key(point, seed) for point in points for seed in seeds]
@@ -116,19 +131,32 @@ def sweep(config: RunConfig, seeds: Sequence[int], out: Union[str, Path, None] =
         largest = max(map(len, units))
         units = [unit for unit in units if any(_status(sweep_dir, *key) not in DONE for key in unit)]
         done = sum(_status(sweep_dir, *key) in DONE for key in keys)
-        progress(f"sweep {sweep_dir.path}: {done} of {len(keys)} runs already done; {len(keys) - done} to run"
-                 + (f" in {len(units)} batch(es) of up to {largest}" + (f" (at most {MAX_BATCH_ROWS} examples a step)"
-                                                                       if capped else "") if batch > 1 else "")
-                 + (f", {workers} process(es) at a time" if on == "local" else f", on {on}")
-                 + f" ({threads} thread(s) each)")
+        progress(
+            f"sweep {sweep_dir.path}: {done} of {len(keys)} runs already done; {len(keys) - done} to run"
+            + (
+                f" in {len(units)} batch(es) of up to {largest}"
+                + (f" (at most {MAX_BATCH_ROWS} examples a step)" if capped else "")
+                if batch > 1
+                else ""
+            )
+            + (f", {workers} process(es) at a time" if on == "local" else f", on {on}")
+            + f" ({threads} thread(s) each)"
+        )
         _drive(executor, sweep_dir, units, threads, device, progress, watch)
     finally:
         executor.close()
     return sweep_dir
 
 
-def _drive(executor, sweep_dir: SweepDir, units: list[tuple[Key, ...]], threads: int, device: Optional[str],
-           progress: Callable[[str], None], watch: Callable[[SweepDir], None]) -> dict[Key, str]:
+def _drive(
+    executor,
+    sweep_dir: SweepDir,
+    units: list[tuple[Key, ...]],
+    threads: int,
+    device: str | None,
+    progress: Callable[[str], None],
+    watch: Callable[[SweepDir], None],
+) -> dict[Key, str]:
     """Run the units on the engine, `executor.slots` at a time; record what failed; Ctrl-C asks the running
     units to checkpoint and stop, then re-raises. Writes the sweep table however it ends."""
     pending, running, failed = list(units), {}, {}
@@ -139,14 +167,18 @@ def _drive(executor, sweep_dir: SweepDir, units: list[tuple[Key, ...]], threads:
             room = len(pending) if executor.slots is None else executor.slots - len(running)
             if room > 0:
                 batch, pending = pending[:room], pending[room:]
-                for unit, handle in zip(batch, executor.submit([_job(sweep_dir, unit, threads, device) for unit in batch])):
+                for unit, handle in zip(
+                    batch, executor.submit([_job(sweep_dir, unit, threads, device) for unit in batch])
+                ):
                     running[handle] = unit
             for handle, ended in executor.wait(list(running), timeout=0.5).items():
                 unit = running.pop(handle)
                 for key in unit:
                     status = _status(sweep_dir, *key)
                     if ended.code == BUSY:
-                        failed[key] = f"being trained by another process (an earlier sweep's?); see {_log_path(sweep_dir, unit)}"
+                        failed[key] = (
+                            f"being trained by another process (an earlier sweep's?); see {_log_path(sweep_dir, unit)}"
+                        )
                     elif ended.code != INTERRUPTED and (ended.code != 0 or status not in DONE):
                         failed[key] = (ended.error or f"exit code {ended.code}") + f"; see {_log_path(sweep_dir, unit)}"
                     progress(f"{_label(key)}: {status}" + (f" ({failed[key]})" if key in failed else ""))
@@ -169,6 +201,7 @@ def _sigterm_interrupts():
     """SIGTERM to the sweep's driver raises KeyboardInterrupt, so its running units are asked to checkpoint and
     stop (the driver dying alone would leave them training, holding their runs' locks). The previous handler
     (None off the main thread, where signals cannot be handled)."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -177,10 +210,12 @@ def _sigterm_interrupts():
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def _job(sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: Optional[str]) -> Job:
+def _job(sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: str | None) -> Job:
     members = tuple((dict(point), seed) for point, seed in unit)
     label = _label(unit[0]) if len(unit) == 1 else f"{batch_name(unit)} ({len(unit)} runs)"
-    return Job(str(sweep_dir.path.resolve()), members, threads, device, str(_log_path(sweep_dir, unit).resolve()), label)
+    return Job(
+        str(sweep_dir.path.resolve()), members, threads, device, str(_log_path(sweep_dir, unit).resolve()), label
+    )
 
 
 def _units(config: RunConfig, keys: list[Key], batch: int, prepared: dict) -> tuple[list[tuple[Key, ...]], bool]:
@@ -199,8 +234,12 @@ def _units(config: RunConfig, keys: list[Key], batch: int, prepared: dict) -> tu
         rows = prep.config.train.batch_size
         rows = len(prep.task.train) if rows == "full" else min(rows, len(prep.task.train))
         sizes[group] = 1 if solo else max(1, min(batch, MAX_BATCH_ROWS // rows))
-    units = [tuple(group[i:i + sizes[name]]) for name, group in groups.items() for i in range(0, len(group), sizes[name])]
-    capped = any(sizes[name] < min(batch, len(group)) and not name.startswith("solo:") for name, group in groups.items())
+    units = [
+        tuple(group[i : i + sizes[name]]) for name, group in groups.items() for i in range(0, len(group), sizes[name])
+    ]
+    capped = any(
+        sizes[name] < min(batch, len(group)) and not name.startswith("solo:") for name, group in groups.items()
+    )
     return units, capped
 
 
@@ -227,14 +266,18 @@ def _status(sweep_dir: SweepDir, point, seed: int) -> str:
     return Run(path).status
 
 
-def sweep_runs(sweep_dir: SweepDir, point: Optional[dict] = None) -> dict[int, Run]:
+def sweep_runs(sweep_dir: SweepDir, point: dict | None = None) -> dict[int, Run]:
     """The runs of a sweep (of one point of its grid) that have started, by seed."""
-    return {seed: Run(sweep_dir.run_path(seed, point)) for seed in sweep_dir.seeds
-            if (sweep_dir.run_path(seed, point) / "config.yaml").is_file()}
+    return {
+        seed: Run(sweep_dir.run_path(seed, point))
+        for seed in sweep_dir.seeds
+        if (sweep_dir.run_path(seed, point) / "config.yaml").is_file()
+    }
 
 
-def sweep_table(sweep_dir: SweepDir, threshold: Optional[float] = None,
-                failed: Optional[dict[Key, str]] = None) -> pd.DataFrame:
+def sweep_table(
+    sweep_dir: SweepDir, threshold: float | None = None, failed: dict[Key, str] | None = None
+) -> pd.DataFrame:
     """One row per run (point of the grid and seed): status, converged (test acc >= threshold, default
     the sweep's), the convergence step (censored runs are marked, not imputed), the first steps with
     train / test acc >= 99%, final values (and final / best values of held-out task metrics), wall time,
@@ -260,12 +303,22 @@ def sweep_table(sweep_dir: SweepDir, threshold: Optional[float] = None,
             row = {**point, "seed": seed, "status": _status(sweep_dir, point, seed)}
             if seed in metrics:
                 s, c = runs[seed].summary, conv.loc[seed]
-                row.update(converged=bool(c["converged"]), convergence_step=int(c["step"]), censored=bool(c["censored"]),
-                           step_train_acc_99=s.get("step_train_acc_99"), step_test_acc_99=s.get("step_test_acc_99"),
-                           **{f"final_{k}": s.get(f"final_{k}") for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
-                           **{k: v for k, v in s.items() if k.startswith(("final_id_", "final_gen_", "max_id_", "max_gen_"))
-                              or k[len("final_"):] in STRUCTURAL_MEASURES},
-                           last_step=s.get("last_step"), elapsed_s=s.get("elapsed_s"))
+                row.update(
+                    converged=bool(c["converged"]),
+                    convergence_step=int(c["step"]),
+                    censored=bool(c["censored"]),
+                    step_train_acc_99=s.get("step_train_acc_99"),
+                    step_test_acc_99=s.get("step_test_acc_99"),
+                    **{f"final_{k}": s.get(f"final_{k}") for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
+                    **{
+                        k: v
+                        for k, v in s.items()
+                        if k.startswith(("final_id_", "final_gen_", "max_id_", "max_gen_"))
+                        or k[len("final_") :] in STRUCTURAL_MEASURES
+                    },
+                    last_step=s.get("last_step"),
+                    elapsed_s=s.get("elapsed_s"),
+                )
             row["error"] = failed.get(key, "") if row["status"] not in DONE or key in failed else ""
             rows.append(row)
     table = pd.DataFrame(rows)
@@ -285,13 +338,26 @@ def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
             path = sweep_dir.run_path(seed, point)
             run = Run(path) if (path / "config.yaml").is_file() else None
             summary = run.summary if run is not None else {}
-            gen = sorted(k for k in summary if k.startswith("final_gen_") and k not in ("final_gen_acc", "final_gen_loss"))
-            metric = gen[0][len("final_"):] if gen else "test_acc"
+            gen = sorted(
+                k for k in summary if k.startswith("final_gen_") and k not in ("final_gen_acc", "final_gen_loss")
+            )
+            metric = gen[0][len("final_") :] if gen else "test_acc"
             step, rate = summary.get("last_step"), summary.get("steps_per_s")
             status = run.status if run is not None else "not started"
             left = (max_steps - step) / rate if status == "running" and step is not None and rate else None
-            rows.append({**point, "seed": seed, "status": status, "step": step, "max_steps": max_steps,
-                         "metric": metric, "value": summary.get(f"final_{metric}"), "steps_per_s": rate, "left_s": left})
+            rows.append(
+                {
+                    **point,
+                    "seed": seed,
+                    "status": status,
+                    "step": step,
+                    "max_steps": max_steps,
+                    "metric": metric,
+                    "value": summary.get(f"final_{metric}"),
+                    "steps_per_s": rate,
+                    "left_s": left,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -300,7 +366,9 @@ def progress_totals(table: pd.DataFrame) -> str:
     (the longest of the running runs', at their rates)."""
     counts = table["status"].value_counts()
     order = ["finished", "stopped_early", "running", "interrupted", "killed", "diverged", "new", "not started"]
-    parts = [f"{counts[s]} {s.replace('_', ' ')}" for s in order + sorted(set(counts.index) - set(order)) if s in counts]
+    parts = [
+        f"{counts[s]} {s.replace('_', ' ')}" for s in order + sorted(set(counts.index) - set(order)) if s in counts
+    ]
     running = table[table["status"] == "running"]
     done = table["step"].fillna(0).sum()
     line = f"{len(table)} runs: " + ", ".join(parts) + f"; {done:.0f} of {table['max_steps'].sum():.0f} steps"
@@ -313,7 +381,9 @@ def progress_totals(table: pd.DataFrame) -> str:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def _same_type(value, like):
@@ -329,8 +399,11 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
     al.'s depth sweeps: the inverted U); and the final t-score and PARSEVAL mean and SD where measured.
     Only runs that ended (finished, early-stopped, diverged) count."""
-    metrics = [c[len("max_"):] for c in table.columns  # the task metrics, not the token-level gen_acc
-               if c.startswith("max_gen_") and c not in ("max_gen_acc", "max_gen_loss")]
+    metrics = [
+        c[len("max_") :]
+        for c in table.columns  # the task metrics, not the token-level gen_acc
+        if c.startswith("max_gen_") and c not in ("max_gen_acc", "max_gen_loss")
+    ]
     rows = []
     for point, group in table.groupby(list(grid_keys), sort=True) if grid_keys else [((), table)]:
         row = dict(zip(grid_keys, point if isinstance(point, tuple) else (point,)))

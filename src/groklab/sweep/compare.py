@@ -6,11 +6,12 @@ page from report.compare.
     result = compare_sweeps(["sweeps/quick", "sweeps/qf-lab"], out="compare.html")
     result.verdicts                     # claim by claim: same / different / not enough runs
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -26,13 +27,13 @@ from groklab.sweep.maps import MIN_RUNS, USABLE, map_sweep
 class Population:
     label: str
     sweep: SweepDir
-    point: Optional[dict]
-    runs: dict[int, pd.DataFrame]   # seed -> metrics, the runs that are done
-    table: pd.DataFrame             # dynamics.compare.run_table
-    stats: pd.DataFrame             # dynamics.compare.population_stats
-    columns: dict                   # which columns played which part (metric_columns)
-    map: Optional[dict]             # the training map's tables (states, detours, transitions, convergence)
-    map_note: str                   # where the map came from, or why there is none
+    point: dict | None
+    runs: dict[int, pd.DataFrame]  # seed -> metrics, the runs that are done
+    table: pd.DataFrame  # dynamics.compare.run_table
+    stats: pd.DataFrame  # dynamics.compare.population_stats
+    columns: dict  # which columns played which part (metric_columns)
+    map: dict | None  # the training map's tables (states, detours, transitions, convergence)
+    map_note: str  # where the map came from, or why there is none
 
 
 @dataclass
@@ -42,8 +43,8 @@ class CompareResult:
     verdicts: pd.DataFrame
 
 
-def parse_population(spec: Union[str, Path]) -> tuple[SweepDir, Optional[dict]]:
-    """"SWEEP_DIR" or "SWEEP_DIR@KEY=VALUE,..." (one point of a grid sweep)."""
+def parse_population(spec: str | Path) -> tuple[SweepDir, dict | None]:
+    """ "SWEEP_DIR" or "SWEEP_DIR@KEY=VALUE,..." (one point of a grid sweep)."""
     text = str(spec)
     path, _, point_text = text.partition("@")
     sweep = SweepDir.open(Path(path))
@@ -54,24 +55,39 @@ def parse_population(spec: Union[str, Path]) -> tuple[SweepDir, Optional[dict]]:
     for point in sweep.points:
         if point and point_text == point_name(point):
             return sweep, point
-    raise UserError(f"{text}: no such point in the sweep's grid; one of: "
-                    + "; ".join(point_name(p) for p in sweep.points if p))
+    raise UserError(
+        f"{text}: no such point in the sweep's grid; one of: " + "; ".join(point_name(p) for p in sweep.points if p)
+    )
 
 
-def load_population(sweep: SweepDir, point: Optional[dict], label: str, n_boot: int = 2000) -> Population:
+def load_population(sweep: SweepDir, point: dict | None, label: str, n_boot: int = 2000) -> Population:
     """Read a population's finished runs and compute their stages and statistics; its stored training map,
     if any (`attach_map` fits a missing one)."""
     from groklab.sweep import sweep_runs
 
-    runs = {seed: run.metrics for seed, run in sweep_runs(sweep, point).items()
-            if run.status in USABLE and not run.metrics.empty}
+    runs = {
+        seed: run.metrics
+        for seed, run in sweep_runs(sweep, point).items()
+        if run.status in USABLE and not run.metrics.empty
+    }
     if not runs:
-        raise UserError(f"{label}: no finished run to compare in {sweep.path}; finish the sweep first (run its "
-                        "`groklab sweep` command again)")
+        raise UserError(
+            f"{label}: no finished run to compare in {sweep.path}; finish the sweep first (run its "
+            "`groklab sweep` command again)"
+        )
     table = run_table(runs)
     maps = sweep.read_map(point)
-    return Population(label, sweep, point, runs, table, population_stats(table, n_boot=n_boot),
-                      metric_columns(next(iter(runs.values()))), maps, "the sweep's stored map" if maps else "")
+    return Population(
+        label,
+        sweep,
+        point,
+        runs,
+        table,
+        population_stats(table, n_boot=n_boot),
+        metric_columns(next(iter(runs.values()))),
+        maps,
+        "the sweep's stored map" if maps else "",
+    )
 
 
 def attach_map(pop: Population, fit: bool = True, progress: Callable[[str], None] = lambda line: None) -> None:
@@ -93,9 +109,15 @@ def attach_map(pop: Population, fit: bool = True, progress: Callable[[str], None
             pop.map_note = f"no training map: {err}"
 
 
-def compare_sweeps(specs: Sequence[Union[str, Path]], out: Union[str, Path] = "compare.html",
-                   labels: Optional[Sequence[str]] = None, fit_maps: bool = True, min_runs: int = 3,
-                   n_boot: int = 2000, progress: Callable[[str], None] = lambda line: None) -> CompareResult:
+def compare_sweeps(
+    specs: Sequence[str | Path],
+    out: str | Path = "compare.html",
+    labels: Sequence[str] | None = None,
+    fit_maps: bool = True,
+    min_runs: int = 3,
+    n_boot: int = 2000,
+    progress: Callable[[str], None] = lambda line: None,
+) -> CompareResult:
     """Compare two or more populations and write the page `out` (self-contained HTML) and its tables beside
     it (OUT_runs.csv, OUT_stats.csv, OUT_verdicts.csv). Every population is read and checked before any map
     is fitted, so a bad argument fails at once and changes no sweep."""
@@ -106,15 +128,21 @@ def compare_sweeps(specs: Sequence[Union[str, Path]], out: Union[str, Path] = "c
     if labels is not None and len(labels) != len(specs):
         raise UserError(f"--labels: {len(labels)} label(s) for {len(specs)} sweeps")
     parsed = [parse_population(spec) for spec in specs]
-    names = list(labels) if labels else [sweep.path.name + (f"@{point_name(point)}" if point else "")
-                                         for sweep, point in parsed]
+    names = (
+        list(labels)
+        if labels
+        else [sweep.path.name + (f"@{point_name(point)}" if point else "") for sweep, point in parsed]
+    )
     if len(set(names)) < len(names):
         raise UserError(f"two populations share the label {names}; name them with --labels")
     populations = [load_population(sweep, point, name, n_boot) for (sweep, point), name in zip(parsed, names)]
     for pop in populations:
         attach_map(pop, fit_maps, progress)
-    table = verdicts({p.label: p.stats for p in populations},
-                     {p.label: p.map["detours"] if p.map else None for p in populations}, min_runs=min_runs)
+    table = verdicts(
+        {p.label: p.stats for p in populations},
+        {p.label: p.map["detours"] if p.map else None for p in populations},
+        min_runs=min_runs,
+    )
     out = Path(out)
     page = render_compare_page(populations, table, min_runs)
     try:

@@ -4,6 +4,7 @@ left as they are). Every engine runs a unit through `run_unit`: the local engine
 
 (POINT: the {key.path: value} of the sweep's grid, {} without one; GROKLAB_THREADS: threads), Ray and
 SLURM inside their own worker processes (`run_job`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from groklab.config import config_from_dict
 from groklab.errors import RunDirError, UserError
@@ -26,10 +26,11 @@ BUSY_WAIT_S = 30  # how long a unit waits for a run another process still trains
 @dataclass(frozen=True)
 class Job:
     """A unit of work as an engine sees it: which runs, where, with how many threads, logging where."""
+
     sweep: str  # the sweep directory (on storage every node sees)
     members: tuple  # ((point, seed), ...): one run, or the members of a batch
     threads: int
-    device: Optional[str]
+    device: str | None
     log: str  # the unit's log file
     label: str  # for people: "seed 3", "batch-1a2b3c4d5e (8 runs)"
 
@@ -38,7 +39,7 @@ class Job:
         return int(bool(self.device) and self.device.startswith("cuda"))
 
 
-def run_unit(sweep_path: str, members: list, threads: Optional[int] = None, device: Optional[str] = None) -> int:
+def run_unit(sweep_path: str, members: list, threads: int | None = None, device: str | None = None) -> int:
     """Train (or resume) the unit's runs into the sweep directory; the exit code (OK, USER_ERROR, BUSY when a
     run is still trained by another process after BUSY_WAIT_S, INTERRUPTED when asked to stop)."""
     deadline = time.monotonic() + BUSY_WAIT_S
@@ -49,20 +50,28 @@ def run_unit(sweep_path: str, members: list, threads: Optional[int] = None, devi
         time.sleep(1.0)
 
 
-def _run_unit(sweep_path: str, members: list, threads: Optional[int], device: Optional[str]) -> int:
+def _run_unit(sweep_path: str, members: list, threads: int | None, device: str | None) -> int:
     from groklab.sweep import batch_name, point_config
 
     sweep_dir = SweepDir.open(sweep_path)
     members = [(dict(point), int(seed)) for point, seed in members]
     paths = [sweep_dir.run_path(seed, point) for point, seed in members]
     base = config_from_dict(sweep_dir.spec["config"])
-    label = f"seed {members[0][1]}" if len(members) == 1 else batch_name(tuple((tuple(p.items()), s) for p, s in members))
+    label = (
+        f"seed {members[0][1]}" if len(members) == 1 else batch_name(tuple((tuple(p.items()), s) for p, s in members))
+    )
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
         if len(members) > 1:
-            runs = run_batch([point_config(base, point, seed) for point, seed in members], paths,
-                             sweep_dir.batch_state_path(label), name=label, device=device, threads=threads)
+            runs = run_batch(
+                [point_config(base, point, seed) for point, seed in members],
+                paths,
+                sweep_dir.batch_state_path(label),
+                name=label,
+                device=device,
+                threads=threads,
+            )
         elif (paths[0] / "config.yaml").is_file():
             runs = [resume(paths[0], device=device, report=False, threads=threads)]
         else:

@@ -1,10 +1,12 @@
 """What every task gives the trainer: token sequences, answers, and how an answer is scored."""
+
 from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from groklab.errors import ConfigError
 from groklab.tasks.losses import stablemax_cross_entropy
 
-
 IGNORE = -100  # a language model's target at a padding position (F.cross_entropy's ignore_index)
 
 
@@ -23,7 +24,7 @@ class Split:
     inputs: torch.Tensor  # (n, n_ctx) int64 tokens, or (n, ...) float features / images
     labels: torch.Tensor  # (n,) the answers: class ids (int64), or +-1 (float) for a hinge loss;
     #                       (n, n_ctx) next tokens for a language model, IGNORE at padding
-    index: torch.Tensor   # (n,) int64: position of each example in the task's enumeration order
+    index: torch.Tensor  # (n,) int64: position of each example in the task's enumeration order
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,16 +56,20 @@ class Task:
     answer_pos: int = -1
     loss: Literal["cross_entropy", "hinge", "lm"] = "cross_entropy"
     params: dict = field(default_factory=dict)
-    augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None  # training batches only
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # training batches only
     splits: dict[str, Split] = field(default_factory=dict)  # further held-out sets: NAME_loss, NAME_acc
-    evaluate: Optional[Callable[[torch.nn.Module], dict[str, float]]] = None  # the task's own metrics
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None  # the task's own metrics
     eval_columns: tuple[str, ...] = ()  # every metrics column the evaluation writes besides train_/test_
-    context: Optional[int] = None  # positions a model must handle (default: the inputs' length), e.g. to decode
+    context: int | None = None  # positions a model must handle (default: the inputs' length), e.g. to decode
 
-    def to(self, device: torch.device) -> "Task":
+    def to(self, device: torch.device) -> Task:
         move = lambda s: Split(s.inputs.to(device), s.labels.to(device), s.index)  # noqa: E731
-        return dataclasses.replace(self, train=move(self.train), test=move(self.test),
-                                   splits={name: move(split) for name, split in self.splits.items()})
+        return dataclasses.replace(
+            self,
+            train=move(self.train),
+            test=move(self.test),
+            splits={name: move(split) for name, split in self.splits.items()},
+        )
 
     @property
     def d_vocab(self) -> int:
@@ -89,8 +94,13 @@ class Task:
             return model(inputs)  # (batch, pos, d_vocab)
         return model(inputs, at=self.answer_pos) if self.vocab else model(inputs)
 
-    def objective(self, logits: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64,
-                  loss_fn: str = "cross_entropy") -> torch.Tensor:
+    def objective(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        dtype: torch.dtype = torch.float64,
+        loss_fn: str = "cross_entropy",
+    ) -> torch.Tensor:
         """The training loss, computed in `dtype`: mean cross-entropy over all outputs, or hinge; `loss_fn`
         "stablemax": StableMax cross-entropy instead (always float64, `tasks.losses`)."""
         if self.loss == "hinge":
@@ -105,11 +115,16 @@ class Task:
         """Loss (float64) and accuracy over the answer classes (hinge: the sign of the output)."""
         if self.loss == "hinge":
             out = logits.double().squeeze(-1)
-            return {"loss": self.objective(out, labels).item(), "acc": (torch.sign(out) == labels).double().mean().item()}
+            return {
+                "loss": self.objective(out, labels).item(),
+                "acc": (torch.sign(out) == labels).double().mean().item(),
+            }
         if self.loss == "lm":  # next-token loss and accuracy over the non-padding targets
             real = labels != IGNORE
-            return {"loss": self.objective(logits, labels).item(),
-                    "acc": (logits.argmax(-1)[real] == labels[real]).double().mean().item()}
+            return {
+                "loss": self.objective(logits, labels).item(),
+                "acc": (logits.argmax(-1)[real] == labels[real]).double().mean().item(),
+            }
         logits = logits[..., : self.n_classes].double()
         return {
             "loss": F.cross_entropy(logits, labels).item(),
@@ -148,18 +163,29 @@ def split_indices(n: int, frac_train: float, seed: int, method: str) -> tuple[to
         order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     n_train = int(frac_train * n)
     if n_train < 1 or n_train >= n:
-        raise ConfigError(f"task.frac_train={frac_train} leaves {n_train} of {n} examples for training; "
-                          "choose a fraction that leaves both splits non-empty")
+        raise ConfigError(
+            f"task.frac_train={frac_train} leaves {n_train} of {n} examples for training; "
+            "choose a fraction that leaves both splits non-empty"
+        )
     return order[:n_train], order[n_train:]
 
 
-def make_task(name: str, vocab: list[str], n_classes: int, tokens: torch.Tensor, labels: torch.Tensor,
-              params: SplitParams, seed: int, **extra) -> Task:
+def make_task(
+    name: str,
+    vocab: list[str],
+    n_classes: int,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    params: SplitParams,
+    seed: int,
+    **extra,
+) -> Task:
     """Split an enumerated sequence task into train/test."""
     train_idx, test_idx = split_indices(len(labels), params.frac_train, seed, params.split)
     split = lambda idx: Split(tokens[idx], labels[idx], idx)  # noqa: E731
-    return Task(name, split(train_idx), split(test_idx), n_classes, vocab=tuple(vocab),
-                params=params.model_dump(), **extra)
+    return Task(
+        name, split(train_idx), split(test_idx), n_classes, vocab=tuple(vocab), params=params.model_dump(), **extra
+    )
 
 
 Builder = Callable[[BaseModel, int], Task]

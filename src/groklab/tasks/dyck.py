@@ -12,22 +12,24 @@ segment paths seen in training and are not training strings; out-of-distribution
 least one unseen segment path. `split="string"` uses the paper's per-string criterion instead: the
 whole string's 0-1 structure is (val) / is not (test) the structure of a training string.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Literal, NamedTuple, Sequence, Union
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from groklab.errors import ConfigError
 
 END = "END"
-Tokens = Union[str, Sequence[str]]  # a file line / space-separated string, or a sequence of tokens
+Tokens = str | Sequence[str]  # a file line / space-separated string, or a sequence of tokens
 
 
 class Splits(NamedTuple):
     train: list[tuple[str, ...]]
-    val: list[tuple[str, ...]]   # in-distribution: every segment path seen in training
+    val: list[tuple[str, ...]]  # in-distribution: every segment path seen in training
     test: list[tuple[str, ...]]  # out-of-distribution (generalization): some segment path unseen
 
 
@@ -35,7 +37,7 @@ class Targets(NamedTuple):
     """Per position t of a string (the token an LM predicts from [SOS] + tokens[:t], i.e. at input position t)."""
 
     is_close: np.ndarray  # (n,) bool: token t is a closing bracket
-    closer: np.ndarray    # (n,) int64: type of the one correct closer at t (the stack top); -1 if the stack is empty
+    closer: np.ndarray  # (n,) int64: type of the one correct closer at t (the stack top); -1 if the stack is empty
     distance: np.ndarray  # (n,) int64: t minus the position of the bracket token t closes; -1 where token t opens
 
 
@@ -131,8 +133,9 @@ def closing_targets(s: Tokens) -> Targets:
     return Targets(is_close, closer, distance)
 
 
-def closing_prefixes(strings: Sequence[Tokens], n_min: int | None = 5000,
-                     min_distance: int = 0) -> list[tuple[int, int]]:
+def closing_prefixes(
+    strings: Sequence[Tokens], n_min: int | None = 5000, min_distance: int = 0
+) -> list[tuple[int, int]]:
     """The evaluation prefixes of the released code (spec §5.1): (string index, position t) of every closer
     with distance >= min_distance, taking whole strings in order until at least n_min are chosen
     (None: all). Prefix = tokens[:t], target = tokens[t]. On the k-20 val file: 784 strings, 5,008 prefixes."""
@@ -145,8 +148,9 @@ def closing_prefixes(strings: Sequence[Tokens], n_min: int | None = 5000,
     return chosen
 
 
-def _sample(rng: np.random.Generator, n: int, k: int, depth: int,
-            min_len: int) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+def _sample(
+    rng: np.random.Generator, n: int, k: int, depth: int, min_len: int
+) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     """n strings from the generator's automaton (spec §1.3), all stepped together, and their segment paths.
 
     One uniform u per step and string: empty stack: END if u < 1/2, else open type floor((u - 1/2) 2k);
@@ -155,10 +159,10 @@ def _sample(rng: np.random.Generator, n: int, k: int, depth: int,
     """
     if n == 0:
         return [], []
-    stack = np.zeros((n, depth), np.int64)         # (n, depth) open types
+    stack = np.zeros((n, depth), np.int64)  # (n, depth) open types
     d, length = np.zeros(n, np.int64), np.zeros(n, np.int64)
     alive = np.arange(n)
-    rows, codes = [], []                           # emitted tokens: code t < k opens type t, k + t closes it
+    rows, codes = [], []  # emitted tokens: code t < k opens type t, k + t closes it
     while alive.size:
         u = rng.random(alive.size)
         da = d[alive]
@@ -178,7 +182,7 @@ def _sample(rng: np.random.Generator, n: int, k: int, depth: int,
         alive = alive[emit | (length[alive] < min_len)]  # an END at length >= min_len ends the string
     rows_, codes_ = np.concatenate(rows), np.concatenate(codes)
     order = np.argsort(rows_, kind="stable")
-    rows_, codes_ = rows_[order], codes_[order]   # (total,) tokens of string 0, then string 1, ...
+    rows_, codes_ = rows_[order], codes_[order]  # (total,) tokens of string 0, then string 1, ...
     ids = bracket_ids(k)
     names = np.array([f"({b}" for b in ids] + [f"{b})" for b in ids], dtype=object)[codes_]
     cut = np.cumsum(np.bincount(rows_, minlength=n))
@@ -188,7 +192,7 @@ def _sample(rng: np.random.Generator, n: int, k: int, depth: int,
     ends = np.flatnonzero(np.cumsum(np.where(is_open, 1, -1)) == 0)
     struct = np.where(is_open, ord("("), ord(")")).astype(np.uint8).tobytes().decode("ascii")
     starts = np.concatenate([[0], ends[:-1] + 1])
-    segments = np.array([struct[a:b + 1] for a, b in zip(starts.tolist(), ends.tolist())], dtype=object)
+    segments = np.array([struct[a : b + 1] for a, b in zip(starts.tolist(), ends.tolist())], dtype=object)
     per_row = np.cumsum(np.bincount(rows_[ends], minlength=n))
     paths = [tuple(x) for x in np.split(segments, per_row[:-1])]
     return strings, paths
@@ -199,8 +203,16 @@ def sample(n: int, seed: int = 0, k: int = 20, depth: int = 10, min_len: int = 4
     return _sample(np.random.default_rng(seed), n, k, depth, min_len)[0]
 
 
-def generate(seed: int = 0, n_train: int = 200_000, n_val: int = 20_000, n_test: int = 20_000, k: int = 20,
-             depth: int = 10, min_len: int = 4, split: Literal["segment", "string"] = "segment") -> Splits:
+def generate(
+    seed: int = 0,
+    n_train: int = 200_000,
+    n_val: int = 20_000,
+    n_test: int = 20_000,
+    k: int = 20,
+    depth: int = 10,
+    min_len: int = 4,
+    split: Literal["segment", "string"] = "segment",
+) -> Splits:
     """Train / in-distribution val / out-of-distribution test, as the released code builds them (spec §1.3):
     sample n_train strings; then keep sampling, routing each new string to val (all its segment paths seen
     in training and not itself a training string) or test (some path unseen) until both are full. Defaults:
@@ -211,8 +223,10 @@ def generate(seed: int = 0, n_train: int = 200_000, n_val: int = 20_000, n_test:
     what reproduces the file: 22.8% one-segment strings (min 6 gives 19%), 15.8% of length 6, mean 13.27.
     Duplicates are removed only against the training set, as in the released data (229 in the val file)."""
     if min(k, depth, min_len) < 1 or min(n_train, n_val, n_test) < 0:
-        raise ConfigError(f"Dyck needs k, depth, min_len >= 1 and sizes >= 0 (got k={k}, depth={depth}, "
-                          f"min_len={min_len}, sizes {n_train}/{n_val}/{n_test})")
+        raise ConfigError(
+            f"Dyck needs k, depth, min_len >= 1 and sizes >= 0 (got k={k}, depth={depth}, "
+            f"min_len={min_len}, sizes {n_train}/{n_val}/{n_test})"
+        )
     if split not in ("segment", "string"):
         raise ConfigError(f"Dyck split must be 'segment' or 'string', got {split!r}")
     rng = np.random.default_rng(seed)
@@ -225,9 +239,11 @@ def generate(seed: int = 0, n_train: int = 200_000, n_val: int = 20_000, n_test:
     drawn, budget = 0, 100 * (n_val + n_test) + 100_000
     while len(val) < n_val or len(test) < n_test:
         if drawn >= budget:
-            raise ConfigError(f"Dyck split: found {len(val)}/{n_val} in-distribution and {len(test)}/{n_test} "
-                              f"out-of-distribution strings in {drawn} draws; lower n_val / n_test or change "
-                              "n_train / depth")
+            raise ConfigError(
+                f"Dyck split: found {len(val)}/{n_val} in-distribution and {len(test)}/{n_test} "
+                f"out-of-distribution strings in {drawn} draws; lower n_val / n_test or change "
+                "n_train / depth"
+            )
         batch = min(max(4 * (n_val + n_test - len(val) - len(test)), 1000), 200_000)
         strings, paths = _sample(rng, batch, k, depth, min_len)
         drawn += batch
@@ -257,8 +273,10 @@ def load(path: str | Path, k: int | None = 20, depth: int | None = 10) -> list[t
     anything else raises ConfigError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Dyck data file {path} not found; give the path of a file with one bracket string "
-                          "per line ending in END (e.g. k-20_d-10_val.txt)")
+        raise ConfigError(
+            f"Dyck data file {path} not found; give the path of a file with one bracket string "
+            "per line ending in END (e.g. k-20_d-10_val.txt)"
+        )
     try:
         lines = path.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -269,8 +287,10 @@ def load(path: str | Path, k: int | None = 20, depth: int | None = 10) -> list[t
         if not toks or toks[-1] != END:
             raise ConfigError(f"{path}:{i}: a Dyck line must be bracket tokens followed by END, got {line[:60]!r}")
         if not is_well_nested(toks, depth, k):
-            raise ConfigError(f"{path}:{i}: not a well-nested Dyck-(k={k}, d={depth}) string: {line[:60]!r}; "
-                              "for other k / depth pass k= / depth= (None: no limit)")
+            raise ConfigError(
+                f"{path}:{i}: not a well-nested Dyck-(k={k}, d={depth}) string: {line[:60]!r}; "
+                "for other k / depth pass k= / depth= (None: no limit)"
+            )
         strings.append(tuple(toks[:-1]))
     if not strings:
         raise ConfigError(f"Dyck data file {path} is empty; expected one bracket string per line ending in END")

@@ -25,11 +25,13 @@ Metrics (names of the metrics table, §6) and which variant each function implem
 
 Every function is batched and deterministic (randomness only from an explicit `seed`).
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from groklab.tasks import dyck, mccoy
 
 PAD, EOS, SOS = "<pad>", "<eos>", "<sos>"
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # (batch, pos) LongTensor -> (batch, pos, |vocab|) logits
-Words = Union[str, Sequence[str]]                  # a space-separated string or a sequence of tokens
+Words = str | Sequence[str]  # a space-separated string or a sequence of tokens
 
 
 # ---------------------------------------------------------------- vocabulary and encoding (§2)
@@ -71,7 +73,7 @@ def encode(vocab: Sequence[str], words: Words, sos: bool = True, eos: bool = Fal
     return [len(vocab) - 1] * sos + ids + [len(vocab) - 2] * eos
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: Sequence[Sequence[int]], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id sequences with 0: tokens (batch, length) LongTensor (length: the longest if None) and
     their lengths (batch,)."""
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
@@ -111,7 +113,7 @@ def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _mean(correct: Sequence[bool] | np.ndarray) -> float:
@@ -123,10 +125,10 @@ def _mean(correct: Sequence[bool] | np.ndarray) -> float:
 class DyckScores(NamedTuple):
     """One entry per scored closing position, in file order."""
 
-    string: np.ndarray    # (n,) int64: index of the string
+    string: np.ndarray  # (n,) int64: index of the string
     position: np.ndarray  # (n,) int64: t; the closer strings[i][t] is predicted from [SOS] + strings[i][:t]
     distance: np.ndarray  # (n,) int64: t minus the position of the bracket it closes
-    correct: np.ndarray   # (n,) bool: the argmax over the closing tokens is strings[i][t]
+    correct: np.ndarray  # (n,) bool: the argmax over the closing tokens is strings[i][t]
 
 
 def _dyck_tokens(s: Words) -> tuple[str, ...]:
@@ -141,8 +143,14 @@ def _closer_ids(vocab: Sequence[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def dyck_closing_scores(logits_fn: LogitsFn, vocab: Sequence[str], strings: Sequence[Words], min_distance: int = 0,
-                        batch_size: int = 64, max_prefixes: Optional[int] = None) -> DyckScores:
+def dyck_closing_scores(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    strings: Sequence[Words],
+    min_distance: int = 0,
+    batch_size: int = 64,
+    max_prefixes: int | None = None,
+) -> DyckScores:
     """Per-position results of the Dyck closing-bracket accuracy (spec §5.1), see `dyck_closing_accuracy`."""
     index = _index(tuple(vocab))
     toks = [_dyck_tokens(s) for s in strings]
@@ -167,7 +175,7 @@ def dyck_closing_scores(logits_fn: LogitsFn, vocab: Sequence[str], strings: Sequ
             b_idx = torch.tensor([r for r, i in enumerate(ids) for _ in rows[i]])
             t_idx = torch.as_tensor(position[js])
             target = torch.tensor([index[toks[string[j]][position[j]]] for j in js])
-            logits = logits_fn(tokens)                                   # (batch, pos, vocab)
+            logits = logits_fn(tokens)  # (batch, pos, vocab)
             dev = logits.device
             scores = logits[b_idx.to(dev), t_idx.to(dev)][:, closers.to(dev)]  # (entries, closers)
             pred = closers.to(dev)[scores.argmax(-1)]
@@ -175,8 +183,14 @@ def dyck_closing_scores(logits_fn: LogitsFn, vocab: Sequence[str], strings: Sequ
     return DyckScores(string, position, distance, correct)
 
 
-def dyck_closing_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], strings: Sequence[Words], min_distance: int = 0,
-                          batch_size: int = 64, max_prefixes: Optional[int] = None) -> float:
+def dyck_closing_accuracy(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    strings: Sequence[Words],
+    min_distance: int = 0,
+    batch_size: int = 64,
+    max_prefixes: int | None = None,
+) -> float:
     """Dyck accuracy (spec §5.1): at every closing position t, feed [SOS] + w<t, restrict the last position's
     logits to the closing-bracket tokens, correct iff the argmax closes the top of the stack (is w_t).
 
@@ -192,8 +206,14 @@ def dyck_closing_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], strings: Se
     return _mean(dyck_closing_scores(logits_fn, vocab, strings, min_distance, batch_size, max_prefixes).correct)
 
 
-def dyck_accuracies(logits_fn: LogitsFn, vocab: Sequence[str], strings: Sequence[Words], far: int = 10,
-                    batch_size: int = 64, max_prefixes: Optional[int] = None) -> dict[str, float]:
+def dyck_accuracies(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    strings: Sequence[Words],
+    far: int = 10,
+    batch_size: int = 64,
+    max_prefixes: int | None = None,
+) -> dict[str, float]:
     """{"dyck_acc_all", f"dyck_acc_far{far}"} from one scoring pass (§6 #5). With max_prefixes the strings are
     selected on all closers (as the released code) and far{far} is scored on those strings' far closers."""
     s = dyck_closing_scores(logits_fn, vocab, strings, 0, batch_size, max_prefixes)
@@ -201,14 +221,14 @@ def dyck_accuracies(logits_fn: LogitsFn, vocab: Sequence[str], strings: Sequence
 
 
 # ---------------------------------------------------------------- question formation and tense (§5.1, §6 #11-#13)
-ItemLike = Union[mccoy.Item, tuple]  # an Item, or a (source, target) pair of token sequences / strings
+ItemLike = mccoy.Item | tuple  # an Item, or a (source, target) pair of token sequences / strings
 
 
 def _items(items: Iterable[ItemLike]) -> list[mccoy.Item]:
     return [mccoy.Item(_words(src), _words(tgt)) for src, tgt in items]
 
 
-def _subset(items: list, max_items: Optional[int], seed: int) -> list:
+def _subset(items: list, max_items: int | None, seed: int) -> list:
     """All items, or max_items of them drawn without replacement from numpy's PCG64 seeded by `seed`, in their order."""
     if max_items is None or len(items) <= max_items:
         return items
@@ -216,15 +236,16 @@ def _subset(items: list, max_items: Optional[int], seed: int) -> list:
     return [items[i] for i in keep.tolist()]
 
 
-def _select(items: Iterable[ItemLike], quest_only: bool, max_items: Optional[int], seed: int) -> list[mccoy.Item]:
+def _select(items: Iterable[ItemLike], quest_only: bool, max_items: int | None, seed: int) -> list[mccoy.Item]:
     its = _items(items)
     if quest_only:
         its = [it for it in its if it.marker == "quest"]
     return _subset(its, max_items, seed)
 
 
-def greedy_decode(logits_fn: LogitsFn, vocab: Sequence[str], prefixes: Sequence[Words], max_new: int = 50,
-                  batch_size: int = 64) -> list[tuple[str, ...]]:
+def greedy_decode(
+    logits_fn: LogitsFn, vocab: Sequence[str], prefixes: Sequence[Words], max_new: int = 50, batch_size: int = 64
+) -> list[tuple[str, ...]]:
     """Greedy continuation of each prefix: feed [SOS] + prefix, append the argmax token, until EOS or max_new
     new tokens; returns the new tokens, EOS excluded.
 
@@ -244,24 +265,25 @@ def greedy_decode(logits_fn: LogitsFn, vocab: Sequence[str], prefixes: Sequence[
             tokens, lengths = pad_batch([encoded[i] for i in batch], max(len(encoded[i]) for i in batch) + max_new)
             end = decode(logits_fn, tokens, lengths, max_new, eos=len(vocab) - 2) if max_new else lengths
             for r, i in enumerate(batch):
-                new = tokens[r, int(lengths[r]): int(end[r])].tolist()
+                new = tokens[r, int(lengths[r]) : int(end[r])].tolist()
                 if new and new[-1] == len(vocab) - 2:
                     new = new[:-1]
                 out[i] = tuple(vocab[t] for t in new)
     return out
 
 
-def _decode_uncached(logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.Tensor, max_new: int,
-                     eos: int) -> torch.Tensor:
+def _decode_uncached(
+    logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.Tensor, max_new: int, eos: int
+) -> torch.Tensor:
     """Write the greedy continuations into tokens (batch, width) after each item's length; return where
     each ends (batch,). Every step feeds the whole prefix of the items still going."""
-    pos = lengths.clone()                       # (batch,) where each item's next token goes
+    pos = lengths.clone()  # (batch,) where each item's next token goes
     active = torch.ones(len(tokens), dtype=torch.bool)
     for _ in range(max_new):
-        rows = active.nonzero().squeeze(1)      # (active,)
+        rows = active.nonzero().squeeze(1)  # (active,)
         if not len(rows):
             break
-        logits = logits_fn(tokens[rows, :int(pos[rows].max())])  # (active, width, vocab)
+        logits = logits_fn(tokens[rows, : int(pos[rows].max())])  # (active, width, vocab)
         dev = logits.device
         nxt = logits[torch.arange(len(rows), device=dev), (pos[rows] - 1).to(dev)].argmax(-1).cpu()  # (active,)
         tokens[rows, pos[rows]] = nxt
@@ -270,17 +292,18 @@ def _decode_uncached(logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.T
     return pos
 
 
-def _decode_cached(logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.Tensor, max_new: int,
-                   eos: int) -> torch.Tensor:
+def _decode_cached(
+    logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.Tensor, max_new: int, eos: int
+) -> torch.Tensor:
     """`_decode_uncached` with a KV cache: column t is fed once, for every item still going; an item whose
     prefix is longer than t feeds its own token there and ignores the prediction."""
     cache, t = logits_fn.new_cache(), int(lengths.min())
-    end = lengths.clone()                         # (batch,) where each item's continuation ends so far
-    rows = torch.arange(len(tokens))              # the items still going, in the cache's row order
+    end = lengths.clone()  # (batch,) where each item's continuation ends so far
+    rows = torch.arange(len(tokens))  # the items still going, in the cache's row order
     logits = logits_fn(tokens[:, :t], cache=cache)[:, -1]  # (batch, vocab): the predictions for column t
     while True:
-        nxt = logits.argmax(-1).cpu()             # (rows,)
-        writing = t >= lengths[rows]              # past its prefix: column t is the model's token
+        nxt = logits.argmax(-1).cpu()  # (rows,)
+        writing = t >= lengths[rows]  # past its prefix: column t is the model's token
         tokens[rows[writing], t] = nxt[writing]
         end[rows[writing]] = t + 1
         done = writing & ((nxt == eos) | (t + 1 - lengths[rows] >= max_new))
@@ -290,12 +313,18 @@ def _decode_cached(logits_fn: LogitsFn, tokens: torch.Tensor, lengths: torch.Ten
             keep = (~done).nonzero().squeeze(1)
             cache.keep(keep.to(logits.device))
             rows = rows[keep]
-        logits = logits_fn(tokens[rows, t:t + 1], cache=cache)[:, -1]
+        logits = logits_fn(tokens[rows, t : t + 1], cache=cache)[:, -1]
         t += 1
 
 
-def qf_aux_rank_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[ItemLike], batch_size: int = 64,
-                         max_items: Optional[int] = None, seed: int = 0) -> float:
+def qf_aux_rank_accuracy(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    items: Iterable[ItemLike],
+    batch_size: int = 64,
+    max_items: int | None = None,
+    seed: int = 0,
+) -> float:
     """`qf_aux_rank_acc`, the released code's QF metric (spec §5.1, §6 #11): for each `quest` item feed
     [SOS] + source (up to and including `quest`), restrict the next-token logits to do / does / don't /
     doesn't, correct iff the argmax is the gold first word (`mccoy.aux_rank_correct`; exact ties to the first in
@@ -307,7 +336,7 @@ def qf_aux_rank_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Itera
     with torch.no_grad():
         for batch in _length_batches([len(it.source) for it in its], batch_size):
             tokens, lengths = pad_batch([encode(vocab, its[i].source) for i in batch])  # (batch, pos)
-            logits = logits_fn(tokens)                                                  # (batch, pos, vocab)
+            logits = logits_fn(tokens)  # (batch, pos, vocab)
             dev = logits.device
             scores = logits[torch.arange(len(batch), device=dev), (lengths - 1).to(dev)][:, aux.to(dev)]  # (batch, 4)
             for i, s in zip(batch, scores.double().cpu().tolist()):
@@ -319,9 +348,16 @@ def _decoded(logits_fn, vocab, its, max_new, batch_size) -> list[tuple[str, ...]
     return greedy_decode(logits_fn, vocab, [it.source for it in its], max_new, batch_size)
 
 
-def qf_first_word_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[ItemLike], max_new: int = 50,
-                           batch_size: int = 64, max_items: Optional[int] = None, seed: int = 0,
-                           quest_only: bool = True) -> float:
+def qf_first_word_accuracy(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    items: Iterable[ItemLike],
+    max_new: int = 50,
+    batch_size: int = 64,
+    max_items: int | None = None,
+    seed: int = 0,
+    quest_only: bool = True,
+) -> float:
     """`qf_first_word_greedy_acc`, the paper's QF metric (spec §5.1, §6 #11): greedy-decode after the source,
     correct iff the first word is the gold first word (the main auxiliary of a `quest` item). Scores `quest`
     items (quest_only=False: every item); max_items: a fixed subset drawn from `seed`. NaN if none."""
@@ -330,9 +366,16 @@ def qf_first_word_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Ite
     return _mean([mccoy.first_word_correct(p, it.target) for p, it in zip(preds, its)])
 
 
-def qf_exact_match_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[ItemLike], max_new: int = 50,
-                            batch_size: int = 64, max_items: Optional[int] = None, seed: int = 0,
-                            quest_only: bool = True) -> float:
+def qf_exact_match_accuracy(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    items: Iterable[ItemLike],
+    max_new: int = 50,
+    batch_size: int = 64,
+    max_items: int | None = None,
+    seed: int = 0,
+    quest_only: bool = True,
+) -> float:
     """`qf_exact_match` (spec §6 #11): the greedy decode (EOS excluded) equals the whole gold output. Items as
     `qf_first_word_accuracy`."""
     its = _select(items, quest_only, max_items, seed)
@@ -340,19 +383,29 @@ def qf_exact_match_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: It
     return _mean([mccoy.exact_match(p, it.target) for p, it in zip(preds, its)])
 
 
-def qf_accuracies(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[ItemLike], max_new: int = 50,
-                  batch_size: int = 64, max_items: Optional[int] = None, seed: int = 0) -> dict[str, float]:
+def qf_accuracies(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    items: Iterable[ItemLike],
+    max_new: int = 50,
+    batch_size: int = 64,
+    max_items: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """The three QF metrics of §6 #11 on the same `quest` items, with one greedy decode:
     {"qf_aux_rank_acc", "qf_first_word_greedy_acc", "qf_exact_match"}."""
     its = _select(items, True, max_items, seed)
     preds = _decoded(logits_fn, vocab, its, max_new, batch_size)
-    return {"qf_aux_rank_acc": qf_aux_rank_accuracy(logits_fn, vocab, its, batch_size),
-            "qf_first_word_greedy_acc": _mean([mccoy.first_word_correct(p, it.target) for p, it in zip(preds, its)]),
-            "qf_exact_match": _mean([mccoy.exact_match(p, it.target) for p, it in zip(preds, its)])}
+    return {
+        "qf_aux_rank_acc": qf_aux_rank_accuracy(logits_fn, vocab, its, batch_size),
+        "qf_first_word_greedy_acc": _mean([mccoy.first_word_correct(p, it.target) for p, it in zip(preds, its)]),
+        "qf_exact_match": _mean([mccoy.exact_match(p, it.target) for p, it in zip(preds, its)]),
+    }
 
 
-def main_verb_correct(pred: Words, gold: Words, pos_table: Optional[Mapping[str, Optional[str]]] = None,
-                      end: mccoy.TenseEnd = "last_token") -> bool:
+def main_verb_correct(
+    pred: Words, gold: Words, pos_table: Mapping[str, str | None] | None = None, end: mccoy.TenseEnd = "last_token"
+) -> bool:
     """The released tense scorer (spec §5.1, `mccoy.main_verb_correct`) with a given POS table (e.g.
     `mccoy.load_pos("pos_tense.txt")`; None: the built-in table, equal to pos_tense on the task's words):
     the end removed from both (the released code's last token, or a final "."), POS sequences equal and
@@ -360,10 +413,17 @@ def main_verb_correct(pred: Words, gold: Words, pos_table: Optional[Mapping[str,
     return mccoy.main_verb_correct(_words(pred), _words(gold), mccoy.POS if pos_table is None else pos_table, end)
 
 
-def tense_main_verb_accuracy(logits_fn: LogitsFn, vocab: Sequence[str], items: Iterable[ItemLike],
-                             pos_table: Optional[Mapping[str, Optional[str]]] = None, max_new: int = 50,
-                             batch_size: int = 64, max_items: Optional[int] = None, seed: int = 0,
-                             end: mccoy.TenseEnd = "last_token") -> float:
+def tense_main_verb_accuracy(
+    logits_fn: LogitsFn,
+    vocab: Sequence[str],
+    items: Iterable[ItemLike],
+    pos_table: Mapping[str, str | None] | None = None,
+    max_new: int = 50,
+    batch_size: int = 64,
+    max_items: int | None = None,
+    seed: int = 0,
+    end: mccoy.TenseEnd = "last_token",
+) -> float:
     """The released tense metric (spec §5.1, §6 #12-#13): greedy-decode after the source (to EOS or
     max_new tokens), remove the end from prediction and target (`end`: the released code's last token
     before EOS, or a final "."), correct iff their POS sequences are equal and the main verbs identical

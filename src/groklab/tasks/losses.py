@@ -6,6 +6,7 @@ exp; StableMax(x)_i = s(x_i) / sum_j s(x_j), computed in float64. Its probabilit
 polynomially in the logits, so the loss cannot round to exactly zero (softmax collapse) the way a
 float32 softmax cross-entropy does.
 """
+
 from __future__ import annotations
 
 import torch

@@ -22,11 +22,13 @@ main verb's nearest preceding noun differs in number from the subject.
 Trees (§5.4): a gold tree is a binary tree over the word positions of the declarative sentence, `.` and
 marker stripped: a leaf is an int (word index), an inner node a pair `(left, right)`; see `gold_tree`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, NamedTuple, Sequence, Union
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -34,16 +36,58 @@ from groklab.errors import ConfigError
 
 # ---- the grammar's terminals (McCoy's cfgs/*.gr; = the words of pos2.txt / pos_tense.txt that occur) ----
 DETERMINERS = ("the", "some", "my", "your", "our", "her")
-NOUNS_SG = ("newt", "orangutan", "peacock", "quail", "raven", "salamander", "tyrannosaurus", "unicorn",
-            "vulture", "walrus", "xylophone", "yak", "zebra")
-NOUNS_PL = ("newts", "orangutans", "peacocks", "quails", "ravens", "salamanders", "tyrannosauruses", "unicorns",
-            "vultures", "walruses", "xylophones", "yaks", "zebras")
+NOUNS_SG = (
+    "newt",
+    "orangutan",
+    "peacock",
+    "quail",
+    "raven",
+    "salamander",
+    "tyrannosaurus",
+    "unicorn",
+    "vulture",
+    "walrus",
+    "xylophone",
+    "yak",
+    "zebra",
+)
+NOUNS_PL = (
+    "newts",
+    "orangutans",
+    "peacocks",
+    "quails",
+    "ravens",
+    "salamanders",
+    "tyrannosauruses",
+    "unicorns",
+    "vultures",
+    "walruses",
+    "xylophones",
+    "yaks",
+    "zebras",
+)
 VERBS_INTRANS = ("giggle", "smile", "sleep", "swim", "wait", "move", "change", "read", "eat")
 VERBS_TRANS = ("entertain", "amuse", "high_five", "applaud", "confuse", "admire", "accept", "remember", "comfort")
-PAST = dict(giggle="giggled", smile="smiled", sleep="slept", swim="swam", wait="waited", move="moved",
-            change="changed", read="read", eat="ate", entertain="entertained", amuse="amused",
-            high_five="high_fived", applaud="applauded", confuse="confused", admire="admired",
-            accept="accepted", remember="remembered", comfort="comforted")
+PAST = dict(
+    giggle="giggled",
+    smile="smiled",
+    sleep="slept",
+    swim="swam",
+    wait="waited",
+    move="moved",
+    change="changed",
+    read="read",
+    eat="ate",
+    entertain="entertained",
+    amuse="amused",
+    high_five="high_fived",
+    applaud="applauded",
+    confuse="confused",
+    admire="admired",
+    accept="accepted",
+    remember="remembered",
+    comfort="comforted",
+)
 THIRD_SG = {v: v + "s" for v in VERBS_INTRANS + VERBS_TRANS}  # giggles, high_fives, ...
 AUX_SG, AUX_PL = ("does", "doesn't"), ("do", "don't")
 AUXILIARIES = ("do", "does", "don't", "doesn't")  # the four candidates of the aux-ranking metric (§5.1)
@@ -55,9 +99,14 @@ MARKERS = {"question": ("decl", "quest"), "tense": ("PAST", "PRESENT")}  # (copy
 
 # Tags as in pos2.txt / pos_tense.txt: D N V A P R, T for . and ?, G for task markers.
 POS: dict[str, str] = {
-    **{w: "D" for w in DETERMINERS}, **{w: "N" for w in NOUNS_SG + NOUNS_PL},
-    **{w: "V" for w in (*PAST, *PAST.values(), *THIRD_SG.values())}, **{w: "A" for w in AUXILIARIES},
-    **{w: "P" for w in PREPOSITIONS}, **{w: "R" for w in RELATIVIZERS}, ".": "T", "?": "T",
+    **{w: "D" for w in DETERMINERS},
+    **{w: "N" for w in NOUNS_SG + NOUNS_PL},
+    **{w: "V" for w in (*PAST, *PAST.values(), *THIRD_SG.values())},
+    **{w: "A" for w in AUXILIARIES},
+    **{w: "P" for w in PREPOSITIONS},
+    **{w: "R" for w in RELATIVIZERS},
+    ".": "T",
+    "?": "T",
     **{w: "G" for m in MARKERS.values() for w in m},
 }
 _BARE = {**{v: v for v in PAST}, **{p: v for v, p in PAST.items()}, **{s: v for v, s in THIRD_SG.items()}}
@@ -66,21 +115,31 @@ _ALL_MARKERS = {w for m in MARKERS.values() for w in m}
 
 # Rule weights: NP forms (bare, +PP, +RC) for the main subject and for objects, main VP (intransitive,
 # transitive), RC forms (subject-gap intransitive, object-gap, subject-gap transitive) on subjects / objects.
-PCFG_WEIGHTS = {"subject": (1, 1, 1), "object": (1, 1, 1), "vp": (1, 1),
-                "subject_rc": (1, 1, 1), "object_rc": (1, 1, 1)}
+PCFG_WEIGHTS = {
+    "subject": (1, 1, 1),
+    "object": (1, 1, 1),
+    "vp": (1, 1),
+    "subject_rc": (1, 1, 1),
+    "object_rc": (1, 1, 1),
+}
 # ⚠ The released files do not follow cfgs/*.gr: about 20-24% of main verbs are intransitive (50% in the PCFG)
 # where the subject is not a bare NP, and question formation also skews NP and RC forms. These weights are
 # the counts in question.val / tense.val (subjects: decl / PAST items, which no split rule filters; objects:
 # all items); with them the generated val matches the released one's structure (tests check it).
 RELEASED_WEIGHTS = {
-    "question": {"subject": (274, 126, 194), "object": (270, 254, 378), "vp": (20, 80),
-                 "subject_rc": (47, 93, 54), "object_rc": (203, 83, 92)},
+    "question": {
+        "subject": (274, 126, 194),
+        "object": (270, 254, 378),
+        "vp": (20, 80),
+        "subject_rc": (47, 93, 54),
+        "object_rc": (203, 83, 92),
+    },
     "tense": {**PCFG_WEIGHTS, "vp": (24, 76)},
 }
 
 Task = Literal["question", "tense"]
-Tokens = Union[str, Sequence[str]]   # a space-separated string or a sequence of tokens
-Tree = Union[int, tuple]             # int leaf (word index) | (Tree, Tree)
+Tokens = str | Sequence[str]  # a space-separated string or a sequence of tokens
+Tree = int | tuple  # int leaf (word index) | (Tree, Tree)
 
 
 def vocabulary(task: Task) -> tuple[str, ...]:
@@ -109,11 +168,11 @@ class Parse:
     """The structure of a declarative sentence of the grammar (word indices into `words`)."""
 
     words: tuple[str, ...]
-    tree: Tree                 # gold binary tree, see `gold_tree`
-    subject: int               # head noun of the main subject
-    aux: int | None            # main-clause auxiliary (question formation), None in tense sentences
-    verb: int                  # main verb
-    subject_rc: bool           # a relative clause modifies the main subject
+    tree: Tree  # gold binary tree, see `gold_tree`
+    subject: int  # head noun of the main subject
+    aux: int | None  # main-clause auxiliary (question formation), None in tense sentences
+    verb: int  # main verb
+    subject_rc: bool  # a relative clause modifies the main subject
     agreement: tuple[tuple[int, int], ...]  # (finite word: aux or verb, head noun of its subject), left to right
 
 
@@ -126,8 +185,9 @@ class _Parser:
 
     def fail(self, what: str):
         at = self.w[self.i] if self.i < len(self.w) else "<end>"
-        raise ValueError(f"not a sentence of McCoy's grammar ({what} expected at word {self.i}, {at!r}): "
-                         f"{' '.join(self.w)!r}")
+        raise ValueError(
+            f"not a sentence of McCoy's grammar ({what} expected at word {self.i}, {at!r}): {' '.join(self.w)!r}"
+        )
 
     def peek(self) -> str | None:
         return POS.get(self.w[self.i]) if self.i < len(self.w) else None
@@ -193,8 +253,9 @@ class _Parser:
                 tenses_f = tenses
             else:
                 bare = _BARE[word]
-                tenses_f = {t for t, form in (("past", PAST[bare]), ("present", THIRD_SG[bare] if sg else bare))
-                            if word == form}
+                tenses_f = {
+                    t for t, form in (("past", PAST[bare]), ("present", THIRD_SG[bare] if sg else bare)) if word == form
+                }
                 ok = bool(tenses_f)
             tenses = tenses & tenses_f
             if not ok or not tenses:
@@ -263,7 +324,7 @@ def question(sentence: Tokens) -> tuple[str, ...]:
     if p.aux is None:
         raise ValueError(f"no auxiliary to front in {' '.join(p.words)!r}")
     w, a = p.words, p.aux
-    return (w[a], *w[:a], *w[a + 1:], "?")
+    return (w[a], *w[:a], *w[a + 1 :], "?")
 
 
 def question_linear(sentence: Tokens) -> tuple[str, ...]:
@@ -272,7 +333,7 @@ def question_linear(sentence: Tokens) -> tuple[str, ...]:
     a = next((i for i, x in enumerate(w) if POS.get(x) == "A"), None)
     if a is None:
         raise ValueError(f"no auxiliary to front in {' '.join(w)!r}")
-    return (w[a], *w[:a], *w[a + 1:], "?")
+    return (w[a], *w[:a], *w[a + 1 :], "?")
 
 
 def _present(verb: str, noun: str) -> str:
@@ -371,8 +432,9 @@ def main_verb(tokens: Tokens, pos: Mapping[str, str | None] = POS) -> str | None
 TenseEnd = Literal["last_token", "final_period"]
 
 
-def main_verb_correct(pred: Tokens, gold: Tokens, pos: Mapping[str, str | None] = POS,
-                      end: TenseEnd = "last_token") -> bool:
+def main_verb_correct(
+    pred: Tokens, gold: Tokens, pos: Mapping[str, str | None] = POS, end: TenseEnd = "last_token"
+) -> bool:
     """Released tense metric (§5.1): with the end removed from both, the POS sequences are equal and the main
     verbs identical (a word without a tag, unknown or tagged empty, is tagged "?"). The end: "last_token",
     as the released code does (its decoder keeps the output up to the token before EOS, whatever that token
@@ -382,7 +444,11 @@ def main_verb_correct(pred: Tokens, gold: Tokens, pos: Mapping[str, str | None] 
     cut = (lambda t: t[:-1]) if end == "last_token" else (lambda t: t[:-1] if t and t[-1] == "." else t)
     p, g = cut(_tokens(pred)), cut(_tokens(gold))
     tag = lambda w: pos.get(w) or "?"  # noqa: E731
-    return [tag(x) for x in p] == [tag(x) for x in g] and main_verb(p, pos) is not None and main_verb(p, pos) == main_verb(g, pos)
+    return (
+        [tag(x) for x in p] == [tag(x) for x in g]
+        and main_verb(p, pos) is not None
+        and main_verb(p, pos) == main_verb(g, pos)
+    )
 
 
 # ---------------------------------------------------------------- items, generation, files
@@ -405,8 +471,8 @@ class Item(NamedTuple):
 
 class Splits(NamedTuple):
     train: list[Item]
-    val: list[Item]    # in-distribution: linear and hierarchical rules agree
-    test: list[Item]   # generalization: they disagree
+    val: list[Item]  # in-distribution: linear and hierarchical rules agree
+    test: list[Item]  # generalization: they disagree
 
 
 class _Draws:
@@ -486,8 +552,14 @@ def _sample_item(draw: _Draws, task: Task, generalization: bool, weights) -> Ite
         return Item(source, target)
 
 
-def generate(task: Task, seed: int = 0, n_train: int = 100_000, n_val: int = 1_000, n_test: int = 10_000,
-             weights: Literal["pcfg", "released"] | Mapping[str, Sequence[float]] = "pcfg") -> Splits:
+def generate(
+    task: Task,
+    seed: int = 0,
+    n_train: int = 100_000,
+    n_val: int = 1_000,
+    n_test: int = 10_000,
+    weights: Literal["pcfg", "released"] | Mapping[str, Sequence[float]] = "pcfg",
+) -> Splits:
     """Train / in-distribution val / generalization test items of McCoy's tasks (sizes of paper Table 1).
 
     Each item: a sentence from the PCFG and, with probability 1/2, the transforming marker (quest /
@@ -506,12 +578,20 @@ def generate(task: Task, seed: int = 0, n_train: int = 100_000, n_val: int = 1_0
         raise ConfigError(f"McCoy split sizes must be >= 0, got {n_train}/{n_val}/{n_test}")
     if isinstance(weights, str) and weights not in ("pcfg", "released"):
         raise ConfigError(f"McCoy weights must be 'pcfg', 'released' or a mapping, got {weights!r}")
-    w = dict(PCFG_WEIGHTS) if weights == "pcfg" else RELEASED_WEIGHTS[task] if weights == "released" else \
-        {**PCFG_WEIGHTS, **weights}
-    if set(w) != set(PCFG_WEIGHTS) or any(len(w[k]) != len(PCFG_WEIGHTS[k]) or min(w[k]) < 0 or sum(w[k]) <= 0
-                                          for k in w):
-        raise ConfigError(f"McCoy grammar weights must have the keys and lengths of {PCFG_WEIGHTS} "
-                          f"(non-negative, not all zero), got {weights}")
+    w = (
+        dict(PCFG_WEIGHTS)
+        if weights == "pcfg"
+        else RELEASED_WEIGHTS[task]
+        if weights == "released"
+        else {**PCFG_WEIGHTS, **weights}
+    )
+    if set(w) != set(PCFG_WEIGHTS) or any(
+        len(w[k]) != len(PCFG_WEIGHTS[k]) or min(w[k]) < 0 or sum(w[k]) <= 0 for k in w
+    ):
+        raise ConfigError(
+            f"McCoy grammar weights must have the keys and lengths of {PCFG_WEIGHTS} "
+            f"(non-negative, not all zero), got {weights}"
+        )
     draw = _Draws(np.random.default_rng(seed))
     train = [_sample_item(draw, task, False, w) for _ in range(n_train)]
     seen, val = {it.source for it in train}, []
@@ -549,8 +629,9 @@ def load(path: str | Path, task: Task | None = None) -> list[Item]:
         parts = line.split("\t")
         src, tgt = (parts[0].split(), parts[1].split()) if len(parts) == 2 else ([], [])
         if len(src) < 3 or src[-2] != "." or src[-1] not in _ALL_MARKERS or not tgt or tgt[-1] not in (".", "?"):
-            raise ConfigError(f"{path}:{i}: expected '<sentence> . <marker>\\t<output ending in . or ?>', "
-                              f"got {line[:80]!r}")
+            raise ConfigError(
+                f"{path}:{i}: expected '<sentence> . <marker>\\t<output ending in . or ?>', got {line[:80]!r}"
+            )
         if task is None:
             task = next(t for t, m in MARKERS.items() if src[-1] in m)
         if vocab is None:

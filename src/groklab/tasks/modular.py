@@ -5,9 +5,11 @@ Tokens 0..p-1 are the numbers, token p is `=`. All pairs are enumerated in lexic
 the input is instead the vector one-hot(a) ‖ one-hot(b) (2p features) for an MLP, as in Prieto et al.
 2025's released code and Omnigrok's modular-addition MLP.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from groklab.tasks.registry import register
 
 
 def is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
 class ModularParams(SplitParams):
@@ -39,7 +41,7 @@ OPS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
     "div": lambda a, b, p: a * _inverse(b, p),
     "x2xyy2": lambda a, b, p: a * a + a * b + b * b,
     "x2y2": lambda a, b, p: a * a + b * b,
-    "x3xy": lambda a, b, p: a ** 3 + a * b,
+    "x3xy": lambda a, b, p: a**3 + a * b,
 }
 NEEDS_FIELD = {"div"}
 
@@ -47,8 +49,10 @@ NEEDS_FIELD = {"div"}
 def build_modular(op: str, params: ModularParams, seed: int) -> Task:
     p = params.p
     if op in NEEDS_FIELD and not is_prime(p):
-        raise ConfigError(f"task.p={p} is not prime, but '{op}' needs a field (every b != 0 invertible); "
-                          "choose a prime modulus such as 97 or 113")
+        raise ConfigError(
+            f"task.p={p} is not prime, but '{op}' needs a field (every b != 0 invertible); "
+            "choose a prime modulus such as 97 or 113"
+        )
     a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T  # (p*p,) each, a outer
     if op == "div":
         a, b = a[b != 0], b[b != 0]

@@ -1,6 +1,7 @@
 """Sparse parity (Barak et al. 2022), as trained by Hu et al. 2023 (§4.1; spec training-maps.md §2.2):
 vectors drawn uniformly from {-1, +1}^n_bits, fresh for every data seed; the label is the product of
 the first k bits (+-1), learned with a hinge loss."""
+
 from __future__ import annotations
 
 import torch
@@ -29,9 +30,15 @@ class ParityParams(BaseModel):
 def build_parity(params: ParityParams, seed: int) -> Task:
     n = params.n_train + params.n_test
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 2, (n, params.n_bits), generator=gen).float() * 2 - 1   # (n, n_bits) in {-1, +1}
-    y = x[:, : params.k].prod(1)                                                  # (n,) +-1
+    x = torch.randint(0, 2, (n, params.n_bits), generator=gen).float() * 2 - 1  # (n, n_bits) in {-1, +1}
+    y = x[:, : params.k].prod(1)  # (n,) +-1
     idx = torch.arange(n)
     split = lambda sl: Split(x[sl], y[sl], idx[sl])  # noqa: E731
-    return Task("sparse_parity", split(slice(0, params.n_train)), split(slice(params.n_train, n)), n_classes=2,
-                loss="hinge", params=params.model_dump())
+    return Task(
+        "sparse_parity",
+        split(slice(0, params.n_train)),
+        split(slice(params.n_train, n)),
+        n_classes=2,
+        loss="hinge",
+        params=params.model_dump(),
+    )

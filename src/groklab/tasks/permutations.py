@@ -4,6 +4,7 @@ Tokens 0..119 are the permutations of (0,1,2,3,4) in lexicographic order, token 
 Product convention as in Power et al.'s code (numpy `b[a]`, sympy `a*b`): apply a, then b,
 i.e. (a*b)[i] = b[a[i]].
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,9 +34,9 @@ def inverse(a: torch.Tensor) -> torch.Tensor:
 
 
 OPS = {
-    "s5": lambda a, b: compose(a, b),                      # c_i = b[a_i]
+    "s5": lambda a, b: compose(a, b),  # c_i = b[a_i]
     "s5conj": lambda a, b: compose(compose(a, b), inverse(a)),  # a*b*a^-1
-    "s5aba": lambda a, b: compose(compose(a, b), a),       # a*b*a
+    "s5aba": lambda a, b: compose(compose(a, b), a),  # a*b*a
 }
 
 

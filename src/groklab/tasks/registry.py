@@ -1,9 +1,10 @@
 """The task registry: name -> (parameter schema, builder). A new task registers itself here."""
+
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +26,7 @@ def register(name: str, params: type[BaseModel]):
     def decorate(build):
         TASKS[name] = TaskSpec(params, build)
         return build
+
     return decorate
 
 

@@ -16,10 +16,12 @@ the first `eval_items` items of the in-distribution (id_) and generalization (ge
 - tense_inflection: main-verb accuracy of the greedy decode (`*_main_verb_acc`; its end cut as the
   released code does, `main_verb_end`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,10 +34,12 @@ from groklab.tasks.registry import register
 
 DECODE_ROOM = 50  # tokens a greedy decode may add after the source (spec §5.1)
 EvalSample = Literal["first", "released"]
-EVAL_SAMPLE = ("the held-out items the task metrics score: 'first' eval_items of each set, or the released code's "
-               "choice (spec §5.1): Dyck whole strings in file order until >= 5,000 closers; question formation "
-               "every quest item; tense every in-distribution item and a random 2,000 generalization items, "
-               "drawn once from the data seed (the released code draws them unseeded at every evaluation)")
+EVAL_SAMPLE = (
+    "the held-out items the task metrics score: 'first' eval_items of each set, or the released code's "
+    "choice (spec §5.1): Dyck whole strings in file order until >= 5,000 closers; question formation "
+    "every quest item; tense every in-distribution item and a random 2,000 generalization items, "
+    "drawn once from the data seed (the released code draws them unseeded at every evaluation)"
+)
 RELEASED_DYCK_PREFIXES, RELEASED_TENSE_ITEMS = 5000, 2000
 
 
@@ -48,7 +52,7 @@ class DyckParams(BaseModel):
     n_val: int = Field(20_000, ge=1)
     n_test: int = Field(20_000, ge=1)
     split: Literal["segment", "string"] = "segment"
-    path: Optional[str] = Field(None, description="directory with k-K_d-D_{train,val,test}.txt (the released format)")
+    path: str | None = Field(None, description="directory with k-K_d-D_{train,val,test}.txt (the released format)")
     eval_items: int = Field(2000, ge=1, description="items of each held-out set scored by the task metrics")
     eval_sample: EvalSample = Field("first", description=EVAL_SAMPLE)
 
@@ -60,15 +64,21 @@ class McCoyParams(BaseModel):
     n_val: int = Field(1_000, ge=1)
     n_test: int = Field(10_000, ge=1)
     weights: Literal["pcfg", "released"] = "pcfg"
-    path: Optional[str] = Field(None, description="directory with TASK.train, TASK.val, TASK.test (Murty et al.'s "
-                                "copies) or TASK.train, TASK.dev, TASK.gen (McCoy's repository); see _mccoy_sets")
+    path: str | None = Field(
+        None,
+        description="directory with TASK.train, TASK.val, TASK.test (Murty et al.'s "
+        "copies) or TASK.train, TASK.dev, TASK.gen (McCoy's repository); see _mccoy_sets",
+    )
     eval_items: int = Field(2000, ge=1, description="items of each held-out set scored by the task metrics")
     eval_sample: EvalSample = Field("first", description=EVAL_SAMPLE)
 
 
 class TenseParams(McCoyParams):
-    main_verb_end: mccoy.TenseEnd = Field("last_token", description="what main-verb accuracy removes from the end "
-                                          "of a decoded output: its last token (the released code) or a final '.'")
+    main_verb_end: mccoy.TenseEnd = Field(
+        "last_token",
+        description="what main-verb accuracy removes from the end "
+        "of a decoded output: its last token (the released code) or a final '.'",
+    )
 
 
 def lm_split(sequences: Sequence[Sequence[str]], vocab: tuple[str, ...], width: int) -> Split:
@@ -87,15 +97,33 @@ def lm_split(sequences: Sequence[Sequence[str]], vocab: tuple[str, ...], width: 
     return Split(inputs, labels, torch.arange(len(sequences)))
 
 
-def _lm_task(name: str, words: Sequence[str], sets: dict[str, list], as_sequence: Callable, params: BaseModel,
-             evaluate: Callable, eval_columns: tuple[str, ...], room: int = 0) -> Task:
+def _lm_task(
+    name: str,
+    words: Sequence[str],
+    sets: dict[str, list],
+    as_sequence: Callable,
+    params: BaseModel,
+    evaluate: Callable,
+    eval_columns: tuple[str, ...],
+    room: int = 0,
+) -> Task:
     vocab = lm_vocabulary(words)
     sequences = {key: [tuple(as_sequence(item)) for item in items] for key, items in sets.items()}
     width = max(len(s) for seqs in sequences.values() for s in seqs) + 1
     split = {key: lm_split(seqs, vocab, width) for key, seqs in sequences.items()}
-    return Task(name, split["train"], split["val"], n_classes=len(vocab), vocab=vocab, loss="lm",
-                params=params.model_dump(), splits={"gen": split["test"]}, evaluate=evaluate,
-                eval_columns=("gen_loss", "gen_acc", *eval_columns), context=width + room)
+    return Task(
+        name,
+        split["train"],
+        split["val"],
+        n_classes=len(vocab),
+        vocab=vocab,
+        loss="lm",
+        params=params.model_dump(),
+        splits={"gen": split["test"]},
+        evaluate=evaluate,
+        eval_columns=("gen_loss", "gen_acc", *eval_columns),
+        context=width + room,
+    )
 
 
 @register("dyck", DyckParams)
@@ -104,12 +132,21 @@ def build_dyck(params: DyckParams, seed: int) -> Task:
         stem = Path(params.path) / f"k-{params.k}_d-{params.depth}"
         sets = {key: dyck.load(f"{stem}_{key}.txt", params.k, params.depth) for key in ("train", "val", "test")}
     else:
-        sets = dict(zip(("train", "val", "test"), dyck.generate(seed, params.n_train, params.n_val, params.n_test,
-                                                                  params.k, params.depth, split=params.split)))
+        sets = dict(
+            zip(
+                ("train", "val", "test"),
+                dyck.generate(
+                    seed, params.n_train, params.n_val, params.n_test, params.k, params.depth, split=params.split
+                ),
+            )
+        )
     vocab = lm_vocabulary(dyck.vocabulary(params.k))
     released = params.eval_sample == "released"
-    held = {"id": sets["val"], "gen": sets["test"]} if released else \
-        {"id": sets["val"][: params.eval_items], "gen": sets["test"][: params.eval_items]}
+    held = (
+        {"id": sets["val"], "gen": sets["test"]}
+        if released
+        else {"id": sets["val"][: params.eval_items], "gen": sets["test"][: params.eval_items]}
+    )
     prefixes = RELEASED_DYCK_PREFIXES if released else None
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -131,17 +168,25 @@ def _mccoy_sets(task: str, params: McCoyParams, seed: int) -> dict[str, list]:
     generalization set must hold items on which the linear and hierarchical rules disagree: one on which
     they never do is an in-distribution file under the wrong name, and is refused."""
     if params.path is None:
-        return dict(zip(("train", "val", "test"), mccoy.generate(task, seed, params.n_train, params.n_val,
-                                                                   params.n_test, params.weights)))
+        return dict(
+            zip(
+                ("train", "val", "test"),
+                mccoy.generate(task, seed, params.n_train, params.n_val, params.n_test, params.weights),
+            )
+        )
     folder = Path(params.path)
     mccoy_layout = (folder / f"{task}.gen").is_file()
-    val = next((name for name in ("dev", "val") if (folder / f"{task}.{name}").is_file()), "dev" if mccoy_layout else "val")
+    val = next(
+        (name for name in ("dev", "val") if (folder / f"{task}.{name}").is_file()), "dev" if mccoy_layout else "val"
+    )
     names = {"train": "train", "val": val, "test": "gen" if mccoy_layout else "test"}
     sets = {key: mccoy.load(folder / f"{task}.{name}", task) for key, name in names.items()}
     if not any(mccoy.rules_disagree(item.source) for item in sets["test"]):
-        raise ConfigError(f"{folder / (task + '.' + names['test'])}: the linear and hierarchical rules agree on every "
-                          f"item, so it is an in-distribution set, not the generalization set; give the generalization "
-                          f"file as {task}.gen (McCoy's name) or {task}.test (Murty et al.'s)")
+        raise ConfigError(
+            f"{folder / (task + '.' + names['test'])}: the linear and hierarchical rules agree on every "
+            f"item, so it is an in-distribution set, not the generalization set; give the generalization "
+            f"file as {task}.gen (McCoy's name) or {task}.test (Murty et al.'s)"
+        )
     return sets
 
 
@@ -157,14 +202,25 @@ def build_question_formation(params: McCoyParams, seed: int) -> Task:
         fn, row = model_logits_fn(model), {}
         for key, items in held.items():
             acc = lm_eval.qf_accuracies(fn, vocab, items)
-            row[f"{key}_aux_rank_acc"], row[f"{key}_first_word_acc"] = acc["qf_aux_rank_acc"], acc["qf_first_word_greedy_acc"]
+            row[f"{key}_aux_rank_acc"], row[f"{key}_first_word_acc"] = (
+                acc["qf_aux_rank_acc"],
+                acc["qf_first_word_greedy_acc"],
+            )
             if key == "gen":
                 row["gen_exact_match"] = acc["qf_exact_match"]
         return row
 
     columns = ("id_aux_rank_acc", "id_first_word_acc", "gen_aux_rank_acc", "gen_first_word_acc", "gen_exact_match")
-    return _lm_task("question_formation", mccoy.vocabulary("question"), sets, lambda it: it.source + it.target,
-                    params, evaluate, columns, room=DECODE_ROOM)
+    return _lm_task(
+        "question_formation",
+        mccoy.vocabulary("question"),
+        sets,
+        lambda it: it.source + it.target,
+        params,
+        evaluate,
+        columns,
+        room=DECODE_ROOM,
+    )
 
 
 @register("tense_inflection", TenseParams)
@@ -178,9 +234,20 @@ def build_tense_inflection(params: TenseParams, seed: int) -> Task:
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         fn = model_logits_fn(model)
-        return {f"{key}_main_verb_acc": lm_eval.tense_main_verb_accuracy(fn, vocab, items, mccoy.POS, max_items=n,
-                                                                         seed=seed, end=params.main_verb_end)
-                for key, (items, n) in held.items()}
+        return {
+            f"{key}_main_verb_acc": lm_eval.tense_main_verb_accuracy(
+                fn, vocab, items, mccoy.POS, max_items=n, seed=seed, end=params.main_verb_end
+            )
+            for key, (items, n) in held.items()
+        }
 
-    return _lm_task("tense_inflection", mccoy.vocabulary("tense"), sets, lambda it: it.source + it.target,
-                    params, evaluate, ("id_main_verb_acc", "gen_main_verb_acc"), room=DECODE_ROOM)
+    return _lm_task(
+        "tense_inflection",
+        mccoy.vocabulary("tense"),
+        sets,
+        lambda it: it.source + it.target,
+        params,
+        evaluate,
+        ("id_main_verb_acc", "gen_main_verb_acc"),
+        room=DECODE_ROOM,
+    )

@@ -1,4 +1,5 @@
 """Training layer: the loop (optimizer, schedule, evaluation, checkpoints, resume). No files."""
+
 from groklab.training.loop import Outcome, Probe, Sink, Trainer, TrainState, evaluate, met
 from groklab.training.population import Population, batchable
 

@@ -15,9 +15,10 @@ gradient clipping), `after_step(params)` after the optimizer step (weights chang
 `params` the model's named parameters in registration order. `state_dict()` / `load_state_dict()` hold
 everything a filter remembers as flat tensors, saved in every checkpoint: a resumed run continues bit for bit.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -161,8 +162,11 @@ def build_interventions(cfg: TrainConfig) -> tuple[Intervention, ...]:
     out: list[Intervention] = []
     if cfg.grokfast is not None:
         g = cfg.grokfast
-        out.append(GrokfastEMA(g.alpha, g.resolved_lamb, g.normalize_lr) if g.kind == "ema"
-                   else GrokfastMA(g.window, g.resolved_lamb, g.warmup, g.normalize_lr))
+        out.append(
+            GrokfastEMA(g.alpha, g.resolved_lamb, g.normalize_lr)
+            if g.kind == "ema"
+            else GrokfastMA(g.window, g.resolved_lamb, g.warmup, g.normalize_lr)
+        )
     if cfg.orthograd:
         out.append(OrthoGrad())
     if cfg.weight_norm is not None:
@@ -175,7 +179,7 @@ def states(hooks: Iterable[Intervention]) -> dict[str, torch.Tensor]:
     return {f"{h.name}.{key}": value.detach().clone() for h in hooks for key, value in h.state_dict().items()}
 
 
-def load_states(hooks: Iterable[Intervention], state: Optional[dict[str, torch.Tensor]]) -> None:
+def load_states(hooks: Iterable[Intervention], state: dict[str, torch.Tensor] | None) -> None:
     for h in hooks:
         prefix = f"{h.name}."
-        h.load_state_dict({k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)})
+        h.load_state_dict({k[len(prefix) :]: v for k, v in (state or {}).items() if k.startswith(prefix)})

@@ -8,14 +8,16 @@ seeds: the model init (in the model), the minibatch order (a permutation per epo
 the caller's own state is untouched, and saved in every checkpoint). Same config and seed on the
 same machine => bit-identical metrics, with or without an interruption in between.
 """
+
 from __future__ import annotations
 
 import ctypes
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 import torch
 
@@ -39,7 +41,7 @@ class TrainState:
     rng: dict[str, torch.Tensor]
     elapsed_s: float = 0.0
     streak: int = 0  # consecutive evaluations meeting the early-stop criterion
-    ended: Optional[str] = None  # "stopped_early" or "diverged" when this is the run's last state
+    ended: str | None = None  # "stopped_early" or "diverged" when this is the run's last state
     hooks: dict[str, torch.Tensor] = field(default_factory=dict)  # the interventions' state (filters, targets)
 
 
@@ -64,7 +66,7 @@ class Outcome:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: Task, train_size: Optional[int] = None) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, task: Task, train_size: int | None = None) -> dict[str, float]:
     """Loss and accuracy on the train split (its first `train_size` examples if given) and the test
     split (no autograd, eval mode, float64 loss)."""
     was_training = model.training
@@ -72,8 +74,14 @@ def evaluate(model: torch.nn.Module, task: Task, train_size: Optional[int] = Non
     row = {}
     for name, split in (("train", task.train), ("test", task.test), *task.splits.items()):
         n = train_size if name == "train" and train_size else len(split)
-        scores = _score_lm(model, task, split, n) if task.loss == "lm" else task.score(
-            torch.cat([task.outputs(model, inputs) for inputs in split.inputs[:n].split(EVAL_CHUNK)]), split.labels[:n])
+        scores = (
+            _score_lm(model, task, split, n)
+            if task.loss == "lm"
+            else task.score(
+                torch.cat([task.outputs(model, inputs) for inputs in split.inputs[:n].split(EVAL_CHUNK)]),
+                split.labels[:n],
+            )
+        )
         row.update({f"{name}_{key}": value for key, value in scores.items()})
     if task.evaluate is not None:
         row.update(task.evaluate(model))
@@ -120,37 +128,47 @@ def met(value: float, metric: str, threshold: float) -> bool:
 
 
 class Trainer:
-    def __init__(self, task: Task, model: torch.nn.Module, cfg: TrainConfig, seed: int = 0,
-                 probes: tuple[Probe, ...] = ()):
+    def __init__(
+        self, task: Task, model: torch.nn.Module, cfg: TrainConfig, seed: int = 0, probes: tuple[Probe, ...] = ()
+    ):
         """`seed` draws the minibatch order and seeds dropout; the model arrives initialised. `probes`
         add measure columns to the evaluation rows at their own intervals."""
         self.task, self.model, self.cfg, self.seed, self.probes = task, model, cfg, seed, probes
         self.device = next(model.parameters()).device
         if cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                             weight_decay=cfg.weight_decay)
+            self.optimizer = torch.optim.SGD(
+                model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
         else:
             adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-            self.optimizer = adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay, fused=True)
+            self.optimizer = adam(
+                model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
+            )
         self.hooks = interventions.build_interventions(cfg)  # around the optimizer step
         self.named = list(model.named_parameters())
         keep_freed_memory()
         self.loss_dtype = getattr(torch, cfg.loss_dtype)
         self.step, self.elapsed_s, self.streak = 0, 0.0, 0
-        self.ended: Optional[str] = None  # why the run ended before max_steps (early stop, divergence)
+        self.ended: str | None = None  # why the run ended before max_steps (early stop, divergence)
         self.started = False  # step 0 evaluated and checkpointed (a loaded state always is)
-        self.rng: Optional[dict[str, torch.Tensor]] = None  # generator states to resume from
-        self._epoch: tuple[int, Optional[torch.Tensor]] = (-1, None)  # (epoch, its example order)
+        self.rng: dict[str, torch.Tensor] | None = None  # generator states to resume from
+        self._epoch: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its example order)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> TrainState:
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return TrainState(self.step, {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                          self.optimizer.state_dict(), rng, self.elapsed_s, self.streak, self.ended,
-                          interventions.states(self.hooks))
+        return TrainState(
+            self.step,
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            self.optimizer.state_dict(),
+            rng,
+            self.elapsed_s,
+            self.streak,
+            self.ended,
+            interventions.states(self.hooks),
+        )
 
     def load_state(self, state: TrainState) -> None:
         """Continue after `state`: its step is done, step 0 included (no second step-0 evaluation)."""
@@ -170,7 +188,7 @@ class Trainer:
             factor *= max(0.0, (decay - step) / max(decay - warmup, 1))
         return self.cfg.lr * factor
 
-    def batch_index(self, step: int) -> Optional[torch.Tensor]:
+    def batch_index(self, step: int) -> torch.Tensor | None:
         """The rows of the training split in the batch of `step`: slice i of epoch e's seeded permutation
         (None: the full batch)."""
         split, size = self.task.train, self.cfg.batch_size
@@ -180,7 +198,7 @@ class Trainer:
         if self._epoch[0] != epoch:
             gen = torch.Generator().manual_seed((self.seed << 32) + epoch)
             self._epoch = (epoch, torch.randperm(len(split), generator=gen).to(split.inputs.device))
-        return self._epoch[1][i * size:(i + 1) * size]
+        return self._epoch[1][i * size : (i + 1) * size]
 
     def batch(self, step: int, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch of `step` (a language model's cut to its non-padding width, unless `trim` is False)."""
@@ -212,8 +230,12 @@ class Trainer:
             hook.after_step(self.named)
         self.step += 1
 
-    def run(self, sink: Sink, should_stop: Callable[[], bool] = lambda: False,
-            on_step: Optional[Callable[[int, Optional[dict]], None]] = None) -> Outcome:
+    def run(
+        self,
+        sink: Sink,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_step: Callable[[int, dict | None], None] | None = None,
+    ) -> Outcome:
         """Train until max_steps, an early stop, divergence or `should_stop()`. Evaluates at step 0, every
         eval_every steps and wherever a probe is due; checkpoints at step 0, every checkpoint_every
         steps and at the end. A trainer resumed from a state picks up after it: a state taken at the
@@ -258,7 +280,7 @@ class Trainer:
     def _intervals(self) -> list[int]:
         return [self.cfg.eval_every, *(probe.every for probe in self.probes)]
 
-    def _evaluate(self, sink: Sink, on_step, scores: Optional[dict] = None) -> Optional[str]:
+    def _evaluate(self, sink: Sink, on_step, scores: dict | None = None) -> str | None:
         """Evaluate (or take the `scores` computed for it), run the due probes, report the row; the end it
         calls for ("diverged", "stopped_early") or None."""
         scores = evaluate(self.model, self.task, self.cfg.eval_train_size) if scores is None else scores

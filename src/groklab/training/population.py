@@ -21,12 +21,13 @@ Dropout masks are drawn per member from one generator (vmap's randomness="differ
 distribution as a single run, not the same masks. Models with BatchNorm (running statistics
 updated in place) are not batched.
 """
+
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
@@ -41,7 +42,7 @@ EVAL_ROWS = 4096  # examples of all members together in one batched evaluation f
 MEMBER_HPARAMS = ("lr", "weight_decay", "betas", "eps", "momentum")
 
 
-def batchable(model: torch.nn.Module, cfg: Optional[TrainConfig] = None) -> bool:
+def batchable(model: torch.nn.Module, cfg: TrainConfig | None = None) -> bool:
     """Modules whose forward is a pure function of parameters (no buffers updated in training), trained
     with AdamW or SGD and no intervention around the step (`training.interventions`: those run one per process)."""
     plain = cfg is None or (cfg.optimizer != "adam" and not build_interventions(cfg))
@@ -72,11 +73,11 @@ class Population:
         self.uniform = _uniform(self.trainers)
         size = self.cfg.batch_size
         self.template = _template(first.model, len(self.task.train) if size == "full" else size)
-        self._train: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # the members' training sets, stacked
+        self._train: tuple[torch.Tensor, torch.Tensor] | None = None  # the members' training sets, stacked
         self._stack()
 
     # -- the stack ---------------------------------------------------------------------------
-    def _stack(self, states: Optional[list[dict]] = None) -> None:
+    def _stack(self, states: list[dict] | None = None) -> None:
         """Stack the members' parameters (leaf tensors (M, ...)), point each member's module at its slice,
         and build the optimizer, its state stacked from the members' optimizer states (torch's layout)."""
         params, _ = stack_module_state([t.model for t in self.trainers])
@@ -90,18 +91,24 @@ class Population:
         for j, name in enumerate(names):
             per = [s["state"].get(j, {}) for s in states]
             if per[0]:
-                slots[name] = {k: (v if k == "step" else torch.stack([m[k] for m in per]))
-                               for k, v in per[0].items() if v is not None}
+                slots[name] = {
+                    k: (v if k == "step" else torch.stack([m[k] for m in per]))
+                    for k, v in per[0].items()
+                    if v is not None
+                }
         self.slots = slots  # optimizer state per stacked parameter: step, exp_avg, exp_avg_sq / momentum_buffer
         self.optimizer = self._optimizer()
 
     def _optimizer(self):
         cfg, params = self.cfg, list(self.params.values())
         if self.uniform:  # torch's optimizer, elementwise on the stack: each member's update as alone
-            opt = (torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-                   if cfg.optimizer == "sgd" else
-                   torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                     fused=True))
+            opt = (
+                torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                if cfg.optimizer == "sgd"
+                else torch.optim.AdamW(
+                    params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
+                )
+            )
             for name, p in self.params.items():
                 if name in self.slots:
                     opt.state[p] = dict(self.slots[name])
@@ -146,8 +153,10 @@ class Population:
             batches = [t.batch(self.step) for t in self.trainers]
             return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
         if self._train is None:
-            self._train = (torch.stack([t.task.train.inputs for t in self.trainers]),
-                           torch.stack([t.task.train.labels for t in self.trainers]))
+            self._train = (
+                torch.stack([t.task.train.inputs for t in self.trainers]),
+                torch.stack([t.task.train.labels for t in self.trainers]),
+            )
         inputs, labels = self._train
         index = [t.batch_index(self.step) for t in self.trainers]
         if index[0] is None:
@@ -160,7 +169,7 @@ class Population:
         return inputs, labels
 
     @torch.no_grad()
-    def evaluate(self) -> Optional[list[dict]]:
+    def evaluate(self) -> list[dict] | None:
         """Every member's train / test (/ held-out) loss and accuracy in one batched forward per chunk, as
         `groklab.training.evaluate` computes them one member at a time; None where the task evaluates
         itself (language models: decoding) and each member is evaluated alone."""
@@ -175,8 +184,10 @@ class Population:
             return task.outputs(lambda *a, **k: functional_call(template, params, a, k), x)
 
         for name in ("train", "test", *task.splits):
-            splits = [t.task.train if name == "train" else t.task.test if name == "test" else t.task.splits[name]
-                      for t in self.trainers]
+            splits = [
+                t.task.train if name == "train" else t.task.test if name == "test" else t.task.splits[name]
+                for t in self.trainers
+            ]
             n = self.cfg.eval_train_size if name == "train" and self.cfg.eval_train_size else len(splits[0])
             inputs = torch.stack([s.inputs[:n] for s in splits])  # (M, n, ...)
             chunk = max(1, EVAL_ROWS // len(self.trainers))  # examples per member and forward: cache-sized activations
@@ -216,9 +227,15 @@ class Population:
             t.step = self.step
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self, sinks: Sequence[Sink], should_stop: Callable[[], bool] = lambda: False,
-            on_step: Optional[Callable[[int, Optional[dict]], None]] = None, seed: int = 0,
-            rng: Optional[dict] = None, on_checkpoints: Callable[[], None] = lambda: None) -> list[Outcome]:
+    def run(
+        self,
+        sinks: Sequence[Sink],
+        should_stop: Callable[[], bool] = lambda: False,
+        on_step: Callable[[int, dict | None], None] | None = None,
+        seed: int = 0,
+        rng: dict | None = None,
+        on_checkpoints: Callable[[], None] = lambda: None,
+    ) -> list[Outcome]:
         """Train every member until it ends; `sinks[i]` receives member i's rows and checkpoints (as a
         single run's sink), and `on_checkpoints()` follows each round of checkpoints (to save them as one).
         Evaluation, probes, early stop, divergence: the member's own Trainer. `seed` seeds the generator
@@ -260,7 +277,9 @@ class Population:
                     break
                 self.train_step()
                 elapsed = time.perf_counter() - start
-                due = self.step == cfg.max_steps or any(self.step % every == 0 for every in members[active[0]].trainer._intervals)
+                due = self.step == cfg.max_steps or any(
+                    self.step % every == 0 for every in members[active[0]].trainer._intervals
+                )
                 scores = (self.evaluate() if due else None) or [None] * len(active)
                 for i, score in zip(active, scores):
                     t = members[i].trainer
@@ -278,16 +297,27 @@ class Population:
                     on_checkpoints()
             for i in active:
                 t = members[i].trainer
-                outcomes.setdefault(i, Outcome("interrupted" if interrupted and self.step < cfg.max_steps
-                                               else "finished", t.step, t.elapsed_s))
+                outcomes.setdefault(
+                    i,
+                    Outcome(
+                        "interrupted" if interrupted and self.step < cfg.max_steps else "finished", t.step, t.elapsed_s
+                    ),
+                )
         return [outcomes[i] for i in range(len(members))]
 
     def _state(self, i: int, members: list[Member]) -> TrainState:
         """Member i's resume state, in the single run's layout; the population's generator state."""
         t = members[i].trainer
         j = self.trainers.index(t)
-        return TrainState(t.step, {k: v.detach().clone() for k, v in t.model.state_dict().items()},
-                          self.member_optimizer_state(j), {"cpu": torch.get_rng_state()}, t.elapsed_s, t.streak, t.ended)
+        return TrainState(
+            t.step,
+            {k: v.detach().clone() for k, v in t.model.state_dict().items()},
+            self.member_optimizer_state(j),
+            {"cpu": torch.get_rng_state()},
+            t.elapsed_s,
+            t.streak,
+            t.ended,
+        )
 
 
 class MemberOptimizer:
@@ -309,7 +339,7 @@ class MemberOptimizer:
             if p.grad is None:
                 continue
             shape = (-1,) + (1,) * (p.ndim - 1)
-            col = lambda v: v.to(p.dtype).view(shape)  # noqa: E731
+            col = lambda v, p=p, shape=shape: v.to(p.dtype).view(shape)  # noqa: E731
             lr, wd, g = col(self.lrs), col(self.wd), p.grad
             slot = self.state.setdefault(name, {})
             if self.kind == "sgd":
@@ -329,8 +359,8 @@ class MemberOptimizer:
             p.mul_(1 - lr * wd)
             slot["exp_avg"].lerp_(g, 1 - b1)
             slot["exp_avg_sq"].mul_(b2).add_((1 - b2) * g * g)
-            denom = (slot["exp_avg_sq"].sqrt() / (1 - b2 ** step).sqrt()).add_(col(self.eps))
-            p.sub_(lr / (1 - b1 ** step) * slot["exp_avg"] / denom)
+            denom = (slot["exp_avg_sq"].sqrt() / (1 - b2**step).sqrt()).add_(col(self.eps))
+            p.sub_(lr / (1 - b1**step) * slot["exp_avg"] / denom)
 
 
 def _uniform(trainers: Sequence[Trainer]) -> bool:

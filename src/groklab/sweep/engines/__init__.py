@@ -10,11 +10,13 @@ run, what is done and how to resume stays in `groklab.sweep`, which knows no eng
 Engines: `local` (worker processes on this machine), `ray` (tasks on a Ray cluster), `slurm` (a job
 array through submitit; `submitit-local`: the same path through submitit's local executor).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from groklab.sweep.worker import Job
 
@@ -28,7 +30,7 @@ class Ended:
 
 
 class Engine(Protocol):
-    slots: Optional[int]
+    slots: int | None
 
     def submit(self, jobs: Sequence[Job]) -> list[Hashable]: ...
     def wait(self, handles: Sequence[Hashable], timeout: float) -> dict[Hashable, Ended]: ...
@@ -53,6 +55,7 @@ def poll(finished: Callable[[], T], timeout: float, every: float) -> T:
 @dataclass(frozen=True)
 class EngineOptions:
     """How to reach an engine and what to ask it for; each engine reads its own fields."""
+
     workers: int = 1  # local: processes at once
     address: str = "auto"  # ray: auto (the cluster this machine belongs to), HOST:PORT, or local (a private one)
     slurm: dict[str, Any] = field(default_factory=dict)  # slurm: partition, time, mem_gb, gpus, runs_per_job, max_jobs

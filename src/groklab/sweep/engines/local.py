@@ -1,4 +1,5 @@
 """The local engine: each unit in its own worker process on this machine, `workers` at a time."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from groklab.sweep.engines import Ended, poll
 from groklab.sweep.worker import Job
-
 
 WORKER = "import sys; from groklab.sweep.worker import main; sys.exit(main(sys.argv[1:]))"
 
@@ -33,7 +33,9 @@ class LocalEngine:
             return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, handles: Sequence[subprocess.Popen], timeout: float) -> dict[subprocess.Popen, Ended]:
-        return poll(lambda: {proc: Ended(proc.returncode) for proc in handles if proc.poll() is not None}, timeout, 0.05)
+        return poll(
+            lambda: {proc: Ended(proc.returncode) for proc in handles if proc.poll() is not None}, timeout, 0.05
+        )
 
     def cancel(self, handles: Sequence[subprocess.Popen]) -> None:
         for proc in handles:  # the runs checkpoint and stop

@@ -3,11 +3,12 @@ its threads, one GPU on CUDA), run in the task's worker process (`worker.run_job
 whose worker process dies (RETRIES times); the retried unit resumes from its runs' checkpoints. Cancelling
 a task sends its worker SIGINT: the runs checkpoint and stop. The sweep directory must be on storage every
 node sees (a shared filesystem); the driver keeps nothing a rerun cannot rebuild from it."""
+
 from __future__ import annotations
 
 import os
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 from groklab.errors import ConfigError
 from groklab.sweep.engines import Ended
@@ -30,16 +31,25 @@ class RayEngine:
         if address not in ("auto", "local"):
             _check_reachable(address)
         try:
-            ray.init(address=None if address == "local" else address, logging_level="ERROR", log_to_driver=False,
-                     include_dashboard=False if address == "local" else None, ignore_reinit_error=True)
+            ray.init(
+                address=None if address == "local" else address,
+                logging_level="ERROR",
+                log_to_driver=False,
+                include_dashboard=False if address == "local" else None,
+                ignore_reinit_error=True,
+            )
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ConfigError(f"cannot reach a Ray cluster at --address {address} ({str(err).splitlines()[0]}); "
-                              "start one with `ray start --head` or pass --address HOST:PORT") from None
+            raise ConfigError(
+                f"cannot reach a Ray cluster at --address {address} ({str(err).splitlines()[0]}); "
+                "start one with `ray start --head` or pass --address HOST:PORT"
+            ) from None
         self.task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(run_job)
 
     def submit(self, jobs: Sequence[Job]) -> list:
-        return [self.task.options(num_cpus=job.threads, num_gpus=job.gpus, name=f"groklab {job.label}").remote(job)
-                for job in jobs]
+        return [
+            self.task.options(num_cpus=job.threads, num_gpus=job.gpus, name=f"groklab {job.label}").remote(job)
+            for job in jobs
+        ]
 
     def wait(self, handles: Sequence, timeout: float) -> dict:
         if not handles:
@@ -70,5 +80,7 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
     except OSError as err:
-        raise ConfigError(f"no Ray cluster answers at {address} ({err.strerror or err}); start one with "
-                          "`ray start --head` or check --address") from None
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({err.strerror or err}); start one with "
+            "`ray start --head` or check --address"
+        ) from None

@@ -7,13 +7,15 @@ pickled jobs, their stdout / stderr) are in SWEEP_DIR/slurm/.
 
 `cluster="local"` (`--on submitit-local`) takes the same path through submitit's local executor, one
 process per array task on this machine: a SLURM sweep tried before it goes to the cluster, and tested."""
+
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from groklab import runtime
 from groklab.errors import ConfigError
@@ -35,12 +37,25 @@ def run_units(jobs: Sequence[Job]) -> list[int]:
     return codes + [INTERRUPTED] * (len(jobs) - len(codes))
 
 
-def slurm_parameters(name: str, threads: int, gpus: int, partition: Optional[str] = None, time: Optional[str] = None,
-                     mem_gb: Optional[float] = None, max_jobs: Optional[int] = None, **_) -> dict:
+def slurm_parameters(
+    name: str,
+    threads: int,
+    gpus: int,
+    partition: str | None = None,
+    time: str | None = None,
+    mem_gb: float | None = None,
+    max_jobs: int | None = None,
+    **_,
+) -> dict:
     """submitit's SlurmExecutor parameters (the #SBATCH lines) of one array task. `time`: minutes, or
     [D-]HH:MM[:SS]; default 24 h."""
-    params = {"job_name": f"groklab-{name}", "time": _minutes(time or "24:00:00"), "cpus_per_task": threads,
-              "signal_delay_s": SIGNAL_DELAY_S, "stderr_to_stdout": True}
+    params = {
+        "job_name": f"groklab-{name}",
+        "time": _minutes(time or "24:00:00"),
+        "cpus_per_task": threads,
+        "signal_delay_s": SIGNAL_DELAY_S,
+        "stderr_to_stdout": True,
+    }
     if partition:
         params["partition"] = partition
     if mem_gb:
@@ -55,14 +70,16 @@ def slurm_parameters(name: str, threads: int, gpus: int, partition: Optional[str
 class SlurmEngine:
     slots = None  # SLURM queues the array
 
-    def __init__(self, sweep_path: str, cluster: str = "slurm", runs_per_job: Optional[int] = None, **options):
+    def __init__(self, sweep_path: str, cluster: str = "slurm", runs_per_job: int | None = None, **options):
         try:
             import submitit
         except ImportError:
             raise ConfigError("--on slurm needs submitit: pip install 'groklab[slurm]'") from None
         if cluster == "slurm" and not shutil.which("sbatch"):
-            raise ConfigError("--on slurm: no SLURM here (sbatch not found); run the command on the cluster's login "
-                              "node, or try the sweep on this machine with --on submitit-local")
+            raise ConfigError(
+                "--on slurm: no SLURM here (sbatch not found); run the command on the cluster's login "
+                "node, or try the sweep on this machine with --on submitit-local"
+            )
         self.gpus = options.pop("gpus", None)  # per array task; default: one with --device cuda
         self.submitit, self.cluster, self.options = submitit, cluster, options
         self.runs_per_job = runs_per_job
@@ -75,14 +92,20 @@ class SlurmEngine:
     def submit(self, jobs: Sequence[Job]) -> list[tuple]:
         if not jobs:
             return []
-        per = self.runs_per_job or (max(1, math.ceil(len(jobs) / max(1, runtime.cpu_threads() // jobs[0].threads)))
-                                    if self.cluster == "local" else max(1, math.ceil(len(jobs) / MAX_ARRAY)))
-        chunks = [list(jobs[i:i + per]) for i in range(0, len(jobs), per)]
+        per = self.runs_per_job or (
+            max(1, math.ceil(len(jobs) / max(1, runtime.cpu_threads() // jobs[0].threads)))
+            if self.cluster == "local"
+            else max(1, math.ceil(len(jobs) / MAX_ARRAY))
+        )
+        chunks = [list(jobs[i : i + per]) for i in range(0, len(jobs), per)]
         gpus = jobs[0].gpus if self.gpus is None else self.gpus
         if self.cluster == "local":
             executor = self.submitit.LocalExecutor(folder=self.folder)
-            executor.update_parameters(timeout_min=_minutes(self.options.get("time") or "24:00:00"),
-                                       gpus_per_node=gpus, cpus_per_task=jobs[0].threads)
+            executor.update_parameters(
+                timeout_min=_minutes(self.options.get("time") or "24:00:00"),
+                gpus_per_node=gpus,
+                cpus_per_task=jobs[0].threads,
+            )
         else:
             executor = self.submitit.SlurmExecutor(folder=self.folder)
             executor.update_parameters(**slurm_parameters(self.name, jobs[0].threads, gpus, **self.options))
@@ -96,7 +119,10 @@ class SlurmEngine:
             try:
                 codes, error = job.result(), ""
             except Exception as err:  # the array task failed (killed, timed out, raised): its units say how far
-                codes, error = None, f"SLURM job {job.job_id}: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__}"
+                codes, error = (
+                    None,
+                    f"SLURM job {job.job_id}: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__}",
+                )
             for handle in handles:
                 if handle[0] is job:
                     ended[handle] = Ended(codes[handle[1]], "") if codes else Ended(1, error)
@@ -113,10 +139,8 @@ class SlurmEngine:
             else:
                 job.cancel(check=False)  # scancel: SIGTERM, the running unit checkpoints and stops
         for job in jobs:
-            try:
+            with contextlib.suppress(Exception):  # a cancelled job's result is an error; its runs are on disk
                 job.wait()
-            except Exception:  # a cancelled job's result is an error; its runs are on disk
-                pass
 
     def close(self) -> None:
         pass
