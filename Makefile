@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.*
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint setup browser bench clean
+.PHONY: demo test lint docs setup browser bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test: setup browser
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+
+# the docs site (MkDocs, Material theme) into build/site; --strict: a broken link or reference fails
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py
