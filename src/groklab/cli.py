@@ -33,6 +33,13 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report.html at the end.")
 @click.option("--threads", type=int, help="CPU threads (default: the CPUs this process may use; see README).")
+@click.option(
+    "--report-to",
+    multiple=True,
+    metavar="TRACKER",
+    help="Mirror metrics, config and report to tensorboard, wandb or mlflow as the run goes (offline, files in "
+    "the run directory; repeatable; see docs/trackers.md).",
+)
 def run(
     spec: str | None,
     overrides: tuple[str, ...],
@@ -43,6 +50,7 @@ def run(
     quiet: bool,
     no_report: bool,
     threads: int | None,
+    report_to: tuple[str, ...],
 ) -> None:
     """Train PRESET or FILE.yaml into a new run directory, or --resume RUN_DIR."""
     import groklab
@@ -59,13 +67,17 @@ def run(
             return
         total = existing.config.train.max_steps
         with _progress(total, quiet) as on_step:
-            result = groklab.resume(resume_dir, device=device, progress=on_step, report=not no_report, threads=threads)
+            result = groklab.resume(
+                resume_dir, device=device, progress=on_step, report=not no_report, threads=threads, report_to=report_to
+            )
     else:
         if not spec:
             raise UserError("give a PRESET or FILE.yaml to run (`groklab presets` lists presets), or --resume RUN_DIR")
         config = load_config(spec, overrides, seed)
         with _progress(config.train.max_steps, quiet) as on_step:
-            result = groklab.run(config, out, device=device, progress=on_step, report=not no_report, threads=threads)
+            result = groklab.run(
+                config, out, device=device, progress=on_step, report=not no_report, threads=threads, report_to=report_to
+            )
     _print_summary(result)
     if result.dir.report_path.is_file():
         click.echo(f"report: {result.dir.report_path}")
@@ -100,6 +112,13 @@ def run(
 )
 @click.option("--depths", help="Shorthand for --grid model.n_layers=D1,D2,... (e.g. 2,4,6,8,10).")
 @click.option("--threads", type=int, help="CPU threads per worker (default: the CPUs this process may use / workers).")
+@click.option(
+    "--report-to",
+    multiple=True,
+    metavar="TRACKER",
+    help="Mirror each run's metrics, config and report to tensorboard, wandb or mlflow as it goes, grouped by the "
+    "sweep (offline, files in the sweep directory; repeatable; see docs/trackers.md).",
+)
 @click.option(
     "--batch",
     type=int,
@@ -154,6 +173,7 @@ def sweep(
     gpus: int | None,
     runs_per_job: int | None,
     max_jobs: int | None,
+    report_to: tuple[str, ...],
 ) -> None:
     """Train PRESET or FILE.yaml once per seed (and grid point), one run or a batch of runs per unit of work, in
     local worker processes, on a Ray cluster or on SLURM; shows a live table of the runs; resumable."""
@@ -185,6 +205,7 @@ def sweep(
                 batch=batch,
                 on=engine,
                 engine=EngineOptions(address=address, slurm=slurm),
+                report_to=report_to,
                 progress=say,
                 watch=watch,
             )
@@ -279,7 +300,12 @@ def _missing(value) -> bool:
 @click.option(
     "--states", default="bic", show_default=True, help="Number of latent states K, or bic / aic to choose K in 1..8."
 )
-@click.option("--threshold", type=float, help="Test accuracy at which a run has converged (default: the sweep's).")
+@click.option(
+    "--threshold",
+    type=float,
+    help="Value of --metric at which a run has converged (default: the sweep's; an imported sweep's: derived, "
+    "the worst of the runs' final values).",
+)
 @click.option(
     "--zscore",
     type=click.Choice(["per_run", "global"]),
@@ -292,9 +318,16 @@ def _missing(value) -> bool:
 @click.option("--jobs", type=int, default=-1, show_default=True, help="Processes for the fits (-1: all cores).")
 @click.option(
     "--metric",
-    default="test_acc",
+    help="The metrics column convergence is read from (default: test_acc, or what an imported sweep recorded; "
+    "e.g. gen_first_word_acc for a structural sweep, test_loss or text_loss for imported LM checkpoints).",
+)
+@click.option(
+    "--covariance",
+    type=click.Choice(["auto", "full", "diag"]),
+    default="auto",
     show_default=True,
-    help="The metrics column convergence is read from (e.g. gen_first_word_acc for a structural sweep).",
+    help="The HMM's covariance; auto: the sweep's (full; diag for imported LM series, as Hu et al. for their "
+    "5 MultiBERTs).",
 )
 @click.option(
     "--point",
@@ -328,7 +361,8 @@ def map_(
     restarts: int,
     seed: int,
     jobs: int,
-    metric: str,
+    metric: str | None,
+    covariance: str,
     point: tuple[str, ...],
     selection: str,
     robustness: int,
@@ -355,7 +389,8 @@ def map_(
         features if "," not in features else features.split(","),
         states,
         threshold,
-        column=metric,
+        column=metric or sweep.metric,
+        covariance=sweep.covariance if covariance == "auto" else covariance,
         point=_point(point),
         zscore=zscore,
         n_restarts=restarts,
@@ -388,15 +423,21 @@ def map_(
     ]
     click.echo(result.states[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
     conv = result.convergence
-    click.echo(
-        f"converged (test acc >= {threshold}): {int(conv['converged'].sum())} of {len(conv)}; "
-        f"censored: {int(conv['censored'].sum())}"
-    )
+    if result.column is None:
+        click.echo("convergence: the runs have no convergence metric (see --metric); no detour test")
+    else:
+        crossing = "<=" if result.column.endswith("_loss") else ">="
+        click.echo(
+            f"converged ({result.column} {crossing} {result.threshold:.4g}): {int(conv['converged'].sum())} of "
+            f"{len(conv)}; censored: {int(conv['censored'].sum())}"
+        )
     found = detours[detours["detour"]]
     click.echo(
         "detours: "
         + (
-            ", ".join(
+            "not tested"
+            if result.column is None
+            else ", ".join(
                 f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
                 for r in found.itertuples()
             )
@@ -531,6 +572,123 @@ def _wide_pandas():
     return pd.option_context("display.width", 250, "display.max_colwidth", 70)
 
 
+@cli.group("import")
+def import_group() -> None:
+    """Bring foreign checkpoints into groklab run or sweep directories (one subcommand per format)."""
+
+
+@import_group.command("hf")
+@click.argument("series_dir", type=click.Path())
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Sweep directory to create (an earlier import there is replaced; its cached statistics are reused).",
+)
+@click.option(
+    "--pattern",
+    metavar="REGEX",
+    help="Read seed and step from each checkpoint's name (its path under SERIES_DIR, or ORG/NAME@REVISION in a "
+    "hub cache) with this regular expression: named groups step and, optionally, seed; e.g. "
+    "'run(?P<seed>\\d+)/ckpt_(?P<step>\\d+)'. Default: seed_N / seedN and checkpoint-N / stepN / step_Nk.",
+)
+@click.option(
+    "--eval-text",
+    type=click.Path(),
+    help="A text file: add each checkpoint's loss on it (text_loss; masked-LM loss for BERT, next-token for "
+    "GPT-NeoX), tokenized with the checkpoint's own tokenizer.",
+)
+@click.option("--eval-tokens", type=int, default=16384, show_default=True, help="Tokens of --eval-text scored.")
+@click.option("--tokenizer", type=click.Path(), help="Tokenizer directory for --eval-text where the series has none.")
+def import_hf_cmd(
+    series_dir: str, out: str, pattern: str | None, eval_text: str | None, eval_tokens: int, tokenizer: str | None
+) -> None:
+    """Import a Hugging Face checkpoint series (MultiBERTs, Pythia, a Trainer's checkpoint-N/ directories, or a
+    hub cache with one revision per step) as a sweep: one run per seed, one row of weight statistics per
+    checkpoint; then `groklab map SWEEP_DIR`. See docs/lm-maps.md."""
+    from groklab.store.importers.hf import import_hf
+
+    sweep = import_hf(
+        series_dir,
+        out,
+        pattern=pattern,
+        eval_text=eval_text,
+        eval_tokens=eval_tokens,
+        tokenizer=tokenizer,
+        progress=lambda line: click.echo(line, err=True),
+    )
+    click.echo(
+        f"imported {len(sweep.seeds)} run(s) into {sweep.path}; convergence metric: {sweep.metric or 'none'}; "
+        f"next: groklab map {sweep.path}"
+    )
+
+
+def _import_run_options(fn):
+    """The options `groklab import nanda` and `groklab import transformer-lens` share."""
+    for option in reversed(
+        [
+            click.option("--out", required=True, type=click.Path(), help="Run directory to create (must not exist)."),
+            click.option("--task", help="The groklab task the model was trained on, when the file cannot say."),
+            click.option(
+                "--set",
+                "overrides",
+                multiple=True,
+                metavar="KEY.PATH=VALUE",
+                help="Override an inferred config value (repeatable).",
+            ),
+            click.option("--device", help="Where the checkpoints are evaluated: cpu (default), cuda or cuda:N."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@import_group.command("nanda")
+@click.argument("path", type=click.Path())
+@_import_run_options
+def import_nanda_cmd(path: str, out: str, task: str | None, overrides: tuple[str, ...], device: str | None) -> None:
+    """Import checkpoints of Nanda et al.'s released code (progress-measures-paper: full_run_data.pth, a
+    Trainer's final.pth or EPOCH.pth, or the directory it saves them in) as a run. See docs/importing.md."""
+    _import_run("nanda", path, out, task=task, overrides=overrides, device=device)
+
+
+@import_group.command("transformer-lens")
+@click.argument("path", type=click.Path())
+@_import_run_options
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(),
+    help="The HookedTransformerConfig as JSON (cfg.to_dict()) for a bare state dict (default: PATH.json or config.json beside it).",
+)
+def import_tl_cmd(
+    path: str, out: str, task: str | None, overrides: tuple[str, ...], device: str | None, config_path: str | None
+) -> None:
+    """Import a TransformerLens HookedTransformer checkpoint (a state dict with its config, e.g. the
+    TransformerLens grokking demo's file) as a run. See docs/importing.md."""
+    _import_run("transformer-lens", path, out, task=task, overrides=overrides, device=device, config=config_path)
+
+
+def _import_run(fmt: str, path: str, out: str, **options) -> None:
+    """Import, then show the config inferred, where each value came from, and the run's summary."""
+    from groklab.importing import import_run
+
+    result = import_run(fmt, path, out, **options)
+    click.echo(f"config inferred from {path} (written to {result.run.path / 'config.yaml'}):")
+    click.echo(result.config_yaml.rstrip())
+    click.echo("inferred:")
+    for note in result.notes:
+        click.echo(f"  {note}")
+    steps = result.steps
+    shown = ", ".join(map(str, steps)) if len(steps) <= 6 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]}"
+    curves = ", ".join(f"{name} ({len(c)} values)" for name, c in result.source["curves"].items())
+    click.echo(
+        f"imported {len(steps)} checkpoint(s) at steps {shown}, each evaluated by groklab (metrics.jsonl)"
+        + (f"; the file's own curves in source.json: {curves}" if curves else "")
+    )
+    _print_summary(result.run)
+
+
 @cli.command()
 def presets() -> None:
     """List presets with their source and expected outcome."""
@@ -599,6 +757,11 @@ def _print_sweep(sweep_dir) -> None:
             "final_t_score",
             "elapsed_s",
         ]
+    elif sweep_dir.imported:  # foreign checkpoints: their losses, no accuracies or wall time
+        click.echo(f"imported ({sweep_dir.imported.get('format')}) from {sweep_dir.imported.get('series')}")
+        cols = ["seed", "status", "converged", "convergence_step", "last_step"]
+        cols += [f"final_{k}" for k in ("train_loss", "test_loss", "test_acc", "text_loss")]
+        cols = [c for c in cols if c in table and table[c].notna().any()]
     else:
         cols = [
             *grid,
@@ -617,8 +780,11 @@ def _print_sweep(sweep_dir) -> None:
     if not structural and "converged" in table and table["converged"].notna().any():
         done = table[table["converged"] == True]  # noqa: E712
         steps = done["convergence_step"]
+        metric = table.attrs.get("metric") or "test_acc"
+        crossing = "<=" if metric.endswith("_loss") else ">="
         click.echo(
-            f"converged (test acc >= {table.attrs['threshold']}): {len(done)} of {len(table)}"
+            f"converged ({metric.replace('_', ' ')} {crossing} {table.attrs['threshold']:.4g}): "
+            f"{len(done)} of {len(table)}"
             + (
                 f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
                 if len(done) > 1
@@ -642,7 +808,15 @@ def _print_summary(result) -> None:
     )
     cfg = result.config
     lines = [("run", str(result.path)), ("preset", cfg.name), ("source", cfg.source), ("status", status)]
-    if live:
+    imported = result.summary.get("imported")
+    if live and imported:  # foreign checkpoints (groklab import): what they are and their last values
+        finals = {k: metrics[k].dropna() for k in ("train_loss", "test_loss", "test_acc", "text_loss") if k in metrics}
+        lines += [
+            ("imported", f"{imported.get('model_type')} checkpoints of {imported.get('series')}"),
+            ("checkpoints", f"{live['evaluations']}, steps {int(metrics['step'].min())} to {live['last_step']}"),
+            ("final", ", ".join(f"{k} {v.iloc[-1]:.4g}" for k, v in finals.items() if len(v)) or "no losses recorded"),
+        ]
+    elif live:
         lines += [("step", f"{live['last_step']} of {cfg.train.max_steps}")]
         structural = is_structural(metrics)
         grok = live["step_test_acc_99"]
@@ -683,12 +857,13 @@ def _print_summary(result) -> None:
             for k in ("device", "cpu", "threads", "batch")
             if summary.get(k)
         )
-        lines += [
-            (
-                "wall time",
-                f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)" + (f" on {where}" if where else ""),
-            )
-        ]
+        if live["elapsed_s"] == live["elapsed_s"]:  # NaN: no timings (an imported run)
+            lines += [
+                (
+                    "wall time",
+                    f"{live['elapsed_s']:.1f} s ({live['steps_per_s']} steps/s)" + (f" on {where}" if where else ""),
+                )
+            ]
         lines += [] if structural else _phase_lines(detect_phases(metrics))
         lines += _stage_lines(detect_stages(metrics))
     else:

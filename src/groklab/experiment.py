@@ -37,6 +37,7 @@ from groklab.errors import ConfigError, RunDirError
 from groklab.measures import check_measures, final_key_frequencies, make_measures
 from groklab.models import build_model, model_config, resolved_params
 from groklab.store import Run, RunDir, load_states, save_states
+from groklab.store.trackers import Mirror, ReportTo, TrackerError
 from groklab.tasks import Task, build_task, task_params
 from groklab.training import Outcome, Population, Probe, Trainer, TrainState
 from groklab.training.population import MEMBER_HPARAMS
@@ -119,14 +120,23 @@ def run(
     progress: Progress | None = None,
     report: bool = True,
     threads: int | None = None,
+    report_to: str | Sequence[str] | ReportTo = (),
 ) -> Run:
     """Train `config` into a new run directory (default runs/NAME-sSEED-TIME) and return the run;
     with `report`, end by writing RUN_DIR/report.html. `threads`: torch's CPU threads (default: the
-    CPUs this process may use, `groklab.runtime.cpu_threads`)."""
+    CPUs this process may use, `groklab.runtime.cpu_threads`). `report_to`: experiment trackers that
+    mirror the run as it trains ("tensorboard", "wandb", "mlflow": `groklab.store.trackers`)."""
     prepared = resolve(config, device)
     check_threads(threads)
-    run_dir = RunDir.create(Path(out) if out else default_out(config), to_yaml(prepared.config))
-    return _finish(_train(run_dir, prepared, None, progress, threads), report)
+    report_to = ReportTo.of(report_to)  # a tracker that is not there fails here, before the run directory
+    path = Path(out) if out else default_out(config)
+    existed = path.exists()
+    run_dir = RunDir.create(path, to_yaml(prepared.config))
+    try:
+        return _train(run_dir, prepared, None, progress, threads, report, report_to)
+    except TrackerError:  # a tracker that could not start: nothing trained, no half-made run left
+        run_dir.discard(keep_dir=existed)
+        raise
 
 
 def resume(
@@ -136,12 +146,17 @@ def resume(
     progress: Progress | None = None,
     report: bool = True,
     threads: int | None = None,
+    report_to: str | Sequence[str] | ReportTo = (),
 ) -> Run:
     """Continue an interrupted or killed run from its last checkpoint; a finished run is left as is.
-    The finished metrics equal those of an uninterrupted run."""
+    The finished metrics equal those of an uninterrupted run. `report_to`: trackers, each continuing
+    the tracker run it mirrored to before where it can (`groklab.store.trackers`)."""
+    report_to = ReportTo.of(report_to)
     existing = Run(path)
     if existing.summary.get("status") in DONE:
         return existing
+    if existing.summary.get("status") == "imported":
+        raise RunDirError(f"{existing.path} was imported (`groklab import`); it has no training state to resume from")
     if existing.summary.get("batch") and not existing.dir.has_state():
         raise RunDirError(
             f"{existing.path} is a member of the batched sweep's batch {existing.summary['batch']}; "
@@ -150,7 +165,7 @@ def resume(
     prepared = resolve(existing.config, device)
     check_threads(threads)
     state = existing.dir.load_state() if existing.dir.has_state() else None
-    return _finish(_train(existing.dir, prepared, state, progress, threads), report)
+    return _train(existing.dir, prepared, state, progress, threads, report, report_to)
 
 
 def check_threads(threads: int | None) -> None:
@@ -241,17 +256,37 @@ def _trainer(prepared: Prepared, state: TrainState | None) -> Trainer:
 
 
 def _train(
-    run_dir: RunDir, prepared: Prepared, state: TrainState | None, progress: Progress | None, threads: int | None = None
+    run_dir: RunDir,
+    prepared: Prepared,
+    state: TrainState | None,
+    progress: Progress | None,
+    threads: int | None = None,
+    report: bool = False,
+    report_to: ReportTo | None = None,
 ) -> Run:
+    """Train from `state` (None: from the start), then the final measures and the report. The recorder is
+    the trainer's sink; with trackers, a `Mirror` around it, started before training and finished last."""
     runtime.set_threads(threads)
-    with run_dir.lock():
-        run_dir.truncate_metrics(state.step if state else -1)
-        trainer = _trainer(prepared, state)
-        recorder = Recorder(run_dir, prepared, run_dir.metric_rows())
-        with graceful_stop() as should_stop:
-            outcome: Outcome = trainer.run(recorder, should_stop, progress)
-        recorder.write_summary(outcome.status, outcome.step)
-    return _final_measures(Run(run_dir.path), prepared, outcome)
+    mirror = None
+    try:
+        with run_dir.lock():
+            run_dir.truncate_metrics(state.step if state else -1)
+            trainer = _trainer(prepared, state)
+            recorder = Recorder(run_dir, prepared, run_dir.metric_rows())
+            if report_to:
+                mirror = Mirror(report_to, run_dir.path, recorder)
+                mirror.start(prepared.config.model_dump(mode="json"), recorder.rows)
+            with graceful_stop() as should_stop:
+                outcome: Outcome = trainer.run(mirror or recorder, should_stop, progress)
+            recorder.write_summary(outcome.status, outcome.step)
+        run = _finish(_final_measures(Run(run_dir.path), prepared, outcome), report)
+    except BaseException as err:
+        if mirror is not None:
+            mirror.finish("killed" if isinstance(err, KeyboardInterrupt) else "failed")
+        raise
+    if mirror is not None:
+        mirror.finish(outcome.status)
+    return run
 
 
 def _final_measures(run: Run, prepared: Prepared, outcome: Outcome) -> Run:
@@ -294,13 +329,14 @@ def run_batch(
     device: str | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    report_to: str | Sequence[str] | ReportTo = (),
 ) -> list[Run]:
     """Train several runs together as one population (`groklab.training.population`), each into its
     own ordinary run directory, and return them. Their configs must agree but for seeds and the
     hyper-parameters members may differ in (`batch_key`). The batch's resume state — every member's,
     at one step — is one file, `state_path`, written atomically at each checkpoint: calling this again
     with the same members resumes them all from it (finished members are skipped); the finished metrics
-    equal those of an uninterrupted batch."""
+    equal those of an uninterrupted batch. `report_to`: trackers, one tracker run per member."""
     prepared = [resolve(config, device) for config in configs]
     if len({batch_key(p.config) for p in prepared}) > 1:
         raise ConfigError(
@@ -308,18 +344,36 @@ def run_batch(
             "momentum and model.init_scale; batch them separately"
         )
     check_threads(threads)
+    report_to = ReportTo.of(report_to)
     runtime.set_threads(threads)
     state_path = Path(state_path)
     dirs = [RunDir.open(Path(p)) if (Path(p) / "config.yaml").is_file() else None for p in paths]
     dirs = [d or RunDir.create(Path(p), to_yaml(prep.config)) for d, p, prep in zip(dirs, paths, prepared)]
     saved = load_states(state_path) if state_path.is_file() else {}
     names = [member_name(d.path) for d in dirs]
+    mirrors: dict[int, Mirror] = {}
+    try:
+        outcomes = _train_batch(dirs, prepared, names, saved, state_path, name, progress, report_to, mirrors)
+        for i, outcome in sorted(outcomes.items()):
+            _final_measures(Run(dirs[i].path), prepared[i], outcome)
+    except BaseException as err:
+        for mirror in mirrors.values():
+            mirror.finish("killed" if isinstance(err, KeyboardInterrupt) else "failed")
+        raise
+    for i, mirror in mirrors.items():
+        mirror.finish(outcomes[i].status)
+    return [Run(d.path) for d in dirs]
+
+
+def _train_batch(dirs, prepared, names, saved, state_path, name, progress, report_to, mirrors) -> dict[int, Outcome]:
+    """`run_batch`'s training, under its members' locks: the outcome of each member that ended, by index;
+    the members' trackers' mirrors into `mirrors`."""
     with contextlib.ExitStack() as locks:
         for d in dirs:
             locks.enter_context(d.lock())
         todo = [i for i, d in enumerate(dirs) if Run(d.path).summary.get("status") not in DONE]
         if not todo:
-            return [Run(d.path) for d in dirs]
+            return {}
         states = {n: saved[n] for n in names if n in saved}
         outcomes: dict[int, Outcome] = {}
         for i in todo:  # ended (early stop, divergence) in the saved state, but killed before its summary
@@ -339,10 +393,13 @@ def run_batch(
                 dirs[i].truncate_metrics(state.step if state else -1)
                 trainers.append(_trainer(prepared[i], state))
                 recorders.append(Recorder(dirs[i], prepared[i], dirs[i].metric_rows(), batch=name, states=states))
+                if report_to:
+                    mirrors[i] = Mirror(report_to, dirs[i].path, recorders[-1])
+                    mirrors[i].start(prepared[i].config.model_dump(mode="json"), recorders[-1].rows)
             rng = start[0].rng if start[0] is not None else None
             with graceful_stop() as should_stop:
                 ends = Population(trainers).run(
-                    recorders,
+                    [mirrors.get(i, recorder) for i, recorder in zip(todo, recorders)],
                     should_stop,
                     progress,
                     seed=trainers[0].seed,
@@ -352,9 +409,7 @@ def run_batch(
             for i, recorder, outcome in zip(todo, recorders, ends):
                 recorder.write_summary(outcome.status, outcome.step)
                 outcomes[i] = outcome
-    for i, outcome in sorted(outcomes.items()):
-        _final_measures(Run(dirs[i].path), prepared[i], outcome)
-    return [Run(d.path) for d in dirs]
+    return outcomes
 
 
 def measure(
@@ -378,6 +433,13 @@ def measure(
     if any(not item.startswith("measures.") for item in overrides):
         raise ConfigError(f"--set: measure takes only measures.KEY=VALUE settings, got {', '.join(overrides)}")
     run = Run(path)
+    imported = run.summary.get("imported")
+    if imported:  # no groklab model or task to measure; the importer computed what the checkpoints give
+        raise RunDirError(
+            f"{run.path} was imported from {imported.get('series')} and keeps no weights: its weight statistics "
+            f"were computed on import; import it again to change them (`groklab import {imported.get('format')} "
+            "--help`: --eval-text adds a held-out loss)"
+        )
     config = (
         config_from_dict(apply_overrides(run.config.model_dump(mode="json"), overrides)) if overrides else run.config
     )

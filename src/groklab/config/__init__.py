@@ -10,6 +10,7 @@ from groklab.config.loading import (
     preset_names,
     to_yaml,
 )
+from groklab.config.plugins import PluginError, load_plugins
 from groklab.config.schema import EarlyStop, MeasuresConfig, ModelConfig, RunConfig, TaskConfig, TrainConfig
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "EarlyStop",
     "MeasuresConfig",
     "ModelConfig",
+    "PluginError",
     "RunConfig",
     "TaskConfig",
     "TrainConfig",
@@ -24,6 +26,7 @@ __all__ = [
     "config_from_dict",
     "format_validation_error",
     "load_config",
+    "load_plugins",
     "load_preset",
     "preset_names",
     "to_yaml",

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from groklab.config.plugins import resolve_plugins_in
 from groklab.config.schema import RunConfig
 from groklab.errors import ConfigError
 
@@ -28,16 +29,17 @@ def load_preset(name: str) -> RunConfig:
         close = difflib.get_close_matches(name, preset_names(), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"unknown preset '{name}'; {hint}`groklab presets` lists them")
-    return config_from_dict(_read_yaml(path))
+    return config_from_dict(_read_config(path))
 
 
 def load_config(spec: str, overrides: Sequence[str] = (), seed: int | None = None) -> RunConfig:
-    """A preset name or a YAML file, with `key.path=value` overrides and an optional seed."""
+    """A preset name or a YAML file, with `key.path=value` overrides and an optional seed. The file's
+    `plugins:` paths are relative to the file; those of an override to the working directory."""
     if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"config file not found: {spec}")
-        data = _read_yaml(path)
+        data = _read_config(path)
     else:
         data = load_preset(spec).model_dump(mode="json", exclude_unset=True)
     data = apply_overrides(data, overrides)
@@ -109,6 +111,11 @@ def _known_keys(schema: type[BaseModel], loc: list[str]) -> list[str]:
             return []
         schema = models[0]
     return list(schema.model_fields)
+
+
+def _read_config(path: Path) -> Any:
+    """A config file's data, its `plugins:` files made absolute (relative to the file's directory)."""
+    return resolve_plugins_in(_read_yaml(path), path.resolve().parent)
 
 
 def _read_yaml(path: Path) -> Any:

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
+
+from groklab.config.plugins import load_plugins
 
 
 class Strict(BaseModel):
@@ -135,10 +146,19 @@ class RunConfig(Strict):
     seed: NonNegativeInt = 0
     data_seed: NonNegativeInt | None = None  # default: seed
     model_seed: NonNegativeInt | None = None  # default: seed
+    # modules that register the user's own tasks, measure sets or models (groklab.config.plugins): a .py
+    # file (relative to the config file; stored absolute) or a dotted module name; imported on validation
+    plugins: tuple[str, ...] = Field((), validate_default=True)
     task: TaskConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     measures: MeasuresConfig | None = None
+
+    @field_validator("plugins")
+    @classmethod
+    def _load_plugins(cls, plugins: tuple[str, ...]) -> tuple[str, ...]:
+        """Discovery, once per process: the installed plugins (entry points) and this config's own."""
+        return load_plugins(plugins)
 
     @property
     def resolved_data_seed(self) -> int:

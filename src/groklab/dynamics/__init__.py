@@ -1,6 +1,7 @@
 """Dynamics layer: pure numpy/pandas over metric tables (no torch): summaries, phases, training maps."""
 
 from groklab.dynamics.detours import (
+    convergence_threshold,
     convergence_times,
     detour_test,
     state_occupancy,
@@ -20,6 +21,7 @@ __all__ = [
     "GROK_THRESHOLD",
     "TrainingMap",
     "check_outcome",
+    "convergence_threshold",
     "convergence_times",
     "detect_phases",
     "detect_slingshots",

@@ -59,6 +59,21 @@ def convergence_times(
     return pd.DataFrame(rows, columns=["seed", "converged", "index", "step", "censored"])
 
 
+def convergence_threshold(runs: Runs, column: str) -> float:
+    """A threshold every run crosses, for series without a natural target (an imported LM pretraining run has
+    a loss, no accuracy to reach): the worst of the runs' final values of `column` (the highest for a column
+    ending in "_loss", else the lowest), so a run's convergence time is the first checkpoint at which it is
+    as good as the worst run ends. NaN where no run has a value."""
+    finals = []
+    for table in as_runs(runs).values():
+        values = prepare_run(table)[column].dropna() if column in table else pd.Series(dtype=float)
+        if len(values):
+            finals.append(float(values.iloc[-1]))
+    if not finals:
+        return math.nan
+    return max(finals) if column.endswith("_loss") else min(finals)
+
+
 def _n_states(paths: Paths, n_states: int | None) -> int:
     return n_states if n_states is not None else int(max(np.max(p) for p in paths.values())) + 1
 

@@ -25,13 +25,21 @@ from groklab.measures.progress import (
     progress_measures,
     sum_directions,
 )
-from groklab.measures.registry import MEASURES, check_measures, final_key_frequencies, make_measures
+from groklab.measures.registry import (
+    MEASURES,
+    MeasureSet,
+    check_measures,
+    final_key_frequencies,
+    make_measures,
+    register_measure,
+)
 from groklab.measures.weight_stats import FEATURES, kernel_stats, matrix_stats, weight_statistics
 from groklab.measures.weights import weight_norms
 
 __all__ = [
     "FEATURES",
     "MEASURES",
+    "MeasureSet",
     "kernel_stats",
     "matrix_stats",
     "weight_statistics",
@@ -52,6 +60,7 @@ __all__ = [
     "key_frequencies",
     "neuron_clusters",
     "progress_measures",
+    "register_measure",
     "sum_directions",
     "weight_norms",
 ]

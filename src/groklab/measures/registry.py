@@ -1,13 +1,16 @@
-"""The measure sets a run can compute live or post hoc, by name. A new measure set is one entry here."""
+"""The measure sets a run can compute live or post hoc, by name. A measure set, built-in or a plugin's
+(`groklab.config.plugins`), registers itself here with `register_measure`."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from groklab.config import MeasuresConfig
+from groklab.config.plugins import claim
 from groklab.errors import ConfigError
 from groklab.measures.llc import EPSILONS, estimate_llc
 from groklab.measures.lm import attention_entropy, weight_norm
@@ -24,6 +27,67 @@ from groklab.measures.weights import weight_norms
 class MeasureSet:
     check: Callable  # task -> None, or a ConfigError saying why the set does not apply
     compute: Callable  # (model, task, cfg, key_freqs) -> columns
+    fn: Callable  # the registered function (compute calls it with the arguments it takes)
+
+
+MEASURES: dict[str, MeasureSet] = {}
+OPTIONAL = ("cfg", "key_freqs")  # what a measure function may also take, by these names
+
+
+def register_measure(name: str, check: Callable | None = None):
+    """Register the measure set `name`: `@register_measure("name", check=...)` on
+    `compute(model, task) -> {column: number}`, which may also take `cfg` (the run's MeasuresConfig) and
+    `key_freqs` (the Fourier key frequencies: a list, or "each") by those names. `check(task)` raises a
+    ConfigError saying why the set does not apply to a task (checked before a run starts; default: it
+    applies to every task). A name another module registered is refused (ConfigError)."""
+    if check is not None and not callable(check):
+        raise ConfigError(f"measure set '{name}': check must be a function task -> None, got {check!r}")
+
+    def decorate(compute):
+        if not callable(compute):
+            raise ConfigError(
+                f"measure set '{name}': register_measure decorates compute(model, task) -> dict, got {compute!r}"
+            )
+        takes = _arguments(name, compute)
+        old = MEASURES.get(name)
+        claim("measure set", name, compute, old.fn if old else None)
+        MEASURES[name] = MeasureSet(
+            check or _applies,
+            lambda model, task, cfg, key_freqs: compute(
+                model, task, **{k: v for k, v in (("cfg", cfg), ("key_freqs", key_freqs)) if k in takes}
+            ),
+            compute,
+        )
+        return compute
+
+    return decorate
+
+
+def _applies(task) -> None:
+    return None
+
+
+def _arguments(name: str, compute: Callable) -> set[str]:
+    """The optional arguments `compute` takes; a ConfigError if a measure cannot be called so."""
+    try:
+        params = list(inspect.signature(compute).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins): called with (model, task)
+        return set()
+    kinds = {p.kind for p in params}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 and inspect.Parameter.VAR_POSITIONAL not in kinds:
+        listed = ", ".join(p.name for p in params)
+        raise ConfigError(f"measure set '{name}': compute must take (model, task), it takes ({listed})")
+    rest = [p for p in params[2:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = [p.name for p in rest if p.name not in OPTIONAL and p.default is p.empty]
+    if unknown:
+        raise ConfigError(
+            f"measure set '{name}': compute takes '{unknown[0]}', which a measure is not given; "
+            f"it takes (model, task) and optionally {' and '.join(OPTIONAL)}"
+        )
+    if inspect.Parameter.VAR_KEYWORD in kinds:
+        return set(OPTIONAL)
+    return {p.name for p in rest if p.name in OPTIONAL}
 
 
 ANALYSIS_SAMPLE = 500  # training sequences whose attention is measured (spec §5.3: 500 Dyck strings)
@@ -99,29 +163,38 @@ def _llc(model, task, cfg: MeasuresConfig) -> dict:
     )
 
 
-MEASURES: dict[str, MeasureSet] = {
-    "llc": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: _llc(model, task, cfg)),
-    "structure": MeasureSet(check_structure, lambda model, task, cfg, freqs: structure(model, task)),
-    "lm": MeasureSet(_check_lm, lambda model, task, cfg, freqs: _lm_measures(model, task)),
-    "tree_projection": MeasureSet(
-        _check_tree_projection, lambda model, task, cfg, freqs: _tree_projection(model, task)
-    ),
-    "weights": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_norms(model)),
-    "stability": MeasureSet(check_stability, lambda model, task, cfg, freqs: stability(model, task)),
-    "weight_stats": MeasureSet(lambda task: None, lambda model, task, cfg, freqs: weight_statistics(model)),
-    "fourier": MeasureSet(
-        check_modular_addition,
-        lambda model, task, cfg, freqs: progress_measures(
-            model, task, freqs, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold, cfg.per_frequency
-        ),
-    ),
-}
+def _weights(model, task) -> dict:
+    return weight_norms(model)
+
+
+def _weight_stats(model, task) -> dict:
+    return weight_statistics(model)
+
+
+def _fourier(model, task, cfg: MeasuresConfig, key_freqs) -> dict:
+    return progress_measures(
+        model, task, key_freqs, cfg.key_method, cfg.min_fve, cfg.min_share, cfg.rel_threshold, cfg.per_frequency
+    )
+
+
+# the built-in measure sets, registered as a plugin's are
+register_measure("llc")(_llc)
+register_measure("structure", check_structure)(structure)
+register_measure("lm", _check_lm)(_lm_measures)
+register_measure("tree_projection", _check_tree_projection)(_tree_projection)
+register_measure("weights")(_weights)
+register_measure("stability", check_stability)(stability)
+register_measure("weight_stats")(_weight_stats)
+register_measure("fourier", check_modular_addition)(_fourier)
 
 
 def check_measures(cfg: MeasuresConfig, task) -> None:
     for name in cfg.names:
         if name not in MEASURES:
-            raise ConfigError(f"config: unknown measure set '{name}' in measures.names; known: {', '.join(MEASURES)}")
+            raise ConfigError(
+                f"config: unknown measure set '{name}' in measures.names; known: {', '.join(MEASURES)}; "
+                "a measure set of your own comes from a plugin (docs/extending.md)"
+            )
         MEASURES[name].check(task)
 
 

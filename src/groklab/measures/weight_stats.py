@@ -21,6 +21,7 @@ concatenated (a transformer: its MLP biases and any attention biases; a ResNet: 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -101,12 +102,10 @@ def included_tensors(model: torch.nn.Module) -> tuple[list, list, list, list]:
     return matrices, kernels, weights, biases
 
 
-@torch.no_grad()
-def weight_statistics(model: torch.nn.Module) -> dict[str, float]:
-    """The 14 features of Hu et al. (their 'base' HMM feature set) for one checkpoint."""
-    matrices, kernels, weights, biases = included_tensors(model)
-    per_matrix = [matrix_stats(W) for W in matrices]
-    per_kernel = [kernel_stats(W) for W in kernels]
+def aggregate_matrix_stats(per_matrix: Sequence[dict], per_kernel: Sequence[dict] = ()) -> dict[str, float]:
+    """The eight matrix features of one checkpoint from its matrices' (and kernels') `matrix_stats` /
+    `kernel_stats` (§3.3): the unweighted mean over them; nanmean for variance_lambda, NaN for the others
+    where any is NaN."""
     row = {}
     for key in MATRIX_KEYS:
         values = [s[key] for s in per_matrix] + [s[key] for s in per_kernel if key in s]
@@ -114,6 +113,73 @@ def weight_statistics(model: torch.nn.Module) -> dict[str, float]:
         row[key] = (
             sum(finite) / len(finite) if finite and (key == "variance_lambda" or len(finite) == len(values)) else NAN
         )
+    return row
+
+
+@torch.no_grad()
+def distribution_stats(tensors: Callable[[], Iterable[torch.Tensor]]) -> dict[str, float]:
+    """{"mean", "median", "var"} of the values of several tensors taken together, as `weight_statistics`
+    computes mean_w / median_w / var_w (the lower median; Bessel's variance), without concatenating them:
+    `tensors()` gives a fresh iterable of the tensors and is called once per pass (two for float32, four for
+    float64 values), and only one tensor is held at a time, so the memory is that of the largest tensor
+    (the importers read a 110M-parameter checkpoint this way). The mean and variance are accumulated in
+    float64 (Chan et al.'s pairwise update); the median is exact, found by a radix selection over the
+    values' order-preserving integer keys, 16 bits per pass. NaN for all three if any value is not finite
+    or there are no values (the variance: fewer than two)."""
+    n, mean, m2, wide = 0, 0.0, 0.0, False
+    for t in tensors():
+        t = t.detach()
+        if not torch.isfinite(t).all():
+            return {"mean": NAN, "median": NAN, "var": NAN}
+        wide |= t.dtype == torch.float64
+        x = t.double().flatten()
+        k = len(x)
+        if k == 0:
+            continue
+        mean_k = x.mean().item()
+        m2_k = (x - mean_k).square().sum().item()
+        delta, total = mean_k - mean, n + k
+        mean, m2, n = mean + delta * k / total, m2 + m2_k + delta * delta * n * k / total, total
+    if n == 0:
+        return {"mean": NAN, "median": NAN, "var": NAN}
+    median = _radix_select(tensors, (n - 1) // 2, 64 if wide else 32)
+    return {"mean": mean, "median": median, "var": m2 / (n - 1) if n > 1 else NAN}
+
+
+def _sortable_keys(t: torch.Tensor, bits: int) -> torch.Tensor:
+    """int64 keys ordered as the float values (float16 / bfloat16 / float32 exactly via float32's bits)."""
+    if bits == 64:
+        b = t.detach().double().flatten().view(torch.int64)
+    else:
+        b = t.detach().float().flatten().view(torch.int32).long()  # sign-extended
+    return torch.where(b < 0, b ^ ((1 << (bits - 1)) - 1), b)  # negative floats: magnitude bits flipped
+
+
+def _radix_select(tensors: Callable[[], Iterable[torch.Tensor]], rank: int, bits: int) -> float:
+    """The value of 0-based `rank` in the sorted values of all the tensors, 16 key bits per pass."""
+    prefix = None  # the selected value's key >> (shift + 16), once the top digit is known
+    for shift in range(bits - 16, -1, -16):
+        counts = torch.zeros(1 << 16, dtype=torch.int64)
+        for t in tensors():
+            keys = _sortable_keys(t, bits)
+            if prefix is not None:
+                keys = keys[(keys >> (shift + 16)) == prefix]
+            digits = (keys >> shift) + (1 << 15) if prefix is None else (keys >> shift) & 0xFFFF
+            counts += torch.bincount(digits, minlength=1 << 16)
+        below = torch.cumsum(counts, 0)
+        digit = int(torch.searchsorted(below, torch.tensor(rank), right=True))
+        rank -= int(below[digit - 1]) if digit else 0
+        prefix = digit - (1 << 15) if prefix is None else (prefix << 16) | digit
+    key = prefix if prefix >= 0 else prefix ^ ((1 << (bits - 1)) - 1)
+    value = torch.tensor([key], dtype=torch.int64)
+    return float(value.view(torch.float64) if bits == 64 else value.to(torch.int32).view(torch.float32))
+
+
+@torch.no_grad()
+def weight_statistics(model: torch.nn.Module) -> dict[str, float]:
+    """The 14 features of Hu et al. (their 'base' HMM feature set) for one checkpoint."""
+    matrices, kernels, weights, biases = included_tensors(model)
+    row = aggregate_matrix_stats([matrix_stats(W) for W in matrices], [kernel_stats(W) for W in kernels])
     for suffix, tensors in (("w", weights), ("b", biases)):
         flat = (
             torch.cat([t.detach().double().flatten() for t in tensors])

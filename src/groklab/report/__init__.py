@@ -18,6 +18,7 @@ from groklab.report.figures import (
     measure_figures,
     stability_figures,
     structural_figures,
+    weight_stats_figures,
 )
 from groklab.report.html import render_html
 from groklab.store import Run
@@ -36,6 +37,7 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[Figure]]:
         + structural_figures(list(runs))
         + measure_figures(list(runs))
         + stability_figures(list(runs))
+        + weight_stats_figures(list(runs))
     )
     if len(runs) == 1:
         figures += fourier_figures(runs[0])

@@ -104,15 +104,67 @@ def curve_figures(runs: list[Run]) -> list[Figure]:
         label, color = (
             ("", None) if single else (f"{run_label(run)}: ", PALETTE[i % len(PALETTE)])
         )  # one colour per run
-        for split, dash in (("train", False), ("test", True)):
-            loss.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_loss"], dash=dash, color=color))
-            acc.traces.append(Trace(f"{label}{split}", m["step"], m[f"{split}_acc"], dash=dash, color=color))
+        for split, dash in (("train", False), ("test", True), ("text", True)):  # text: an imported run's --eval-text
+            for panel, column in ((loss, f"{split}_loss"), (acc, f"{split}_acc")):
+                if column in m:  # an imported run may have neither accuracy nor some losses
+                    panel.traces.append(Trace(f"{label}{split}", m["step"], m[column], dash=dash, color=color))
+    panels = [panel for panel in (loss, acc) if panel.traces]
+    if not panels:
+        return []
     if single:
         loss.bands = acc.bands = phase_bands(runs[0].summary, int(runs[0].metrics["step"].iloc[-1]))
     caption = "Train (solid) and test (dashed) loss and accuracy at every evaluation." + (
         " Shaded: the phases found in the metrics (memorization, circuit formation, cleanup)." if single else ""
     )
-    return [Figure("curves", "Loss and accuracy", caption, [loss, acc])]
+    return [Figure("curves", "Loss and accuracy", caption, panels)]
+
+
+WEIGHT_STAT_PANELS = [  # Hu et al. 2023's 14 statistics (measures.weight_stats), four panels
+    ("norms", "", True, [("l1", "l1", False), ("l2", "l2", False), ("spectral", "spectral", False)]),
+    (
+        "trace and sparsity",
+        "",
+        False,
+        [
+            ("trace", "trace", False),
+            ("code_sparsity", "code sparsity (l1 / l2)", True),
+            ("computational_sparsity", "computational sparsity", True),
+        ],
+    ),
+    (
+        "singular values",
+        "",
+        False,
+        [("mean_lambda", "mean", False), ("variance_lambda", "variance", True)],
+    ),
+    (
+        "weights and biases",
+        "",
+        False,
+        [
+            ("mean_w", "mean w", False),
+            ("median_w", "median w", False),
+            ("var_w", "var w", False),
+            ("mean_b", "mean b", True),
+            ("median_b", "median b", True),
+            ("var_b", "var b", True),
+        ],
+    ),
+]
+
+
+def weight_stats_figures(runs: list[Run]) -> list[Figure]:
+    """The 14 weight statistics of Hu et al. 2023 (the training map's features), where the metrics have them."""
+    panels = [_column_panel(runs, *spec) for spec in WEIGHT_STAT_PANELS]
+    panels = [p for p in panels if p.traces]
+    if not panels:
+        return []
+    caption = (
+        "The per-checkpoint weight statistics of Hu et al. 2023 that the training map (groklab map) is fitted on: "
+        "matrix norms, trace, sparsities and singular values averaged over the included matrices, and the "
+        "distribution of all included weights and biases (measures.weight_stats)."
+    )
+    return [Figure("weight_stats", "Weight statistics (Hu et al. 2023)", caption, panels)]
 
 
 MEASURE_PANELS = [
@@ -300,6 +352,8 @@ def structural_figures(runs: list[Run]) -> list[Figure]:
 def fourier_figures(run: Run) -> list[Figure]:
     """The Fourier picture of a modular-addition run: how the embedding's spectrum sharpens over
     training, which frequencies the neurons use, how the heads attend."""
+    if not run.steps:  # no weights (e.g. an imported run): nothing to draw, and no task to build
+        return []
     task = run.task
     p = task.params.get("p")
     if task.name != "add" or not task.vocab or not p or p % 2 == 0 or not run.steps:
@@ -468,6 +522,9 @@ def header(run: Run) -> dict:
         banner = f"This run was interrupted at step {summary.get('step')}; `groklab run --resume` continues it."
     elif status == "running":
         banner = f"This run is in progress (step {int(m['step'].iloc[-1])} of {train.max_steps}); the report shows it so far."
+    imported = summary.get("imported")
+    if imported:  # foreign checkpoints (groklab import): what they are, no training settings or phases
+        return _imported_header(run, imported)
     grok = summary.get("step_test_acc_99")
     structural = structural_headline(summary) if is_structural(summary) else []
     if structural:  # an LM scored on in-distribution / generalization sets: their metrics, no phases
@@ -482,6 +539,8 @@ def header(run: Run) -> dict:
             )
             if grok is not None
             else f"did not grok: best test accuracy {m['test_acc'].max():.3f}"
+            if "test_acc" in m
+            else "no test accuracy recorded"
         )
     phases = [
         (name, summary.get(f"{key}_end"))
@@ -531,6 +590,32 @@ def header(run: Run) -> dict:
             ]
         )
         + _stages(summary),
+    }
+
+
+def _imported_header(run: Run, imported: dict) -> dict:
+    """The header of an imported run: its source and model, its checkpoints and last losses."""
+    cfg, m = run.config, run.metrics
+    model = cfg.model.params()
+    finals = {k: m[k].dropna() for k in ("train_loss", "test_loss", "test_acc", "text_loss") if k in m}
+    finals = ", ".join(f"{k} {v.iloc[-1]:.4g}" for k, v in finals.items() if len(v))
+    return {
+        "title": f"{cfg.name} (seed {cfg.seed})",
+        "status": run.status,
+        "banner": None,
+        "verdict": f"imported {imported.get('model_type')} checkpoints" + (f": final {finals}" if finals else ""),
+        "rows": [
+            ("source", cfg.source),
+            (
+                "model",
+                ", ".join(
+                    f"{k} {model[k]}"
+                    for k in ("architectures", "n_layers", "d_model", "n_heads", "d_mlp")
+                    if k in model
+                ),
+            ),
+            ("checkpoints", f"{len(m)}, steps {int(m['step'].min())} to {int(m['step'].max())}"),
+        ],
     }
 
 

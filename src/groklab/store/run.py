@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 import yaml
 
-from groklab.config import RunConfig, config_from_dict
+from groklab.config import PluginError, RunConfig, config_from_dict
 from groklab.errors import ConfigError, RunDirError
 from groklab.models import build_model, model_config
 from groklab.store.run_dir import RunDir
@@ -36,6 +36,8 @@ class Run:
             raise RunDirError(
                 f"{self.path}/config.yaml is corrupt (invalid YAML{where}); the run cannot be read"
             ) from None
+        except PluginError:  # not the file's fault: a plugin it names is missing or broken here
+            raise
         except ConfigError as err:
             raise RunDirError(f"{self.path}/config.yaml is corrupt ({err}); the run cannot be read") from None
 

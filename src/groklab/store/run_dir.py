@@ -7,7 +7,9 @@
       state.safetensors                   latest resume point: weights, optimizer, RNG, step (atomic)
       summary.json                        status and headline figures (atomic)
       report.html                         the run's interactive report (groklab.report; atomic)
+      source.json                         an imported run's origin: format, file, its own loss curves (atomic)
       .lock                               held while a process trains the run
+      tensorboard/, wandb/, mlflow/, trackers.json  what `--report-to` trackers mirror (store/trackers.py)
 
 Crash safety: metrics are appended and flushed line by line (a torn last line from a kill is
 ignored); every other file is written to a temporary name, synced and renamed into place, so a
@@ -20,6 +22,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +42,7 @@ CONFIG, METRICS, STATE, SUMMARY, REPORT, LOCK, CHECKPOINTS = (
     ".lock",
     "checkpoints",
 )
+SOURCE = "source.json"
 _STEP_FILE = re.compile(r"step_(\d+)\.safetensors$")
 
 
@@ -79,6 +83,19 @@ class RunDir:
         if not (path / CONFIG).is_file():
             raise RunDirError(f"{path} is not a groklab run (no {CONFIG})")
         return cls(path)
+
+    def discard(self, keep_dir: bool = False) -> None:
+        """Remove a run that never trained (no metrics yet; e.g. a tracker could not start), the directory
+        itself unless `keep_dir` (it was there, empty, before the run)."""
+        if self.metric_rows():
+            raise RunDirError(f"{self.path} has trained; it is not discarded")
+        for child in self.path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        if not keep_dir:
+            self.path.rmdir()
 
     @property
     def config_yaml(self) -> str:
@@ -185,6 +202,18 @@ class RunDir:
             return json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError:
             return {}
+
+    def write_source(self, source: dict) -> None:
+        """Where an imported run came from (`groklab import`): format, file, notes, the file's own curves."""
+        _atomic_write(self.path / SOURCE, lambda tmp: tmp.write_text(json.dumps(source) + "\n"))
+
+    def read_source(self) -> dict:
+        """The imported run's origin (`write_source`); {} for a run trained here."""
+        path = self.path / SOURCE
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            raise RunDirError(f"{path} is corrupt (invalid JSON); the run's origin cannot be read") from None
 
     @property
     def report_path(self) -> Path:

@@ -8,6 +8,11 @@ SWEEP_DIR/
   batches/batch-NAME.safetensors  a batch's resume state: its members' states at one step (atomic)
   table.csv             one row per seed: status, convergence, final accuracies (atomic)
   map/                  the training map of the sweep (`groklab map`); map/KEY=VALUE/: of one grid point
+  mlflow/               with --report-to mlflow: the runs' MLflow store, one experiment (store/trackers.py)
+
+An imported sweep (store.importers, `groklab import hf`) has runs/seed_NNNN/ only, and sweep.yaml also says
+where it came from (imported:) and how its map is fitted: metric (the convergence column, or null),
+threshold (null: derived from the runs) and covariance (diag).
 """
 
 from __future__ import annotations
@@ -99,8 +104,26 @@ class SweepDir:
             raise RunDirError(f"{self.path}/{SWEEP} is corrupt; the sweep cannot be read") from None
 
     @property
-    def threshold(self) -> float:
-        return float(self.spec.get("threshold", 0.9))
+    def threshold(self) -> float | None:
+        """The convergence threshold of the sweep's table and map; None (an imported sweep): derived from the
+        runs when used (dynamics.convergence_threshold)."""
+        value = self.spec.get("threshold", 0.9)
+        return None if value is None else float(value)
+
+    @property
+    def metric(self) -> str | None:
+        """The metrics column convergence is read from: test_acc, or what an import recorded (None: none)."""
+        return self.spec.get("metric", "test_acc")
+
+    @property
+    def covariance(self) -> str:
+        """The HMM covariance its training map is fitted with by default: full, or what an import recorded."""
+        return self.spec.get("covariance", "full")
+
+    @property
+    def imported(self) -> dict | None:
+        """Where an imported sweep came from (store.importers), or None for a sweep groklab trained."""
+        return self.spec.get("imported")
 
     @property
     def seeds(self) -> list[int]:

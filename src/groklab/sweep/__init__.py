@@ -29,12 +29,13 @@ import yaml
 
 from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
-from groklab.dynamics import convergence_times
+from groklab.dynamics import convergence_threshold, convergence_times
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
 from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
 from groklab.models import build_model
 from groklab.store import Run, SweepDir
+from groklab.store.trackers import ReportTo
 from groklab.sweep.engines import ENGINES, EngineOptions, make_engine
 from groklab.sweep.worker import BUSY, INTERRUPTED, Job
 from groklab.training import batchable
@@ -91,6 +92,7 @@ def sweep(
     batch: int = 1,
     on: str = "local",
     engine: EngineOptions | None = None,
+    report_to: str | Sequence[str] = (),
     progress: Callable[[str], None] = lambda line: None,
     watch: Callable[[SweepDir], None] = lambda sweep_dir: None,
 ) -> SweepDir:
@@ -99,7 +101,8 @@ def sweep(
     that share their shapes train together as one population (`groklab.training.population`); grid points
     that change shapes go into separate batches. `on` the engine that runs the units (`groklab.sweep.engines`:
     local processes, `workers` at a time with `threads` each (default cpus // workers); a Ray cluster; SLURM),
-    reached with `engine`'s options. Resumes a sweep of the same config in the same directory. `progress`
+    reached with `engine`'s options. Resumes a sweep of the same config in the same directory. `report_to`:
+    trackers every run mirrors to, grouped by the sweep (`groklab.store.trackers`). `progress`
     gets a line per event, `watch` the sweep directory about once a second while it runs."""
     for flag, value in (("--workers", workers), ("--batch", batch)):
         if value < 1:
@@ -107,6 +110,7 @@ def sweep(
     check_threads(threads)
     if on not in ENGINES:
         raise ConfigError(f"--on takes one of {', '.join(ENGINES)}; got '{on}'")
+    names = ReportTo.of(report_to).names  # a tracker that is not there fails before the sweep directory
     if on != "local" and device is not None:  # the runs' machines have the GPUs, maybe not this one
         resolve_device(device, here=False)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
@@ -126,6 +130,7 @@ def sweep(
     )  # an engine that is not there fails before the sweep is made
     try:
         sweep_dir = SweepDir.create_or_open(out, config.model_dump(mode="json"), list(seeds), threshold, grid)
+        ReportTo(names, sweep_dir.path.name, sweep_dir.path).prepare(config.model_dump(mode="json"))
         keys = [_key(point, seed) for point in points for seed in seeds]
         units, capped = _units(config, keys, batch, prepared)
         largest = max(map(len, units))
@@ -142,7 +147,7 @@ def sweep(
             + (f", {workers} process(es) at a time" if on == "local" else f", on {on}")
             + f" ({threads} thread(s) each)"
         )
-        _drive(executor, sweep_dir, units, threads, device, progress, watch)
+        _drive(executor, sweep_dir, units, threads, device, progress, watch, names)
     finally:
         executor.close()
     return sweep_dir
@@ -156,6 +161,7 @@ def _drive(
     device: str | None,
     progress: Callable[[str], None],
     watch: Callable[[SweepDir], None],
+    report_to: tuple[str, ...] = (),
 ) -> dict[Key, str]:
     """Run the units on the engine, `executor.slots` at a time; record what failed; Ctrl-C asks the running
     units to checkpoint and stop, then re-raises. Writes the sweep table however it ends."""
@@ -168,7 +174,7 @@ def _drive(
             if room > 0:
                 batch, pending = pending[:room], pending[room:]
                 for unit, handle in zip(
-                    batch, executor.submit([_job(sweep_dir, unit, threads, device) for unit in batch])
+                    batch, executor.submit([_job(sweep_dir, unit, threads, device, report_to) for unit in batch])
                 ):
                     running[handle] = unit
             for handle, ended in executor.wait(list(running), timeout=0.5).items():
@@ -210,11 +216,19 @@ def _sigterm_interrupts():
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def _job(sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: str | None) -> Job:
+def _job(
+    sweep_dir: SweepDir, unit: tuple[Key, ...], threads: int, device: str | None, report_to: tuple[str, ...] = ()
+) -> Job:
     members = tuple((dict(point), seed) for point, seed in unit)
     label = _label(unit[0]) if len(unit) == 1 else f"{batch_name(unit)} ({len(unit)} runs)"
     return Job(
-        str(sweep_dir.path.resolve()), members, threads, device, str(_log_path(sweep_dir, unit).resolve()), label
+        str(sweep_dir.path.resolve()),
+        members,
+        threads,
+        device,
+        str(_log_path(sweep_dir, unit).resolve()),
+        label,
+        tuple(report_to),
     )
 
 
@@ -278,12 +292,13 @@ def sweep_runs(sweep_dir: SweepDir, point: dict | None = None) -> dict[int, Run]
 def sweep_table(
     sweep_dir: SweepDir, threshold: float | None = None, failed: dict[Key, str] | None = None
 ) -> pd.DataFrame:
-    """One row per run (point of the grid and seed): status, converged (test acc >= threshold, default
-    the sweep's), the convergence step (censored runs are marked, not imputed), the first steps with
+    """One row per run (point of the grid and seed): status, converged (the sweep's metric, test acc, >=
+    threshold, default the sweep's; an imported sweep's metric, e.g. a loss, <= it), the convergence step (censored runs are marked, not imputed), the first steps with
     train / test acc >= 99%, final values (and final / best values of held-out task metrics), wall time,
     and the error of a failed run (`failed`, else the one the stored table recorded while the run is
     still not done)."""
     threshold = sweep_dir.threshold if threshold is None else threshold
+    metric = sweep_dir.metric  # test_acc, or what an imported sweep recorded (None: no convergence)
     points = sweep_dir.points
     if failed is None:
         old = sweep_dir.read_table()
@@ -297,19 +312,28 @@ def sweep_table(
     for point in points:
         runs = sweep_runs(sweep_dir, point)
         metrics = {seed: run.metrics for seed, run in runs.items() if not run.metrics.empty}
-        conv = convergence_times(metrics, "test_acc", threshold).set_index("seed") if metrics else None
+        scored = {seed: m for seed, m in metrics.items() if metric is not None and metric in m}
+        if threshold is None and scored:  # an imported sweep: derived from its runs
+            threshold = convergence_threshold(scored, metric)
+        conv = convergence_times(scored, metric, threshold).set_index("seed") if scored else None
         for seed in sweep_dir.seeds:
             key = _key(point, seed)
             row = {**point, "seed": seed, "status": _status(sweep_dir, point, seed)}
             if seed in metrics:
-                s, c = runs[seed].summary, conv.loc[seed]
+                s = runs[seed].summary
+                if seed in scored:
+                    c = conv.loc[seed]
+                    row.update(
+                        converged=bool(c["converged"]), convergence_step=int(c["step"]), censored=bool(c["censored"])
+                    )
                 row.update(
-                    converged=bool(c["converged"]),
-                    convergence_step=int(c["step"]),
-                    censored=bool(c["censored"]),
                     step_train_acc_99=s.get("step_train_acc_99"),
                     step_test_acc_99=s.get("step_test_acc_99"),
-                    **{f"final_{k}": s.get(f"final_{k}") for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
+                    **{
+                        f"final_{k}": s.get(f"final_{k}")
+                        for k in ("train_acc", "test_acc", "train_loss", "test_loss", "text_loss")
+                        if k != "text_loss" or f"final_{k}" in s
+                    },
                     **{
                         k: v
                         for k, v in s.items()
@@ -323,6 +347,7 @@ def sweep_table(
             rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs["threshold"] = threshold
+    table.attrs["metric"] = metric
     return table
 
 

@@ -100,10 +100,20 @@ def attach_map(pop: Population, fit: bool = True, progress: Callable[[str], None
     elif len(pop.runs) < MIN_RUNS:
         pop.map_note = f"no training map: {len(pop.runs)} finished run(s), a map needs {MIN_RUNS}"
     else:
-        held = pop.columns["held_out"]
-        progress(f"{pop.label}: no training map yet; fitting one (groklab map {pop.sweep.path} --metric {held})")
+        held = pop.columns["held_out"] or pop.sweep.metric  # an imported sweep: the metric it recorded, or none
+        progress(
+            f"{pop.label}: no training map yet; fitting one (groklab map {pop.sweep.path}"
+            + (f" --metric {held})" if held else ")")
+        )
         try:
-            map_sweep(pop.sweep, column=held, threshold=pop.sweep.threshold, point=pop.point, progress=progress)
+            map_sweep(
+                pop.sweep,
+                column=held,
+                threshold=pop.sweep.threshold,
+                point=pop.point,
+                covariance=pop.sweep.covariance,
+                progress=progress,
+            )
             pop.map, pop.map_note = pop.sweep.read_map(pop.point), "fitted now and stored in the sweep"
         except UserError as err:
             pop.map_note = f"no training map: {err}"

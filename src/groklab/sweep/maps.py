@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pandas as pd
 from groklab.dynamics import (
     FEATURE_SETS,
     TrainingMap,
+    convergence_threshold,
     convergence_times,
     detour_test,
     map_robustness,
@@ -32,7 +34,8 @@ from groklab.errors import ConfigError, UserError
 from groklab.store import SweepDir
 from groklab.store.sweep_dir import point_name
 
-USABLE = ("finished", "stopped_early", "diverged")  # a diverged run has a path up to its divergence
+# a diverged run has a path up to its divergence; an imported one (groklab import) is whole
+USABLE = ("finished", "stopped_early", "diverged", "imported")
 MIN_RUNS = 3
 
 
@@ -45,14 +48,16 @@ class MapResult:
     states: pd.DataFrame  # one row per state: occupancy, accuracy, timing, detour statistics, means
     skipped: dict  # seed -> why the run was left out
     robustness: Robustness | None = None  # with `robustness` > 0: the refits (dynamics.robustness)
+    column: str | None = "test_acc"  # the convergence column (None: none, no detour test)
+    threshold: float | None = None  # the convergence threshold used (derived where none was given)
 
 
 def map_sweep(
     sweep_dir: str | Path | SweepDir,
     features: str | Sequence[str] = "base",
     n_states: int | str = "bic",
-    threshold: float = 0.9,
-    column: str = "test_acc",
+    threshold: float | None = 0.9,
+    column: str | None = "test_acc",
     zscore: str = "per_run",
     n_restarts: int = 5,
     random_state: int = 0,
@@ -63,6 +68,7 @@ def map_sweep(
     selection: str = "best",
     robustness: int = 0,
     bootstrap: bool = False,
+    covariance: str = "full",
     progress: Callable[[str], None] = lambda line: None,
 ) -> MapResult:
     """Fit a TrainingMap over the sweep's finished runs and write SWEEP_DIR/map/: training_map.png/.svg,
@@ -71,16 +77,22 @@ def map_sweep(
     of its grid at a time (e.g. {"model.n_layers": 4}), into SWEEP_DIR/map/KEY=VALUE/. With `robustness`
     N > 0, model selection and the detour test are repeated N times over other restart seeds (and, with
     `bootstrap`, resamples of the runs; `dynamics.robustness`): tables robustness_fits, robustness_states
-    and robustness_summary, and a stability figure in the report."""
+    and robustness_summary, and a stability figure in the report. Convergence is `column` crossing
+    `threshold` (>= ; <= for a loss); threshold None: the worst of the runs' final values
+    (dynamics.convergence_threshold); column None (a series without evaluations, e.g. imported LM
+    checkpoints): the map is fitted and drawn without the detour test. `covariance`: the HMM's, "full" or
+    "diag" (Hu et al.'s choice for few runs, as their 5 MultiBERTs)."""
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
     runs, skipped = _usable_runs(sweep_dir, point)
     names = _check_features(features, runs)
     # the evaluations that have every feature (weight statistics may be logged at checkpoints only)
     runs = {seed: table.dropna(subset=list(names)).reset_index(drop=True) for seed, table in runs.items()}
-    if not any(column in table for table in runs.values()):
+    if column is not None and not any(column in table for table in runs.values()):
         raise UserError(
             f"--metric: the runs' metrics have no column '{column}'; e.g. test_acc, or a structural task's gen_* metric"
         )
+    if column is not None and threshold is None:
+        threshold = convergence_threshold(runs, column)
     progress(
         f"map {sweep_dir.path}: {len(runs)} runs x {int(np.mean([len(t) for t in runs.values()]))} "
         f"checkpoints x {len(names)} features; skipped {len(skipped)}; fitting "
@@ -95,6 +107,7 @@ def map_sweep(
         random_state=random_state,
         n_jobs=n_jobs,
         selection=selection,
+        covariance_type=covariance,
     )
     with _quiet_hmmlearn(progress):
         try:
@@ -102,8 +115,16 @@ def map_sweep(
         except (ValueError, RuntimeError) as err:
             raise UserError(f"cannot fit the training map: {err}") from None
     used = {seed: table for seed, table in runs.items() if seed in model.paths_}
-    convergence = convergence_times(used, column, threshold)
-    detours = detour_test(model.paths_, convergence, alpha=alpha)
+    if column is not None:
+        convergence = convergence_times(used, column, threshold)
+        detours = detour_test(model.paths_, convergence, alpha=alpha)
+    else:  # no convergence metric: every detour statistic NaN
+        convergence = pd.DataFrame(
+            {"seed": list(used), "converged": False, "index": math.nan, "step": math.nan, "censored": False}
+        )
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore")
+            detours = detour_test(model.paths_, convergence, alpha=alpha)
     states = _state_table(model, used, detours, column)
     transitions = transition_table(model.paths_, model)
     tables = {
@@ -117,7 +138,9 @@ def map_sweep(
         "convergence": convergence,
     }
     stability = None
-    if robustness > 0:
+    if robustness > 0 and column is None:
+        progress("robustness: skipped (no convergence metric, so no detour test to repeat)")
+    elif robustness > 0:
         progress(f"robustness: {robustness} more fits ({'resampled runs, ' if bootstrap else ''}other restart seeds)")
         with _quiet_hmmlearn(progress):
             try:
@@ -131,7 +154,7 @@ def map_sweep(
         )
     page, save_drawings = _report(sweep_dir, model, tables, threshold, column, skipped, png)
     path = sweep_dir.write_map(tables, page, save_drawings, model.save, point)
-    return MapResult(path, model, convergence, detours, states, skipped, stability)
+    return MapResult(path, model, convergence, detours, states, skipped, stability, column, threshold)
 
 
 @contextlib.contextmanager
@@ -278,6 +301,7 @@ def _report(
     chosen = model.selection_.set_index("n_states").loc[model.n_states_]
     found = detours[detours["detour"]]
     conv = convergence[~convergence["censored"]]["index"]
+    crossing = "<=" if column is not None and column.endswith("_loss") else ">="
     config = sweep_dir.spec["config"]
     rows = [
         ("sweep", f"{sweep_dir.path} ({config.get('name')}; {config.get('source', '')})"),
@@ -295,17 +319,24 @@ def _report(
             "states",
             f"K = {model.n_states_}"
             + (f", chosen by held-out {model.n_states.upper()}" if isinstance(model.n_states, str) else "")
+            + f", {model.covariance_type} covariance"
             + f"; EM {'converged' if chosen['converged'] else 'did NOT converge (hit n_iter)'}",
         ),
         (
             "convergence",
-            f"{column} >= {threshold}: {len(conv)} of {len(convergence)} runs, median checkpoint {conv.median():.0f}"
+            "no convergence metric in the runs (an imported series without evaluations: import it with "
+            "--eval-text FILE for a held-out loss), so no detour test"
+            if column is None
+            else f"{column} {crossing} {threshold:.4g}: {len(conv)} of {len(convergence)} runs, median checkpoint "
+            f"{conv.median():.0f}"
             if len(conv)
-            else f"no run reached {column} >= {threshold}",
+            else f"no run reached {column} {crossing} {threshold:.4g}",
         ),
         (
             "detours",
-            "; ".join(
+            "not tested (no convergence metric)"
+            if column is None
+            else "; ".join(
                 f"state {int(r.state)} (r = {r.r:+.3f}, p = {r.p:.2g}, Holm p = {r.p_holm:.2g})"
                 for r in found.itertuples()
             )

@@ -138,7 +138,7 @@ class SplitParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     frac_train: float = Field(0.3, description="fraction of all examples used for training")
-    split: Literal["random", "nanda"] = "random"
+    split: Literal["random", "nanda", "torch"] = "random"
 
     @field_validator("frac_train")
     @classmethod
@@ -154,11 +154,15 @@ def split_indices(n: int, frac_train: float, seed: int, method: str) -> tuple[to
     - "nanda": Python's `random.seed(seed); random.shuffle(...)` on the enumeration order, exactly as
       the released code of Nanda et al. 2023 (for p=113, seed 0: first pairs (18,34), (10,83), (55,28)).
     - "random": numpy's PCG64 permutation from `seed`.
+    - "torch": `torch.randperm(n)` after `torch.manual_seed(seed)`, as the TransformerLens grokking demo
+      (data seed 598; spec progress-measures.md §6): an imported demo run keeps its split.
     """
     if method == "nanda":
         order = list(range(n))
         random.Random(seed).shuffle(order)
         order = torch.tensor(order)
+    elif method == "torch":
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     else:
         order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     n_train = int(frac_train * n)

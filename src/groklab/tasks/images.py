@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from groklab.errors import ConfigError
 from groklab.tasks.base import Split, Task
-from groklab.tasks.registry import register
+from groklab.tasks.registry import register_task
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -75,7 +75,7 @@ def _find(directory: Path, name: str) -> Path:
     raise ConfigError(f"{directory} has no {name}[.gz]; MNIST needs {expected} (optionally .gz)")
 
 
-@register("mnist", ImageParams)
+@register_task("mnist", ImageParams)
 def build_mnist(params: ImageParams, seed: int) -> Task:
     directory = _directory(params, "MNIST IDX files")
     splits = {}
@@ -120,7 +120,7 @@ def augment_cifar(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
-@register("cifar100", ImageParams)
+@register_task("cifar100", ImageParams)
 def build_cifar100(params: ImageParams, seed: int) -> Task:
     directory = _directory(params, "CIFAR-100 python batches")
     mean, std = torch.tensor(CIFAR100_MEAN)[:, None, None], torch.tensor(CIFAR100_STD)[:, None, None]

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from groklab.errors import ConfigError
 from groklab.tasks.base import SplitParams, Task, make_task
-from groklab.tasks.registry import register
+from groklab.tasks.registry import register_task
 
 
 def is_prime(n: int) -> bool:
@@ -70,4 +70,4 @@ def build_modular(op: str, params: ModularParams, seed: int) -> Task:
 
 
 for _op in [*OPS, "rand"]:
-    register(_op, ModularParams)(lambda params, seed, _op=_op: build_modular(_op, params, seed))
+    register_task(_op, ModularParams)(lambda params, seed, _op=_op: build_modular(_op, params, seed))

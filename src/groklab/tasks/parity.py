@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from groklab.tasks.base import Split, Task
-from groklab.tasks.registry import register
+from groklab.tasks.registry import register_task
 
 
 class ParityParams(BaseModel):
@@ -26,7 +26,7 @@ class ParityParams(BaseModel):
         return self
 
 
-@register("sparse_parity", ParityParams)
+@register_task("sparse_parity", ParityParams)
 def build_parity(params: ParityParams, seed: int) -> Task:
     n = params.n_train + params.n_test
     gen = torch.Generator().manual_seed(seed)

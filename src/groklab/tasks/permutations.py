@@ -12,7 +12,7 @@ import itertools
 import torch
 
 from groklab.tasks.base import SplitParams, Task, make_task
-from groklab.tasks.registry import register
+from groklab.tasks.registry import register_task
 
 PERMS = torch.tensor(list(itertools.permutations(range(5))))  # (120, 5)
 _CODE = {tuple(p.tolist()): i for i, p in enumerate(PERMS)}
@@ -49,4 +49,4 @@ def build_s5(op: str, params: SplitParams, seed: int) -> Task:
 
 
 for _op in OPS:
-    register(_op, SplitParams)(lambda params, seed, _op=_op: build_s5(_op, params, seed))
+    register_task(_op, SplitParams)(lambda params, seed, _op=_op: build_s5(_op, params, seed))

@@ -30,7 +30,7 @@ from groklab.errors import ConfigError
 from groklab.tasks import dyck, lm_eval, mccoy
 from groklab.tasks.base import IGNORE, Split, Task
 from groklab.tasks.lm_eval import lm_vocabulary, model_logits_fn
-from groklab.tasks.registry import register
+from groklab.tasks.registry import register_task
 
 DECODE_ROOM = 50  # tokens a greedy decode may add after the source (spec §5.1)
 EvalSample = Literal["first", "released"]
@@ -126,7 +126,7 @@ def _lm_task(
     )
 
 
-@register("dyck", DyckParams)
+@register_task("dyck", DyckParams)
 def build_dyck(params: DyckParams, seed: int) -> Task:
     if params.path is not None:
         stem = Path(params.path) / f"k-{params.k}_d-{params.depth}"
@@ -190,7 +190,7 @@ def _mccoy_sets(task: str, params: McCoyParams, seed: int) -> dict[str, list]:
     return sets
 
 
-@register("question_formation", McCoyParams)
+@register_task("question_formation", McCoyParams)
 def build_question_formation(params: McCoyParams, seed: int) -> Task:
     sets = _mccoy_sets("question", params, seed)
     vocab = lm_vocabulary(mccoy.vocabulary("question"))
@@ -223,7 +223,7 @@ def build_question_formation(params: McCoyParams, seed: int) -> Task:
     )
 
 
-@register("tense_inflection", TenseParams)
+@register_task("tense_inflection", TenseParams)
 def build_tense_inflection(params: TenseParams, seed: int) -> Task:
     sets = _mccoy_sets("tense", params, seed)
     vocab = lm_vocabulary(mccoy.vocabulary("tense"))

@@ -29,6 +29,7 @@ class LocalEngine:
         # it) and runpy warns about it in every log; calling its `main` runs it once
         args = [sys.executable, "-c", WORKER, job.sweep, json.dumps([[dict(p), s] for p, s in job.members])]
         args += [f"--device={job.device}"] if job.device else []
+        args += [f"--report-to={','.join(job.report_to)}"] if job.report_to else []
         with open(job.log, "a") as log:
             return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
