@@ -37,8 +37,9 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks examples
 
 # the docs site (MkDocs, Material theme) into build/site; --strict: a broken link or reference fails
+# (not --quiet: it hides the warnings --strict counts)
 docs: setup
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py
