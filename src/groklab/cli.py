@@ -32,7 +32,9 @@ def cli() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue the run in this directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report.html at the end.")
-@click.option("--threads", type=int, help="CPU threads (default: the CPUs this process may use; see README).")
+@click.option(
+    "--threads", type=int, help="CPU threads (default: the CPUs this process may use; see docs/results/speed.md)."
+)
 @click.option(
     "--report-to",
     multiple=True,
