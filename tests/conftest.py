@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -32,6 +34,21 @@ def groklab_cli(*args: str, cwd=None, timeout: float = 600, **kw) -> subprocess.
     """Run the installed `groklab` console script (as a user would) and capture its output."""
     exe = Path(sys.executable).with_name("groklab")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, **kw)
+
+
+def cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`groklab ARGS` through the console script's own entry point (groklab.cli.main), in this process: the
+    same parsing, errors and exit code, without starting Python and importing torch again (seconds per call)."""
+    from groklab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+    return subprocess.CompletedProcess(["groklab", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 import contextlib
 import hashlib
-import io
 import json
 import signal
 import subprocess
@@ -9,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, groklab_cli
+from conftest import TINY, cli_in_process, groklab_cli
 
 
 def snapshot(path: Path) -> dict:
@@ -48,21 +47,6 @@ def test_run_show_and_presets(finished_run):
     for name in ("nanda-mod-add", "power-mod-div", "quick"):
         assert name in presets.stdout
     assert presets.stdout.count("source:") == presets.stdout.count("expected:") >= 3
-
-
-def cli_in_process(*args: str) -> subprocess.CompletedProcess:
-    """`groklab ARGS` through the console script's own entry point (groklab.cli.main), in this process: the
-    same parsing, errors and exit code, without starting Python and importing torch again (seconds per call)."""
-    from groklab.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
-    return subprocess.CompletedProcess(["groklab", *args], code, out.getvalue(), err.getvalue())
 
 
 def bad(args, match, run_dir=None, tmp_path=None):

@@ -5,37 +5,22 @@ and nothing written."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import math
 import random
-import subprocess
 
 import pytest
 import torch
 import yaml
+from conftest import cli_in_process as groklab_cli
 
 from groklab.models import Transformer, TransformerConfig
 from groklab.store import Run
 
 P = 13  # modulus: d_vocab 14 ([a, b, =]), 169 inputs
 TOKENS = torch.stack([*torch.cartesian_prod(torch.arange(P), torch.arange(P)).T, torch.full((P * P,), P)], 1)
-
-
-def groklab_cli(*args: str) -> subprocess.CompletedProcess:
-    """`groklab ARGS` through the console script's entry point, in this process."""
-    from groklab.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
-    return subprocess.CompletedProcess(["groklab", *args], code, out.getvalue(), err.getvalue())
 
 
 def refused(tmp_path, args, match):

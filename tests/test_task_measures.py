@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import groklab_cli
-from test_cli import bad, cli_in_process
+from conftest import cli_in_process, groklab_cli
+from test_cli import bad
 from test_sweep import PARITY
 
 from groklab.measures.llc import estimate_llc

@@ -4,8 +4,6 @@ the run's metrics.jsonl; resume continues the same tracker runs without repeatin
 runs; a tracker that cannot start fails before the run directory exists; one that fails mid-run is dropped
 with a warning and the run finishes."""
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, groklab_cli
+from conftest import TINY, cli_in_process, groklab_cli
 
 import groklab
 from groklab.config import load_config
@@ -87,26 +85,12 @@ def wandb_history(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """`groklab ARGS` through the console script's entry point, in this process."""
-    from groklab.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory) -> Path:
     """One tiny run from the command line (its entry point, in this process), mirrored to every tracker."""
     out = tmp_path_factory.mktemp("runs") / "mirrored"
     args = ["run", "nanda-mod-add", *SMALL, "--out", str(out), "-q"]
-    result = cli(*args, "--report-to", "tensorboard", "--report-to", "wandb,mlflow")
+    result = cli_in_process(*args, "--report-to", "tensorboard", "--report-to", "wandb,mlflow")
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr, result.stderr
     return out
@@ -211,7 +195,7 @@ def test_a_tracker_that_is_not_there_fails_in_one_line_before_the_run_directory(
 ):
     if missing:
         monkeypatch.setitem(sys.modules, missing, None)  # `import wandb` raises ImportError
-    result = cli(*command, "--out", str(tmp_path / "out"))
+    result = cli_in_process(*command, "--out", str(tmp_path / "out"))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and match in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
