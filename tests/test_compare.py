@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import groklab_cli
+from conftest import cli_in_process, groklab_cli
 from test_cli import bad
 from test_report import drawn, open_in_browser
 
 from groklab.config import load_preset
-from groklab.dynamics import FEATURE_SETS
+from groklab.dynamics import FEATURE_SETS, summarize
 from groklab.dynamics.compare import bootstrap_mean, population_stats, run_table, verdicts
 from groklab.store import RunDir, SweepDir
+from groklab.sweep import grid_summary, sweep_table
 from groklab.sweep.compare import compare_sweeps
 from groklab.sweep.maps import map_sweep
 
@@ -100,6 +101,17 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
         high - low > bootstrap_mean(np.tile(values, 4))[2] - bootstrap_mean(np.tile(values, 4))[1]
     )  # more runs: narrower
     assert all(np.isnan(v) for v in bootstrap_mean([]))
+
+
+def test_runs_without_held_out_metrics_answer_nothing():
+    """An imported LM series (weight statistics only) cannot say whether it generalizes: n/a, not "no"."""
+    weights_only = pd.DataFrame({"step": [0, 100, 200], "l2": [1.0, 2.0, 3.0]})
+    table = run_table({seed: weights_only for seed in range(4)})
+    assert table["generalizes"].isna().all() and table["three_stages"].isna().all()
+    stats = population_stats(table)
+    assert (stats["n"] == 0).all()
+    row = verdicts({"lm": stats, "other": stats}, {"lm": None, "other": None})
+    assert row.loc[0, "lm"] == "n/a: no run has it" and row.loc[0, "verdict"] == "not enough runs"
 
 
 def test_verdicts_claim_by_claim(sweeps):
@@ -193,3 +205,39 @@ def test_compare_errors(sweeps, tmp_path):
     empty = SweepDir.create_or_open(tmp_path / "empty", load_preset("quick").model_dump(mode="json"), [0])
     bad(["compare", str(modular.path), str(empty.path)], "no finished run to compare")
     bad(["compare", str(modular.path), str(structural.path), "--min-runs", "1"], "--min-runs must be at least 2")
+
+
+def test_report_of_a_depth_sweep(sweeps, tmp_path):
+    """`groklab report SWEEP_DIR` of a grid sweep: each held-out metric against depth, seeds and mean with a
+    95% bootstrap interval (Murty et al.'s inverted U), and the per-point numbers behind it."""
+    config = load_preset("structural-qf-lab").model_dump(mode="json")
+    grid = {"model.n_layers": [2, 6]}
+    sweep = SweepDir.create_or_open(tmp_path / "depths", config, list(range(4)), grid=grid)
+    for depth in grid["model.n_layers"]:
+        for seed in range(4):
+            # depth 2 never generalizes (seed 3's run stands in: it never rises); depth 6 does, but seed 3
+            metrics = structural_run(3 if depth == 2 else seed, None)
+            point = {"model.n_layers": depth}
+            run = RunDir.create(sweep.run_path(seed, point), yaml.safe_dump({**config, "seed": seed}))
+            run.write_metrics(metrics.to_dict("records"))
+            run.write_summary({"status": "finished", **summarize(metrics)})
+    result = cli_in_process("report", str(sweep.path), "--png", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    page = (sweep.path / "report.html").read_text()
+    assert "gen_first_word_acc across the grid" in page and "95%" in page
+    assert (tmp_path / "png" / "grid_gen_first_word_acc.png").is_file()
+    summary = grid_summary(sweep_table(sweep), ["model.n_layers"]).set_index("model.n_layers")  # what the page shows
+    assert f"{summary.loc[6, 'gen_first_word_acc_final_ci_low']:.4g}" in page.split("<h2>Per grid point</h2>")[1]
+    assert (
+        summary.loc[2, "gen_first_word_acc_crossed_0.8"] == 0
+        and summary.loc[6, "gen_first_word_acc_crossed_0.8"] == 0.75
+    )
+    deep = summary.loc[6]
+    assert (
+        deep["gen_first_word_acc_final_ci_low"]
+        < deep["gen_first_word_acc_final_mean"]
+        <= deep["gen_first_word_acc_final_ci_high"]
+    )
+    assert deep["gen_first_word_acc_final_ci_low"] > summary.loc[2, "gen_first_word_acc_final_ci_high"]
+    bad(["report", str(sweep.path), "-o", str(tmp_path / "x.html")], "leave out -o")
+    bad(["report", str(sweeps[0].path)], "no grid of held-out task metrics")

@@ -382,6 +382,11 @@ def test_grid_summary_counts_seeds_that_cross():
     )
     assert summary.loc[4, "gen_first_word_acc_final_mean"] == pytest.approx(0.85)
     assert summary.loc[2, "gen_first_word_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())
+    # 95% bootstrap intervals over the seeds that ended: inside the seeds' range, around the mean
+    ci = summary.loc[4, ["gen_first_word_acc_final_ci_low", "gen_first_word_acc_final_ci_high"]]
+    assert 0.8 <= ci.iloc[0] < 0.85 < ci.iloc[1] <= 0.9
+    assert tuple(summary.loc[2, ["gen_first_word_acc_crossed_ci_low", "gen_first_word_acc_crossed_ci_high"]]) == (0, 1)
+    assert grid_summary(table, ["model.n_layers"]).equals(grid_summary(table, ["model.n_layers"]))  # seeded
 
 
 def test_a_sweep_made_before_a_config_field_existed_resumes(tmp_path):

@@ -509,7 +509,7 @@ def measure(
 
 
 @cli.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR... | SWEEP_DIR")
 @click.option(
     "-o",
     "--out",
@@ -518,7 +518,17 @@ def measure(
 )
 @click.option("--png", type=click.Path(), help="Also write each figure as PNG (and SVG) into this directory.")
 def report(run_dirs: tuple[str, ...], out: str | None, png: str | None) -> None:
-    """Write the interactive HTML report of a run, or overlay several runs' curves."""
+    """Write the interactive HTML report of a run, or overlay several runs' curves; of a grid sweep (e.g.
+    --depths), each held-out metric against the grid with 95% intervals over seeds (SWEEP_DIR/report.html)."""
+    from groklab.store import SweepDir
+
+    if len(run_dirs) == 1 and SweepDir.is_sweep(run_dirs[0]):
+        from groklab.sweep import write_sweep_report
+
+        if out is not None:
+            raise UserError("a sweep's report is SWEEP_DIR/report.html; leave out -o/--out")
+        click.echo(f"report: {write_sweep_report(run_dirs[0], png)}")
+        return
     from groklab.report import write_report
 
     click.echo(f"report: {write_report(list(run_dirs), out, png)}")

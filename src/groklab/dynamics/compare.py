@@ -64,7 +64,8 @@ def run_row(metrics: pd.DataFrame) -> dict:
     """One run's stages and the derived quantities above (None where the run lacks them)."""
     stages = detect_stages(metrics)
     if not stages:
-        return {"generalizes": False, "three_stages": False, "stages_note": "no train / held-out metric"}
+        # nothing to answer with (e.g. an imported LM series with weights only): n/a, not "did not generalize"
+        return {"generalizes": None, "three_stages": None, "stages_note": "no train / held-out metric"}
     gen, mem, clean = (stages.get(k) for k in ("generalized_step", "memorized_step", "cleanup_end_step"))
     row = {
         k: stages.get(k)
@@ -107,7 +108,7 @@ def bootstrap_mean(values, n_boot: int = 2000, level: float = 0.95, seed: int = 
 def population_stats(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One row per quantity: n (runs that have it), mean, ci_low, ci_high."""
     rows = []
-    generalizing = table[table["generalizes"].astype(bool)] if "generalizes" in table else table.iloc[:0]
+    generalizing = table[table["generalizes"].eq(True)] if "generalizes" in table else table.iloc[:0]
     for name in QUANTITIES:
         source = table if name in SHARES else generalizing
         values = source[name].astype(float).tolist() if name in source else []

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from groklab.dynamics.compare import CURVES, normalized_curves
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
-from groklab.report.html import CONFIG, STYLE, plotly_figure
+from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
 from groklab.report.maps import map_layout, map_plotly
 
 GRID = np.linspace(0, 3, 121)  # normalized time of the population medians
@@ -32,12 +32,6 @@ STATS = (
     ("structure_lead", "structure lead (fraction of delay)"),
     ("llc_lead", "LLC lead (fraction of delay)"),
     ("norm_fall", "weight-norm fall after generalization"),
-)
-TABLE_STYLE = (
-    "table.data{border-collapse:collapse;font-size:.92em;margin:8px 0}table.data td,table.data th{padding:4px 10px;"
-    "border-bottom:1px solid #eee;text-align:left;vertical-align:top}.same{color:#2a7d2a;font-weight:600}"
-    ".different{color:#b22;font-weight:600}.notenough{color:#777}.maps{display:flex;flex-wrap:wrap;gap:12px}"
-    ".maps>div{flex:1 1 560px}"
 )
 
 
@@ -126,23 +120,6 @@ def stats_figure(populations) -> go.Figure:
     return fig
 
 
-def _table(frame: pd.DataFrame, verdict: bool = False) -> str:
-    head = "".join(f"<th>{_html.escape(str(c))}</th>" for c in frame.columns)
-    rows = []
-    for _, row in frame.iterrows():
-        cells = []
-        for column, value in row.items():
-            text = f"{value:.4g}" if isinstance(value, float) else str(value)
-            css = (
-                f" class={value.replace(' ', '').replace('notenoughruns', 'notenough')}"
-                if verdict and column == "verdict"
-                else ""
-            )
-            cells.append(f"<td{css}>{_html.escape(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table class=data><tr>{head}</tr>{''.join(rows)}</table>"
-
-
 def _population_rows(pop) -> list[tuple[str, str]]:
     config = pop.sweep.spec["config"]
     done = len(pop.runs)
@@ -169,7 +146,7 @@ def render_compare_page(populations, verdicts: pd.DataFrame, min_runs: int) -> s
         "interval over seeds lies on one side of the claim's threshold, unclear when it straddles it, n/a with fewer "
         f"than {min_runs} runs that have the quantity. Same: both yes or both no; different: one yes and one no; "
         "not enough runs: any other case.</p>",
-        _table(verdicts, verdict=True),
+        data_table(verdicts, verdict=True),
         "</section>",
     ]
     for pop in populations:
@@ -209,7 +186,7 @@ def render_compare_page(populations, verdicts: pd.DataFrame, min_runs: int) -> s
         ],
         axis=1,
     ).reset_index()
-    parts.append(_table(wide) + "</section>")
+    parts.append(data_table(wide) + "</section>")
     parts.append(
         "<section><h2>Training maps</h2><p class=caption>Each population's HMM training map (Hu et al. 2023): "
         "nodes are latent states left to right in training time, sized by occupancy, coloured by the mean "
@@ -227,7 +204,7 @@ def render_compare_page(populations, verdicts: pd.DataFrame, min_runs: int) -> s
     parts.append("</div></section>")
     parts.append(
         "<section><h2>Runs</h2>"
-        + "".join(f"<h3>{_html.escape(p.label)}</h3>" + _table(p.table) for p in populations)
+        + "".join(f"<h3>{_html.escape(p.label)}</h3>" + data_table(p.table) for p in populations)
         + "</section></body></html>"
     )
     return "\n".join(parts)

@@ -39,6 +39,7 @@ class Trace:
     width: float = 1.8
     opacity: float = 1.0
     legend: bool = True  # listed in the legend (one entry per name)
+    error: tuple[Sequence, Sequence] | None = None  # (low, high) around each y: an interval drawn as error bars
 
 
 @dataclass

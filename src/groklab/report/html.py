@@ -6,6 +6,7 @@ from __future__ import annotations
 import html as _html
 
 import numpy as np
+import pandas as pd
 import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -24,6 +25,32 @@ table.header { border-collapse: collapse; } table.header td { padding: 3px 12px 
 table.header td:first-child { color: #666; white-space: nowrap; } .figure { min-height: 420px; }
 .legend span { display: inline-block; padding: 2px 8px; margin-right: 6px; border-radius: 3px; }
 """
+
+
+TABLE_STYLE = (
+    "table.data{border-collapse:collapse;font-size:.92em;margin:8px 0}table.data td,table.data th{padding:4px 10px;"
+    "border-bottom:1px solid #eee;text-align:left;vertical-align:top}.same{color:#2a7d2a;font-weight:600}"
+    ".different{color:#b22;font-weight:600}.notenough{color:#777}.maps{display:flex;flex-wrap:wrap;gap:12px}"
+    ".maps>div{flex:1 1 560px}"
+)
+
+
+def data_table(frame: pd.DataFrame, verdict: bool = False) -> str:
+    """An HTML table of the frame (floats to 4 significant digits; `verdict`: colour the verdict column)."""
+    head = "".join(f"<th>{_html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for column, value in row.items():
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            css = (
+                f" class={value.replace(' ', '').replace('notenoughruns', 'notenough')}"
+                if verdict and column == "verdict"
+                else ""
+            )
+            cells.append(f"<td{css}>{_html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class=data><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def plotly_figure(fig: Figure) -> go.Figure:
@@ -142,6 +169,15 @@ def plotly_figure(fig: Figure) -> go.Figure:
                 "showlegend": first and trace.legend,
                 "opacity": trace.opacity,
             }
+            if trace.error is not None and trace.kind != "bar":
+                y, (low, high) = np.asarray(trace.y, dtype=float), trace.error
+                common["error_y"] = {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": np.asarray(high, dtype=float) - y,
+                    "arrayminus": y - np.asarray(low, dtype=float),
+                    "color": color,
+                }
             if trace.kind == "bar":
                 x = list(trace.x)
                 pos, width = bar_slots(panel, trace, x)
@@ -169,7 +205,7 @@ def plotly_figure(fig: Figure) -> go.Figure:
                     go.Scatter(
                         x=np.asarray(trace.x),
                         y=np.asarray(trace.y, dtype=float),
-                        mode="lines",
+                        mode="lines+markers" if trace.error is not None else "lines",
                         line={"color": color, "dash": "dash" if trace.dash else "solid", "width": trace.width},
                         **common,
                     ),

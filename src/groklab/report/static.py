@@ -69,8 +69,14 @@ def save_static(fig: Figure, directory: Path) -> list[Path]:
                     alpha=trace.opacity,
                     ls="--" if trace.dash else "-",
                     lw=trace.width * 0.8,
+                    marker="o" if trace.error is not None else None,
+                    ms=4,
                     label=trace.name if trace.legend else None,
                 )
+            if trace.error is not None and trace.kind != "bar":
+                y, (low, high) = np.asarray(trace.y, dtype=float), trace.error
+                bars = [y - np.asarray(low, dtype=float), np.asarray(high, dtype=float) - y]
+                ax.errorbar(np.asarray(trace.x), y, yerr=bars, fmt="none", ecolor=color, capsize=3, lw=1)
         if panel.logy:
             ax.set_yscale("log")
         ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)

@@ -195,6 +195,12 @@ class SweepDir:
     def write_table(self, table: pd.DataFrame) -> None:
         _atomic_write(self.path / TABLE, lambda tmp: table.to_csv(tmp, index=False))
 
+    def write_report(self, html: str) -> Path:
+        """SWEEP_DIR/report.html (groklab report SWEEP_DIR: the grid figure and table)."""
+        path = self.path / "report.html"
+        _atomic_write(path, lambda tmp: tmp.write_text(html))
+        return path
+
     def read_table(self) -> pd.DataFrame | None:
         """The stored sweep table, or None when there is none or it cannot be read (it is rebuilt from the runs)."""
         path = self.path / TABLE

@@ -30,6 +30,7 @@ import yaml
 from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_threshold, convergence_times
+from groklab.dynamics.compare import bootstrap_mean
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
 from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
@@ -422,8 +423,10 @@ def _same_type(value, like):
 def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0.8) -> pd.DataFrame:
     """Per point of the grid: runs, and for every held-out task metric (max_gen_* in the table) the
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
-    al.'s depth sweeps: the inverted U); and the final t-score and PARSEVAL mean and SD where measured.
-    Only runs that ended (finished, early-stopped, diverged) count."""
+    al.'s depth sweeps: the inverted U), each with its 95% percentile-bootstrap interval over seeds
+    (`_ci_low`, `_ci_high`; dynamics.compare.bootstrap_mean, seeded: the same table gives the same
+    intervals); and the final t-score and PARSEVAL mean and SD where measured. Only runs that ended
+    (finished, early-stopped, diverged) count."""
     metrics = [
         c[len("max_") :]
         for c in table.columns  # the task metrics, not the token-level gen_acc
@@ -436,12 +439,37 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
         group = group[group["status"].isin(DONE)]  # runs still going (or never started) do not count yet
         for m in metrics:
             done = group[f"max_{m}"].dropna()
-            row[f"{m}_crossed_{cross:g}"] = float((done >= cross).mean()) if len(done) else float("nan")
-            row[f"{m}_final_mean"] = float(group[f"final_{m}"].mean())
-            row[f"{m}_final_sd"] = float(group[f"final_{m}"].std())
+            crossed = (f"{m}_crossed_{cross:g}", f"{m}_crossed_ci_low", f"{m}_crossed_ci_high")
+            row.update(zip(crossed, bootstrap_mean(done >= cross)))
+            final = group[f"final_{m}"].dropna()
+            row[f"{m}_final_mean"], row[f"{m}_final_ci_low"], row[f"{m}_final_ci_high"] = bootstrap_mean(final)
+            row[f"{m}_final_sd"] = float(final.std())
         for m in ("t_score", "parseval"):
             if f"final_{m}" in group:
                 row[f"{m}_final_mean"] = float(group[f"final_{m}"].mean())
                 row[f"{m}_final_sd"] = float(group[f"final_{m}"].std())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None = None) -> Path:
+    """SWEEP_DIR/report.html: for a grid sweep (e.g. --depths), each held-out task metric against the grid
+    with 95% bootstrap intervals over seeds (report.grid), the per-point summary (grid_summary) and the
+    sweep table; with `png`, the figures as PNG there too."""
+    from groklab.report.grid import grid_figures, render_grid_page
+    from groklab.report.maps import save_figures_static
+
+    sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
+    table = sweep_table(sweep_dir)
+    keys = list(sweep_dir.points[0])
+    summary = grid_summary(table, keys)
+    figures = grid_figures(table, summary, keys)
+    if not figures:
+        raise ConfigError(
+            f"{sweep_dir.path} has no grid of held-out task metrics to draw (a sweep over --depths or --grid of a "
+            f"structural preset); see it with `groklab show {sweep_dir.path}`, or report one run: groklab report RUN_DIR"
+        )
+    path = sweep_dir.write_report(render_grid_page(f"groklab sweep: {sweep_dir.path.name}", figures, summary, table))
+    if png is not None:
+        save_figures_static(figures, Path(png))
+    return path
