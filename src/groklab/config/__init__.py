@@ -11,10 +11,19 @@ from groklab.config.loading import (
     to_yaml,
 )
 from groklab.config.plugins import PluginError, load_plugins
-from groklab.config.schema import EarlyStop, MeasuresConfig, ModelConfig, RunConfig, TaskConfig, TrainConfig
+from groklab.config.schema import (
+    WEIGHT_STATISTICS,
+    EarlyStop,
+    MeasuresConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+)
 
 __all__ = [
     "PRESET_DIR",
+    "WEIGHT_STATISTICS",
     "EarlyStop",
     "MeasuresConfig",
     "ModelConfig",

@@ -106,6 +106,26 @@ class TrainConfig(Strict):
     flush_denormal: bool = True  # CPU: denormal floats flushed to zero (groklab.runtime)
 
 
+# The 14 weight statistics of Hu et al. 2023 (§3, spec training-maps.md §3.3): the columns the `weight_stats`
+# measure set writes and the base features of a training map. Named here, above both, so the two agree.
+WEIGHT_STATISTICS = (
+    "l1",
+    "l2",
+    "trace",
+    "spectral",
+    "code_sparsity",
+    "computational_sparsity",
+    "mean_lambda",
+    "variance_lambda",
+    "mean_w",
+    "median_w",
+    "var_w",
+    "mean_b",
+    "median_b",
+    "var_b",
+)
+
+
 class MeasuresConfig(Strict):
     """Measures computed during training (`groklab.measures`), landing as metrics columns."""
 

@@ -37,24 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from groklab.config import WEIGHT_STATISTICS
+
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     # Hu et al. 2023 §3 / spec §3.3: 14 weight statistics per checkpoint; loss and accuracy are not features.
-    "base": (
-        "l1",
-        "l2",
-        "trace",
-        "spectral",
-        "code_sparsity",
-        "computational_sparsity",
-        "mean_lambda",
-        "variance_lambda",
-        "mean_w",
-        "median_w",
-        "var_w",
-        "mean_b",
-        "median_b",
-        "var_b",
-    ),
+    "base": WEIGHT_STATISTICS,
     "ablation": ("l1", "l2", "trace", "variance_lambda", "mean_w", "mean_b"),
     "ablation2": ("l2",),
     "ablation3": ("l1",),

@@ -25,24 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from groklab.config import WEIGHT_STATISTICS
 from groklab.models import MLP, ResNet18, Transformer
 
-FEATURES = (
-    "l1",
-    "l2",
-    "trace",
-    "spectral",
-    "code_sparsity",
-    "computational_sparsity",
-    "mean_lambda",
-    "variance_lambda",
-    "mean_w",
-    "median_w",
-    "var_w",
-    "mean_b",
-    "median_b",
-    "var_b",
-)
+FEATURES = WEIGHT_STATISTICS  # the column names, in order (named in the config layer for the maps too)
 MATRIX_KEYS = FEATURES[:8]
 NAN = math.nan
 
