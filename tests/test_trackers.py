@@ -165,6 +165,19 @@ def test_resume_continues_the_same_tracker_runs_without_repeating_rows(tmp_path)
     assert same(wandb_history([r for records in sessions for r in records]))
 
 
+def test_a_finished_run_resumed_with_a_tracker_is_sent_to_it_whole(tmp_path):
+    """Trained without a tracker, then `groklab run --resume RUN --report-to tensorboard`: every row, once,
+    even when asked twice; nothing retrained."""
+    out = tmp_path / "run"
+    groklab.run(config(), out, report=False)
+    before = (out / "metrics.jsonl").read_text()
+    for _ in range(2):
+        result = cli_in_process("run", "--resume", str(out), "--report-to", "tensorboard")
+        assert result.returncode == 0 and "sent to tensorboard" in result.stdout, result.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+    assert tensorboard_scalars(out / "tensorboard") == as_float32(columns(metrics(out)))
+
+
 def test_a_sweep_groups_its_runs_in_one_mlflow_experiment(tmp_path):
     """Two seeds trained as one batch by a worker process, each member its own MLflow run in the sweep's store
     and experiment: each run's history equals its metrics.jsonl."""

@@ -63,9 +63,12 @@ def run(
             raise UserError("--resume continues a run with its own config; give no PRESET, --set, --seed or --out")
         existing = groklab.load_run(resume_dir)
         if existing.summary.get("status") in ("finished", "stopped_early", "diverged"):
-            click.echo(
-                f"{resume_dir}: already {existing.summary['status']} at step {existing.summary.get('step')}; nothing to do"
-            )
+            done = f"{resume_dir}: already {existing.summary['status']} at step {existing.summary.get('step')}"
+            if report_to:
+                groklab.resume(resume_dir, report_to=report_to)  # mirrored to the trackers whole
+                click.echo(f"{done}; sent to {', '.join(report_to)}")
+            else:
+                click.echo(f"{done}; nothing to do")
             return
         total = existing.config.train.max_steps
         with _progress(total, quiet) as on_step:

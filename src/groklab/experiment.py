@@ -150,10 +150,17 @@ def resume(
 ) -> Run:
     """Continue an interrupted or killed run from its last checkpoint; a finished run is left as is.
     The finished metrics equal those of an uninterrupted run. `report_to`: trackers, each continuing
-    the tracker run it mirrored to before where it can (`groklab.store.trackers`)."""
+    the tracker run it mirrored to before where it can (`groklab.store.trackers`); a finished run is
+    mirrored to them whole, its rows, report and metrics table (a run trained without a tracker, sent to
+    one afterwards)."""
     report_to = ReportTo.of(report_to)
     existing = Run(path)
     if existing.summary.get("status") in DONE:
+        if report_to:
+            with existing.dir.lock():
+                mirror = Mirror(report_to, existing.path, sink=None)
+                mirror.start(existing.config.model_dump(mode="json"), existing.dir.metric_rows())
+                mirror.finish(existing.summary["status"])
         return existing
     if existing.summary.get("status") == "imported":
         raise RunDirError(f"{existing.path} was imported (`groklab import`); it has no training state to resume from")
