@@ -807,8 +807,37 @@ def _print_sweep(sweep_dir) -> None:
             )
         )
     if grid or structural:
-        click.echo("per grid point (crossed: fraction of seeds whose value reaches 0.8 at some point):")
-        click.echo(grid_summary(table, grid).to_string(index=False, float_format=lambda v: f"{v:.3f}", line_width=120))
+        click.echo(
+            "per grid point (crossed: share of seeds whose value reaches 0.8 at some point; [95% bootstrap "
+            "interval over seeds]):"
+        )
+        click.echo(_grid_lines(grid_summary(table, grid), grid).to_string(index=False))
+
+
+def _grid_lines(summary, grid: list[str]):
+    """grid_summary as one line per grid point and metric: crossed, final mean with intervals, SD."""
+    import pandas as pd
+
+    def value(row, column: str, prefix: str) -> str:
+        if column not in row:
+            return "-"
+        low, high = row.get(f"{prefix}_ci_low"), row.get(f"{prefix}_ci_high")
+        return f"{row[column]:.2f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+
+    metrics = [c[: -len("_final_mean")] for c in summary if c.endswith("_final_mean")]
+    lines = [
+        {
+            **{k: row[k] for k in grid},
+            "runs": int(row["runs"]),
+            "metric": m,
+            "crossed 0.8": value(row, f"{m}_crossed_0.8", f"{m}_crossed"),
+            "final mean": value(row, f"{m}_final_mean", f"{m}_final"),
+            "final SD": value(row, f"{m}_final_sd", ""),
+        }
+        for row in summary.to_dict("records")
+        for m in metrics
+    ]
+    return pd.DataFrame(lines)
 
 
 def _print_summary(result) -> None:
