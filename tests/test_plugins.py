@@ -80,6 +80,13 @@ def test_measure_and_report_find_the_plugin(example_run, tmp_path):
     result = groklab_cli("report", str(example_run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (example_run / "report.html").is_file()
+    # the plugin's measure is drawn (with the other columns no built-in figure draws), each column once
+    from groklab.report import build_report
+
+    _, figures = build_report([Run(example_run)])
+    other = [t.column for f in figures if f.key.startswith("other") for p in f.panels for t in p.traces]
+    rest = {t.column for f in figures if not f.key.startswith("other") for p in f.panels for t in p.traces}
+    assert "symmetry" in other and len(other) == len(set(other)) and not set(other) & rest
 
 
 def test_a_sweep_of_the_example_in_worker_processes_then_compare(tmp_path):

@@ -14,7 +14,7 @@ import groklab
 from groklab.config import load_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FIGURES = ["curves", "measures", "embedding_spectrum", "spectrum_slider", "neurons", "attention"]
+FIGURES = ["curves", "measures", "embedding_spectrum", "spectrum_slider", "neurons", "attention", "other_0", "other_1"]
 
 
 def open_in_browser(path: Path):

@@ -16,6 +16,7 @@ from groklab.report.figures import (
     fourier_figures,
     header,
     measure_figures,
+    other_figures,
     stability_figures,
     structural_figures,
     weight_stats_figures,
@@ -40,7 +41,8 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[Figure]]:
         + weight_stats_figures(list(runs))
     )
     if len(runs) == 1:
-        figures += fourier_figures(runs[0])
+        drawn = {t.column for f in figures for p in f.panels for t in p.traces if t.column}
+        figures += fourier_figures(runs[0]) + other_figures(runs[0], drawn)
         title = f"groklab report: {header(runs[0])['title']}"
     else:
         title = "groklab comparison: " + ", ".join(run.path.name for run in runs)

@@ -40,6 +40,7 @@ class Trace:
     opacity: float = 1.0
     legend: bool = True  # listed in the legend (one entry per name)
     error: tuple[Sequence, Sequence] | None = None  # (low, high) around each y: an interval drawn as error bars
+    column: str | None = None  # the metrics column drawn, if one is (other_figures draws the rest)
 
 
 @dataclass
@@ -108,7 +109,9 @@ def curve_figures(runs: list[Run]) -> list[Figure]:
         for split, dash in (("train", False), ("test", True), ("text", True)):  # text: an imported run's --eval-text
             for panel, column in ((loss, f"{split}_loss"), (acc, f"{split}_acc")):
                 if column in m:  # an imported run may have neither accuracy nor some losses
-                    panel.traces.append(Trace(f"{label}{split}", m["step"], m[column], dash=dash, color=color))
+                    panel.traces.append(
+                        Trace(f"{label}{split}", m["step"], m[column], dash=dash, color=color, column=column)
+                    )
     panels = [panel for panel in (loss, acc) if panel.traces]
     if not panels:
         return []
@@ -211,6 +214,7 @@ def _column_panel(
                         rows[column],
                         dash=dash,
                         color=None if single else PALETTE[i % len(PALETTE)],
+                        column=column,
                     )
                 )
     return panel
@@ -265,7 +269,7 @@ def stability_figures(runs: list[Run]) -> list[Figure]:
         rows = m.dropna(subset=[column])
         color, label = (None, "") if len(runs) == 1 else (PALETTE[i % len(PALETTE)], f"{run_label(run)}: ")
         norm.traces.append(
-            Trace(f"{label}{column[len('sum_sq_') :]}", rows["step"], np.sqrt(rows[column]), color=color)
+            Trace(f"{label}{column[len('sum_sq_') :]}", rows["step"], np.sqrt(rows[column]), color=color, column=column)
         )
         starts = run.summary.get("slingshot_steps") or []
         at = rows.set_index("step")[column]
@@ -348,6 +352,42 @@ def structural_figures(runs: list[Run]) -> list[Figure]:
         "induced trees against gold parses, beside the right-branching baseline."
     )
     return [Figure("structural", "Structural grokking (Murty et al. 2023)", caption, panels)]
+
+
+NOT_DRAWN = ("step", "elapsed_s", "key_freqs")  # bookkeeping; key_freqs is a list, stated in a caption
+
+
+def other_figures(run: Run, drawn: set[str], per_row: int = 3) -> list[Figure]:
+    """Every numeric metrics column no other figure draws — a plugin's measure set, the per-matrix norms, the
+    further variants of the built-in measures — one panel per name prefix (the text before the first "_"),
+    `per_row` panels a figure: nothing the run logged is left out of its report."""
+    m = run.metrics
+    columns = [
+        c
+        for c in m.columns
+        if c not in drawn and c not in NOT_DRAWN and m[c].dtype.kind in "fiub" and m[c].notna().any()
+    ]
+    groups: dict[str, list[str]] = {}
+    for column in columns:
+        groups.setdefault(column.split("_")[0], []).append(column)
+    panels = [
+        _column_panel([run], names[0] if len(names) == 1 else f"{prefix}_*", "", False, [(c, c, False) for c in names])
+        for prefix, names in groups.items()
+    ]
+    chunks = [panels[i : i + per_row] for i in range(0, len(panels), per_row)]
+    caption = (
+        "The other numeric columns of the run's metrics table (metrics.jsonl), grouped by name: a plugin's "
+        "measure sets, per-matrix norms, variants of the measures drawn above."
+    )
+    return [
+        Figure(
+            f"other_{i}",
+            "Other logged columns" + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""),
+            caption,
+            chunk,
+        )
+        for i, chunk in enumerate(chunks)
+    ]
 
 
 def fourier_figures(run: Run) -> list[Figure]:
