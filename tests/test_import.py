@@ -178,6 +178,11 @@ def test_nanda_full_run_imports_every_checkpoint_with_identical_logits(tmp_path)
     report = groklab_cli("report", str(out))
     assert report.returncode == 0, report.stderr
     assert (out / "report.html").is_file()
+    from groklab.report import build_report
+
+    (own,) = [f for f in build_report([Run(out)])[1] if f.key == "source_curves"]  # the file's curves drawn
+    traces = {t.name: t for t in own.panels[0].traces}
+    assert list(traces["test_loss, the file's"].y) == list(test_losses) and len(traces["train_loss, groklab's"].x) == 3
     refused(tmp_path, ["run", "--resume", str(out)], "was imported")
 
 

@@ -17,6 +17,7 @@ from groklab.report.figures import (
     header,
     measure_figures,
     other_figures,
+    source_figures,
     stability_figures,
     structural_figures,
     weight_stats_figures,
@@ -42,7 +43,7 @@ def build_report(runs: Sequence[Run]) -> tuple[str, list[Figure]]:
     )
     if len(runs) == 1:
         drawn = {t.column for f in figures for p in f.panels for t in p.traces if t.column}
-        figures += fourier_figures(runs[0]) + other_figures(runs[0], drawn)
+        figures += source_figures(runs[0]) + fourier_figures(runs[0]) + other_figures(runs[0], drawn)
         title = f"groklab report: {header(runs[0])['title']}"
     else:
         title = "groklab comparison: " + ", ".join(run.path.name for run in runs)

@@ -354,6 +354,33 @@ def structural_figures(runs: list[Run]) -> list[Figure]:
     return [Figure("structural", "Structural grokking (Murty et al. 2023)", caption, panels)]
 
 
+def source_figures(run: Run) -> list[Figure]:
+    """An imported run's own loss curves, as the file recorded them (RUN_DIR/source.json), beside groklab's
+    evaluation of its checkpoints: the two computations side by side (e.g. Nanda et al.'s loss over all
+    outputs, '=' included, against groklab's over the answer classes)."""
+    source = run.dir.read_source()
+    curves = {k: v for k, v in (source.get("curves") or {}).items() if v}
+    if not curves:
+        return []
+    panel, m = Panel("loss", ylabel="cross-entropy", logy=True), run.metrics
+    for i, (name, curve) in enumerate(sorted(curves.items())):
+        steps = sorted(curve, key=int)
+        color = PALETTE[i % len(PALETTE)]
+        panel.traces.append(
+            Trace(f"{name}, the file's", [int(k) for k in steps], [curve[k] for k in steps], color=color)
+        )
+        if name in m and m[name].notna().any():
+            rows = m.dropna(subset=[name])
+            panel.traces.append(Trace(f"{name}, groklab's", rows["step"], rows[name], "markers", color=color))
+    caption = (
+        f"The loss curves stored in the imported file ({source.get('format', 'foreign')} format; lines) and "
+        "groklab's evaluation of the imported checkpoints (markers). The file's: "
+        + str(source.get("curves_note") or "computed by the code that wrote it")
+        + "."
+    )
+    return [Figure("source_curves", "The imported file's own curves", caption, [panel])]
+
+
 NOT_DRAWN = ("step", "elapsed_s", "key_freqs")  # bookkeeping; key_freqs is a list, stated in a caption
 
 
