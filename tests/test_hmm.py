@@ -118,8 +118,14 @@ def test_seeded_fits_are_identical(data):
 def test_parallel_fits_equal_serial(data):
     runs, _ = data
     some = {s: runs[s] for s in range(12)}
-    serial = TrainingMap(features=FEATURES, max_states=3, n_restarts=2, n_jobs=1).fit(some)
-    parallel = TrainingMap(features=FEATURES, max_states=3, n_restarts=2, n_jobs=2).fit(some)
+    caught = []
+    for n_jobs in (1, 2):  # the workers' warnings are raised again here, as the serial fits raise them
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            caught.append(TrainingMap(features=FEATURES, max_states=3, n_restarts=2, n_jobs=n_jobs).fit(some))
+        caught.append(sorted(str(w.message) for w in record))
+    serial, serial_warnings, parallel, parallel_warnings = caught
+    assert serial_warnings == parallel_warnings
     pd.testing.assert_frame_equal(serial.selection_, parallel.selection_)
     pd.testing.assert_frame_equal(serial.restarts_, parallel.restarts_)
     np.testing.assert_array_equal(serial.means_, parallel.means_)

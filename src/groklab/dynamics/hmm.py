@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -630,13 +631,19 @@ def _fit_restart(
 _WORKER_DATA: dict = {}
 
 
-def _set_worker_data(data: dict) -> None:
+def _set_worker_data(data: dict, log_level: int) -> None:
     _WORKER_DATA.update(data)
+    logging.getLogger("hmmlearn").setLevel(log_level)  # as the caller has it (a spawned process starts afresh)
 
 
-def _fit_in_worker(job: tuple) -> dict:
+def _fit_in_worker(job: tuple) -> tuple[dict, list[tuple[str, type]]]:
+    """The fit, and the warnings it raised, to be raised again in the caller (where they are counted or shown)
+    instead of printed by the worker."""
     n_states, restart, seed = job
-    return _fit_restart(**_WORKER_DATA, n_states=n_states, restart=restart, seed=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _fit_restart(**_WORKER_DATA, n_states=n_states, restart=restart, seed=seed)
+    return result, [(str(w.message), w.category) for w in caught]
 
 
 def _run_restarts(data: dict, jobs: list[tuple], n_jobs: int) -> list[dict]:
@@ -649,11 +656,15 @@ def _run_restarts(data: dict, jobs: list[tuple], n_jobs: int) -> list[dict]:
         return [_fit_restart(**data, n_states=k, restart=i, seed=s) for k, i, s in jobs]
     order = sorted(range(len(jobs)), key=lambda j: -jobs[j][0])
     context = multiprocessing.get_context("spawn")
+    level = logging.getLogger("hmmlearn").level
     with ProcessPoolExecutor(
-        min(n_jobs, len(jobs)), mp_context=context, initializer=_set_worker_data, initargs=(data,)
+        min(n_jobs, len(jobs)), mp_context=context, initializer=_set_worker_data, initargs=(data, level)
     ) as pool:
         done = dict(zip(order, pool.map(_fit_in_worker, [jobs[j] for j in order])))
-    return [done[j] for j in range(len(jobs))]
+    for j in range(len(jobs)):
+        for message, category in done[j][1]:
+            warnings.warn(message, category, stacklevel=2)
+    return [done[j][0] for j in range(len(jobs))]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
