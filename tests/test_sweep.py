@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import groklab_cli
+from conftest import cli_in_process, groklab_cli
 from test_cli import bad, snapshot
 
 from groklab.config import load_preset
@@ -222,6 +222,14 @@ def test_map_of_a_sweep(parity_sweep):
     model = TrainingMap.load(map_dir / "training_map.json")
     table = Run(out / "runs" / "seed_0002").metrics
     assert (model.predict(table) == paths[paths["seed"] == 2]["state"].to_numpy()).all()
+
+    # another map kept beside it (--name): the sweep's own map untouched
+    before = {p.name: p.read_bytes() for p in map_dir.glob("*.csv")}
+    named = cli_in_process("map", str(out), "--states", "3", "--restarts", "1", "--jobs", "1", "--name", "k3")
+    assert named.returncode == 0, named.stderr
+    assert "map-k3" in named.stdout and pd.read_csv(out / "map-k3" / "states.csv")["state"].nunique() == 3
+    assert {p.name: p.read_bytes() for p in map_dir.glob("*.csv")} == before
+    bad(["map", str(out), "--name", "../elsewhere"], "--name takes letters")
 
     # convergence read from another metric (a structural sweep's gen_* metric, here the train accuracy)
     again = groklab_cli(

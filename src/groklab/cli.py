@@ -5,6 +5,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr saying what to do), 130 inte
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -357,6 +358,11 @@ def _missing(value) -> bool:
     help="Repeat model selection and the detour test N more times with other restart seeds.",
 )
 @click.option("--bootstrap", is_flag=True, help="With --robustness: each refit on a resample of the runs.")
+@click.option(
+    "--name",
+    help="Keep this map beside the sweep's own, in SWEEP_DIR/map-NAME/ (e.g. --states 6 --name k6); without it "
+    "the map replaces SWEEP_DIR/map/.",
+)
 def map_(
     sweep_dir: str,
     features: str,
@@ -372,8 +378,10 @@ def map_(
     selection: str,
     robustness: int,
     bootstrap: bool,
+    name: str | None,
 ) -> None:
-    """Fit the HMM training map of a sweep; write SWEEP_DIR/map/ (map SVG/PNG, CSV tables, report.html)."""
+    """Fit the HMM training map of a sweep; write SWEEP_DIR/map/ (map SVG/PNG, CSV tables, report.html), or
+    SWEEP_DIR/map-NAME/ with --name."""
     from groklab.store import SweepDir
     from groklab.sweep.maps import map_sweep
 
@@ -385,6 +393,8 @@ def map_(
             raise UserError(f"--states takes a number of states (1-50), bic or aic; got '{states}'") from None
     if restarts < 1:
         raise UserError(f"--restarts must be at least 1, got {restarts}")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserError(f"--name takes letters, digits, '_', '.' and '-' (a directory name); got '{name}'")
     if robustness < 0 or (bootstrap and robustness == 0):
         raise UserError(f"--robustness takes a number of refits >= 0 (--bootstrap needs one > 0); got {robustness}")
     sweep = SweepDir.open(sweep_dir)
@@ -404,6 +414,7 @@ def map_(
         selection=selection,
         robustness=robustness,
         bootstrap=bootstrap,
+        name=name,
         progress=lambda line: click.echo(line, err=True),
     )
     model, detours = result.model, result.detours

@@ -150,21 +150,30 @@ class SweepDir:
     def log_path(self, seed: int, point: dict | None = None) -> Path:
         return self.path / LOGS / (f"{point_name(point)},seed_{seed:04d}.log" if point else f"seed_{seed:04d}.log")
 
-    def map_path(self, point: dict | None = None) -> Path:
-        """MAP/, or MAP/KEY=VALUE,.../ for the map of one point of the grid."""
-        return self.path / MAP / point_name(point) if point else self.path / MAP
+    def map_path(self, point: dict | None = None, name: str | None = None) -> Path:
+        """MAP/, or MAP/KEY=VALUE,.../ for the map of one point of the grid; MAP-NAME/... for a map kept beside
+        the sweep's own (`groklab map --name`: another K, feature set or threshold, compared side by side)."""
+        root = self.path / (MAP if name is None else f"{MAP}-{name}")
+        return root / point_name(point) if point else root
 
     @property
     def map_dir(self) -> Path:
         return self.map_path()
 
     def write_map(
-        self, tables: dict[str, pd.DataFrame], page: str, save_map, save_model, point: dict | None = None
+        self,
+        tables: dict[str, pd.DataFrame],
+        page: str,
+        save_map,
+        save_model,
+        point: dict | None = None,
+        name: str | None = None,
     ) -> Path:
         """Replace the training map (MAP/, or MAP/POINT/ for a point of the grid) with the new one: CSV tables,
         report.html, the drawings written by `save_map(dir)` and the fitted model by `save_model(path)`.
-        Written next to it first and swapped in, so an interrupted `groklab map` leaves the previous map whole."""
-        target = self.map_path(point)
+        Written next to it first and swapped in, so an interrupted `groklab map` leaves the previous map whole.
+        `name`: into MAP-NAME/ instead (the sweep's own map untouched)."""
+        target = self.map_path(point, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp, old = target.parent / f".{target.name}.tmp", target.parent / f".{target.name}.old"
         shutil.rmtree(tmp, ignore_errors=True)

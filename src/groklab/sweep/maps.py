@@ -69,6 +69,7 @@ def map_sweep(
     robustness: int = 0,
     bootstrap: bool = False,
     covariance: str = "full",
+    name: str | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> MapResult:
     """Fit a TrainingMap over the sweep's finished runs and write SWEEP_DIR/map/: training_map.png/.svg,
@@ -81,7 +82,8 @@ def map_sweep(
     `threshold` (>= ; <= for a loss); threshold None: the worst of the runs' final values
     (dynamics.convergence_threshold); column None (a series without evaluations, e.g. imported LM
     checkpoints): the map is fitted and drawn without the detour test. `covariance`: the HMM's, "full" or
-    "diag" (Hu et al.'s choice for few runs, as their 5 MultiBERTs)."""
+    "diag" (Hu et al.'s choice for few runs, as their 5 MultiBERTs). `name`: written into SWEEP_DIR/map-NAME/
+    instead, beside the sweep's own map (which `show` and `compare` use), e.g. one map per K to compare."""
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
     runs, skipped = _usable_runs(sweep_dir, point)
     names = _check_features(features, runs)
@@ -153,7 +155,7 @@ def map_sweep(
             robustness_fits=stability.fits, robustness_states=stability.states, robustness_summary=stability.summary
         )
     page, save_drawings = _report(sweep_dir, model, tables, threshold, column, skipped, png)
-    path = sweep_dir.write_map(tables, page, save_drawings, model.save, point)
+    path = sweep_dir.write_map(tables, page, save_drawings, model.save, point, name)
     return MapResult(path, model, convergence, detours, states, skipped, stability, column, threshold)
 
 
