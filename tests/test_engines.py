@@ -98,11 +98,18 @@ def slow_reference(tmp_path_factory):
     return sweep(load_config("hu-sparse-parity", [s for s in SLOW if s != "--set"]), [0, 1], out, workers=2, threads=1)
 
 
-def same_runs(sweep_dir: SweepDir, reference: SweepDir, seeds) -> None:
+def same_runs(sweep_dir: SweepDir, reference: SweepDir, seeds, batched: bool = False) -> None:
+    """The same metrics, every column. Runs trained one per process: equal. Runs trained in a batch against
+    runs trained alone: equal to float32 rounding — a batched matrix product may round differently from a
+    single one (Intel MKL does, AMD's path did not: `trace`, a sum that nearly cancels, 6.69542e-4 vs
+    6.69570e-4 after 160 steps on an Intel Xeon)."""
     for seed in seeds:
         run, ref = Run(sweep_dir.run_path(seed)), Run(reference.run_path(seed))
         assert run.status == ref.status == "finished", (seed, run.status)
-        pd.testing.assert_frame_equal(run.metrics.drop(columns="elapsed_s"), ref.metrics.drop(columns="elapsed_s"))
+        tolerance = {"rtol": 1e-4, "atol": 1e-6} if batched else {}
+        pd.testing.assert_frame_equal(
+            run.metrics.drop(columns="elapsed_s"), ref.metrics.drop(columns="elapsed_s"), **tolerance
+        )
         assert set(ref.steps) <= set(run.steps)  # and the checkpoint an interrupted run saved where it stopped
 
 
@@ -130,7 +137,7 @@ def test_a_ray_sweep_equals_the_local_sweep(ray_cluster, local_parity, tmp_path)
     )
     assert result.returncode == 0, result.stderr
     assert "on ray" in result.stderr and "seed 3: finished" in result.stderr
-    same_runs(SweepDir.open(out), local_parity, range(4))
+    same_runs(SweepDir.open(out), local_parity, range(4), batched=True)
     assert "pid" in (out / "logs").iterdir().__next__().read_text()  # the unit's output, from its Ray worker
 
 

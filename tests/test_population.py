@@ -125,16 +125,17 @@ def test_in_float64_members_compute_exactly_what_single_runs_do():
 @pytest.mark.slow
 def test_quick_seeds_grok_in_a_batch_as_alone(tmp_path):
     """quick (the canonical task at p=31), seeds 0 and 8 in one batch: both grok, and seed 0 reaches 99% test
-    acc within 10% of the step it does alone (seed 8 alone is not rerun here, for time; seed 8 is the one that
+    acc within 20% of the step it does alone (seed 8 alone is not rerun here, for time; seed 8 is the one that
     groks soonest in sweeps of quick, so the batch stops early with seed 0). Not at the same
     evaluation step: in float32, Adam amplifies rounding (a one-ulp change of seed 1's initial weights moves its
     grokking from step 9200 to 8050; README), and a batched matrix product rounds differently from a single
-    one (measured: seed 0 1950 vs 2050, seed 2 4150 vs 4100)."""
+    one (measured on an AMD EPYC: seed 0 1950 vs 2050, seed 2 4150 vs 4100; on an Intel Xeon, whose MKL rounds
+    the batched product differently: seed 0 alone 1950, in this batch 2250)."""
     cfgs = configs("quick", ["measures=null"], seeds=[0, 8])
     batch = run_batch(cfgs, [tmp_path / "b" / f"m{i}" for i in range(2)], tmp_path / "b.safetensors", threads=1)
     alone = run(cfgs[0], tmp_path / "solo0", report=False, threads=1).summary["step_test_acc_99"]
     together = batch[0].summary["step_test_acc_99"]
-    assert alone is not None and together is not None and abs(together - alone) <= 0.1 * alone, (alone, together)
+    assert alone is not None and together is not None and abs(together - alone) <= 0.2 * alone, (alone, together)
     assert [b.status for b in batch] == ["stopped_early"] * 2 and batch[1].summary["step_test_acc_99"] is not None
 
 
