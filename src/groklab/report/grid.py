@@ -14,15 +14,15 @@ from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
 
 
-def grid_figures(table: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cross: float = 0.8) -> list[Figure]:
+def grid_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cross: float = 0.8) -> list[Figure]:
     """One figure per held-out task metric (final value; share of seeds crossing `cross`), x = keys[0],
-    a colour per combination of the other keys. Empty without a grid or held-out task metrics."""
+    a colour per combination of the other keys; `done`: the sweep table's runs that ended (their points are
+    the seeds drawn). Empty without a grid or held-out task metrics."""
     metrics = [c[: -len("_final_mean")] for c in summary if c.endswith("_final_mean") and c.startswith("gen_")]
     if not keys or not metrics:
         return []
     x_key, others = keys[0], keys[1:]
     groups = list(summary.groupby(others, sort=True)) if others else [((), summary)]
-    done = table[table["status"].isin(("finished", "stopped_early", "diverged"))]
     figures = []
     for metric in metrics:
         final, crossed = (

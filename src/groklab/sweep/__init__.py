@@ -463,7 +463,7 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
     table = sweep_table(sweep_dir)
     keys = list(sweep_dir.points[0])
     summary = grid_summary(table, keys)
-    figures = grid_figures(table, summary, keys)
+    figures = grid_figures(table[table["status"].isin(DONE)], summary, keys)
     if not figures:
         raise ConfigError(
             f"{sweep_dir.path} has no grid of held-out task metrics to draw (a sweep over --depths or --grid of a "
