@@ -843,7 +843,7 @@ def _grid_lines(summary, grid: list[str]):
             "metric": m,
             "crossed 0.8": value(row, f"{m}_crossed_0.8", f"{m}_crossed"),
             "final mean": value(row, f"{m}_final_mean", f"{m}_final"),
-            "final SD": value(row, f"{m}_final_sd", ""),
+            "final SD": f"{row[f'{m}_final_sd']:.2f}",
         }
         for row in summary.to_dict("records")
         for m in metrics
