@@ -398,7 +398,8 @@ def test_grid_summary_counts_seeds_that_cross():
 
 
 def test_a_sweep_made_before_a_config_field_existed_resumes(tmp_path):
-    """A field added to the schema since the sweep was made (with its default) is no difference in config."""
+    """A field added to the schema since the sweep was made (with its default), or a reworded description, is no
+    difference in config."""
     config = load_preset("quick").model_dump(mode="json")
     old = {**config, "measures": {k: v for k, v in config["measures"].items() if not k.startswith("llc_")}}
     SweepDir.create_or_open(tmp_path / "s", old, [0])
@@ -406,3 +407,6 @@ def test_a_sweep_made_before_a_config_field_existed_resumes(tmp_path):
     changed = {**config, "train": {**config["train"], "lr": 0.5}}
     with pytest.raises(Exception, match="another config"):
         SweepDir.create_or_open(tmp_path / "s", changed, [0])
+    # a preset reworded between groklab versions (its expected text, its outcome's range) still resumes
+    reworded = {**config, "expected": "measured again", "source": "", "outcome": {"converged": True}}
+    assert SweepDir.create_or_open(tmp_path / "s", reworded, [2]).seeds == [0, 1, 2]

@@ -17,6 +17,7 @@ threshold (null: derived from the runs) and covariance (diag).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 from pathlib import Path
@@ -35,15 +36,19 @@ def point_name(point: dict) -> str:
     return ",".join(f"{key}={value}" for key, value in point.items())
 
 
+# a preset's words and checks, not what its runs compute: groklab may reword them between versions
+DESCRIPTIVE = ("source", "expected", "outcome")
+
+
 def _normalized(config: dict) -> dict:
-    """A stored config as today's schema reads it: a field added since (with its default) is no difference."""
+    """A stored config as today's schema reads it, without its descriptive fields: a field added since (with
+    its default) or a preset's reworded `expected` text is no difference."""
     from groklab.config import config_from_dict
     from groklab.errors import ConfigError
 
-    try:
-        return config_from_dict(config).model_dump(mode="json")
-    except ConfigError:
-        return config
+    with contextlib.suppress(ConfigError):  # a config today's schema refuses: compared as stored
+        config = config_from_dict(config).model_dump(mode="json")
+    return {k: v for k, v in config.items() if k not in DESCRIPTIVE}
 
 
 class SweepDir:
@@ -71,7 +76,7 @@ class SweepDir:
                     raise RunDirError(f"{path} exists and is not a groklab sweep; choose another --out")
             else:
                 old = cls.open(path).spec
-                if _normalized(old["config"]) != config or old.get("grid", {}) != spec["grid"]:
+                if _normalized(old["config"]) != _normalized(config) or old.get("grid", {}) != spec["grid"]:
                     raise RunDirError(
                         f"{path} holds a sweep of another config or grid; resume it with its own "
                         "command or choose another --out"
