@@ -240,4 +240,35 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
     )
     assert deep["gen_first_word_acc_final_ci_low"] > summary.loc[2, "gen_first_word_acc_final_ci_high"]
     bad(["report", str(sweep.path), "-o", str(tmp_path / "x.html")], "leave out -o")
-    bad(["report", str(sweeps[0].path)], "no grid of held-out task metrics")
+    bad(["report", str(sweeps[0].path)], "has no grid to draw")  # seeds only
+
+
+def test_report_of_a_train_fraction_sweep(tmp_path):
+    """A modular grid (Nanda et al.'s train-fraction curve): the convergence step against the grid, seeds and
+    the mean of those that converge with its interval, the share converging; `groklab show` prints the same."""
+    config = load_preset("quick").model_dump(mode="json")
+    grid = {"task.frac_train": [0.3, 0.5]}
+    sweep = SweepDir.create_or_open(tmp_path / "fractions", config, list(range(4)), grid=grid)
+    for frac in grid["task.frac_train"]:
+        for seed in range(4):
+            metrics = modular_run(seed, np.random.default_rng(seed))  # test acc crosses 0.9 at 2500 + 150 seed + ~100
+            if frac == 0.3:  # the smaller fraction groks later, and seed 3 not at all within its steps
+                metrics["test_acc"] = 0.03 if seed == 3 else 0.03 + 0.97 * sigmoid(metrics["step"], 4500 + 150 * seed)
+            run = RunDir.create(
+                sweep.run_path(seed, {"task.frac_train": frac}), yaml.safe_dump({**config, "seed": seed})
+            )
+            run.write_metrics(metrics.to_dict("records"))
+            run.write_summary({"status": "finished"})
+    summary = grid_summary(sweep_table(sweep), ["task.frac_train"]).set_index("task.frac_train")
+    assert summary.loc[0.3, "converged_share"] == 0.75 and summary.loc[0.5, "converged_share"] == 1.0
+    late, early = summary.loc[0.3], summary.loc[0.5]
+    assert early["convergence_step_ci_low"] <= early["convergence_step_mean"] <= early["convergence_step_ci_high"]
+    assert late["convergence_step_ci_low"] > early["convergence_step_ci_high"]  # seed 3's censored run not averaged
+    assert late["convergence_step_median"] == 4800  # seeds 0-2: 4700, 4800, 5000 (crossing 0.9 ~108 steps in)
+    result = cli_in_process("report", str(sweep.path), "--png", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    page = (sweep.path / "report.html").read_text()
+    assert "convergence across the grid" in page and "never converged (last step)" in page
+    assert "fraction falls below" in page and (tmp_path / "png" / "grid_convergence.png").is_file()
+    shown = cli_in_process("show", str(sweep.path)).stdout
+    assert "0.75 [" in shown and f"{early['convergence_step_mean']:.0f} [" in shown and "step median" in shown

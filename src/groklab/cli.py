@@ -533,7 +533,8 @@ def measure(
 @click.option("--png", type=click.Path(), help="Also write each figure as PNG (and SVG) into this directory.")
 def report(run_dirs: tuple[str, ...], out: str | None, png: str | None) -> None:
     """Write the interactive HTML report of a run, or overlay several runs' curves; of a grid sweep (e.g.
-    --depths), each held-out metric against the grid with 95% intervals over seeds (SWEEP_DIR/report.html)."""
+    --depths, --grid task.frac_train=...), each held-out metric or the convergence step against the grid with
+    95% intervals over seeds (SWEEP_DIR/report.html)."""
     from groklab.store import SweepDir
 
     if len(run_dirs) == 1 and SweepDir.is_sweep(run_dirs[0]):
@@ -817,12 +818,19 @@ def _print_sweep(sweep_dir) -> None:
                 else ""
             )
         )
-    if grid or structural:
+    summary = grid_summary(table, grid) if grid or structural else None
+    if structural:
         click.echo(
             "per grid point (crossed: share of seeds whose value reaches 0.8 at some point; [95% bootstrap "
             "interval over seeds]):"
         )
-        click.echo(_grid_lines(grid_summary(table, grid), grid).to_string(index=False))
+        click.echo(_grid_lines(summary, grid).to_string(index=False))
+    if grid and "convergence_step_mean" in summary:
+        click.echo(
+            "per grid point (converged: share of seeds; step: of those that converge; [95% bootstrap interval "
+            "over seeds]):"
+        )
+        click.echo(_convergence_lines(summary, grid).to_string(index=False))
 
 
 def _grid_lines(summary, grid: list[str]):
@@ -849,6 +857,28 @@ def _grid_lines(summary, grid: list[str]):
         for m in metrics
     ]
     return pd.DataFrame(lines)
+
+
+def _convergence_lines(summary, grid: list[str]):
+    """grid_summary's convergence columns as one line per grid point."""
+    import pandas as pd
+
+    def interval(row, prefix: str, value: str, digits: str) -> str:
+        low, high = row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"]
+        return "-" if row[value] != row[value] else f"{row[value]:{digits}} [{low:{digits}}, {high:{digits}}]"
+
+    return pd.DataFrame(
+        {
+            **{k: row[k] for k in grid},
+            "runs": int(row["runs"]),
+            "converged": interval(row, "converged", "converged_share", ".2f"),
+            "step mean": interval(row, "convergence_step", "convergence_step_mean", ".0f"),
+            "step median": "-"
+            if row["convergence_step_median"] != row["convergence_step_median"]
+            else f"{row['convergence_step_median']:.0f}",
+        }
+        for row in summary.to_dict("records")
+    )
 
 
 def _print_summary(result) -> None:

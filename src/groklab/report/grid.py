@@ -1,6 +1,7 @@
 """A grid sweep drawn: each held-out task metric against the grid's first key (e.g. depth, Murty et al.'s
 inverted U), one point per seed and the mean over seeds with its 95% bootstrap interval; the share of seeds
-whose metric crosses the threshold, with its interval. The numbers come from sweep.grid_summary."""
+whose metric crosses the threshold, with its interval; and the convergence step the same way (e.g. Nanda
+et al.'s train-fraction curve). The numbers come from sweep.grid_summary."""
 
 from __future__ import annotations
 
@@ -64,6 +65,72 @@ def grid_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cro
         )
         figures.append(Figure(f"grid_{metric}", f"{metric} across the grid", caption, [final, crossed]))
     return figures
+
+
+def convergence_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], attrs: dict) -> list[Figure]:
+    """The convergence step against keys[0] (e.g. Nanda et al.'s train fraction): each seed's step (runs that
+    never converge drawn apart, at their last step: a lower bound), the mean over those that converge with its
+    95% bootstrap interval, log scale; and the share of seeds that converge. `attrs`: the sweep table's metric
+    and threshold. Empty without a grid or a convergence metric."""
+    if not keys or "convergence_step_mean" not in summary:
+        return []
+    x_key, others = keys[0], keys[1:]
+    metric, threshold = attrs.get("metric") or "test_acc", attrs.get("threshold")
+    crossing = f"{metric} {'<=' if metric.endswith('_loss') else '>='} {threshold:g}"
+    steps = Panel(f"first step with {crossing}", xlabel=x_key, ylabel="step", logy=True)
+    share = Panel("seeds that converge", xlabel=x_key, ylabel="share of seeds")
+    groups = list(summary.groupby(others, sort=True)) if others else [((), summary)]
+    for i, (point, rows) in enumerate(groups):
+        rows = rows.sort_values(x_key)
+        point = point if isinstance(point, tuple) else (point,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, point))
+        color, prefix = PALETTE[i % len(PALETTE)], f"{label}: " if label else ""
+        seeds = done
+        for k, v in zip(others, point):
+            seeds = seeds[seeds[k] == v]
+        for name, runs, opacity in (
+            ("each seed", seeds[seeds["converged"].eq(True)], 0.45),
+            ("never converged (last step)", seeds[seeds["converged"].eq(False)], 0.2),
+        ):
+            if len(runs):
+                steps.traces.append(
+                    Trace(
+                        f"{prefix}{name}",
+                        runs[x_key],
+                        runs["convergence_step"],
+                        "markers",
+                        color=color,
+                        opacity=opacity,
+                    )
+                )
+        steps.traces.append(
+            Trace(
+                f"{prefix}mean of those that converge, 95% CI",
+                rows[x_key],
+                rows["convergence_step_mean"],
+                color=color,
+                error=_ci(rows, "convergence_step"),
+            )
+        )
+        share.traces.append(
+            Trace(
+                f"{prefix}share, 95% CI",
+                rows[x_key],
+                rows["converged_share"],
+                color=color,
+                error=_ci(rows, "converged"),
+            )
+        )
+    caption = (
+        f"The first evaluated step with {crossing} of every run that ended, against {x_key}: each seed (faint: runs "
+        f"that never got there, at their last step, a lower bound) and the mean over the seeds that converge with "
+        f"its 95% percentile-bootstrap interval; and the share of seeds that converge."
+    ) + (
+        " Nanda et al. 2023 (appendix) find the grokking step rising steeply as the fraction falls below ~0.4."
+        if x_key == "task.frac_train"
+        else ""
+    )
+    return [Figure("grid_convergence", "convergence across the grid", caption, [steps, share])]
 
 
 def _ci(rows: pd.DataFrame, prefix: str) -> tuple[np.ndarray, np.ndarray]:

@@ -425,8 +425,10 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
     al.'s depth sweeps: the inverted U), each with its 95% percentile-bootstrap interval over seeds
     (`_ci_low`, `_ci_high`; dynamics.compare.bootstrap_mean, seeded: the same table gives the same
-    intervals); and the final t-score and PARSEVAL mean and SD where measured. Only runs that ended
-    (finished, early-stopped, diverged) count."""
+    intervals); without those, where the runs have a convergence metric (the sweep's, e.g. test acc >= 0.9:
+    a modular grid such as task.frac_train), the share of seeds that converge and the mean (with its interval) and median
+    convergence step of those that do; and the final t-score and PARSEVAL mean and SD where measured. Only
+    runs that ended (finished, early-stopped, diverged) count."""
     metrics = [
         c[len("max_") :]
         for c in table.columns  # the task metrics, not the token-level gen_acc
@@ -444,6 +446,13 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
             final = group[f"final_{m}"].dropna()
             row[f"{m}_final_mean"], row[f"{m}_final_ci_low"], row[f"{m}_final_ci_high"] = bootstrap_mean(final)
             row[f"{m}_final_sd"] = float(final.std())
+        if not metrics and "converged" in group and group["converged"].notna().any():  # e.g. test_acc >= 0.9
+            converged = group["converged"].dropna().astype(bool)
+            row["converged_share"], row["converged_ci_low"], row["converged_ci_high"] = bootstrap_mean(converged)
+            steps = group.loc[group["converged"].eq(True), "convergence_step"].astype(float)
+            step = ("convergence_step_mean", "convergence_step_ci_low", "convergence_step_ci_high")
+            row.update(zip(step, bootstrap_mean(steps)))
+            row["convergence_step_median"] = float(steps.median())
         for m in ("t_score", "parseval"):
             if f"final_{m}" in group:
                 row[f"{m}_final_mean"] = float(group[f"final_{m}"].mean())
@@ -453,21 +462,22 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
 
 
 def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None = None) -> Path:
-    """SWEEP_DIR/report.html: for a grid sweep (e.g. --depths), each held-out task metric against the grid
-    with 95% bootstrap intervals over seeds (report.grid), the per-point summary (grid_summary) and the
-    sweep table; with `png`, the figures as PNG there too."""
-    from groklab.report.grid import grid_figures, render_grid_page
+    """SWEEP_DIR/report.html: for a grid sweep (e.g. --depths, --grid task.frac_train=...), each held-out task
+    metric and the convergence step against the grid with 95% bootstrap intervals over seeds (report.grid),
+    the per-point summary (grid_summary) and the sweep table; with `png`, the figures as PNG there too."""
+    from groklab.report.grid import convergence_figures, grid_figures, render_grid_page
     from groklab.report.maps import save_figures_static
 
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
     table = sweep_table(sweep_dir)
     keys = list(sweep_dir.points[0])
     summary = grid_summary(table, keys)
-    figures = grid_figures(table[table["status"].isin(DONE)], summary, keys)
+    done = table[table["status"].isin(DONE)]
+    figures = grid_figures(done, summary, keys) + convergence_figures(done, summary, keys, table.attrs)
     if not figures:
         raise ConfigError(
-            f"{sweep_dir.path} has no grid of held-out task metrics to draw (a sweep over --depths or --grid of a "
-            f"structural preset); see it with `groklab show {sweep_dir.path}`, or report one run: groklab report RUN_DIR"
+            f"{sweep_dir.path} has no grid to draw (a sweep over --depths or --grid); see it with "
+            f"`groklab show {sweep_dir.path}`, or report one run: groklab report RUN_DIR"
         )
     path = sweep_dir.write_report(render_grid_page(f"groklab sweep: {sweep_dir.path.name}", figures, summary, table))
     if png is not None:
