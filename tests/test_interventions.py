@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY
+from test_population import assert_rows_close, in_float64
 from test_training import Rows, trainer_for, without_time
 
 from groklab.config import load_config
 from groklab.dynamics import detect_slingshots, summarize
 from groklab.errors import ConfigError, RunDirError
-from groklab.experiment import resolve
+from groklab.experiment import _trainer, resolve
 from groklab.measures.stability import softmax_collapse, stability, zero_terms
 from groklab.models import build_model
 from groklab.store.run_dir import _flatten_state, _unflatten_state
@@ -144,12 +145,63 @@ def test_a_run_with_interventions_resumes_bit_for_bit_through_its_saved_state(ex
     assert without_time(plain.rows) != without_time(whole.rows)  # the interventions changed training
 
 
-def test_interventions_run_one_per_process_not_in_a_batch():
-    prepared = tiny("train.orthograd=true")
-    model = build_model(prepared.model, 0)
-    assert not batchable(model, prepared.config.train) and batchable(model, tiny().config.train)
-    with pytest.raises(ValueError, match="interventions"):
-        Population([trainer_for(prepared), trainer_for(prepared)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["train.grokfast={kind: ema, alpha: 0.9}", "train.optimizer=adam"],  # the Grokfast presets' Adam
+        ["train.grokfast={kind: ma, window: 4, lamb: 3.0}", "train.batch_size=32", "train.optimizer=adam"],
+        ["train.orthograd=true", "train.weight_norm=init"],  # per member: its own projection, its own norm
+    ],
+    ids=["grokfast-ema-adam", "grokfast-ma-adam-own-wd", "orthograd-norm"],
+)
+def test_interventions_in_a_batch_act_on_each_member_as_alone(settings):
+    """A population with interventions (stacked: per-member filters, projections and norms) and Adam
+    (torch's on the stack; per member where their weight decays differ) computes, in float64, what each
+    member computes alone; its members' checkpoints hold their state in the single run's layout."""
+    own = (
+        ["train.weight_decay=0.5", "train.weight_decay=0.1", "train.weight_decay=1.0"]
+        if "kind: ma," in settings[0]
+        else []
+    )
+    cfgs = [
+        load_config(
+            "nanda-mod-add",
+            TINY[1::2] + settings + own[i : i + 1] + ["train.max_steps=30", "train.eval_every=5", "measures=null"],
+            seed=s,
+        )
+        for i, s in enumerate((0, 1, 2))
+    ]
+    assert batchable(build_model(resolve(cfgs[0]).model, 0))
+    solo, together, alone, batched = in_float64(cfgs)
+    assert_rows_close(solo, together)
+    assert [o.status for o in batched] == [o.status for o in alone]
+    last = [sink.states[-1] for sink in together]
+    assert set(last[1].hooks) == set(solo[1].states[-1].hooks) and last[1].hooks  # the single run's layout
+    for key, value in solo[1].states[-1].hooks.items():
+        torch.testing.assert_close(last[1].hooks[key], value, rtol=1e-9, atol=1e-12)
+    if "train.weight_norm=init" in settings:  # each member held at its own initial norm
+        targets = [float(state.hooks["weight_norm.target"]) for state in last]
+        assert len(set(targets)) == 3
+
+
+def test_a_batch_with_interventions_resumes_bit_for_bit():
+    """Interrupted at step 10 and resumed from its members' checkpoints (filter windows, norm targets), a
+    population with interventions continues exactly as the uninterrupted one."""
+    settings = ["train.grokfast={kind: ma, window: 4}", "train.weight_norm=init", "train.max_steps=20"]
+    cfgs = [
+        load_config("nanda-mod-add", TINY[1::2] + settings + ["train.eval_every=5", "measures=null"], seed=s)
+        for s in (0, 1)
+    ]
+    whole = [Rows(), Rows()]
+    Population([_trainer(resolve(c), None) for c in cfgs]).run(whole, seed=0)
+    first, second = [Rows(), Rows()], [Rows(), Rows()]
+    population = Population([_trainer(resolve(c), None) for c in cfgs])
+    population.run(first, should_stop=lambda: population.step >= 10, seed=0)
+    states = [sink.states[-1] for sink in first]
+    assert states[0].step == 10 and "grokfast.window.blocks.0.mlp.W_in" in states[0].hooks
+    Population([_trainer(resolve(c), state) for c, state in zip(cfgs, states)]).run(second, rng=states[0].rng)
+    for a, b, c in zip(whole, first, second):
+        assert without_time(b.rows + c.rows) == without_time(a.rows)
 
 
 @pytest.mark.parametrize(

@@ -243,7 +243,7 @@ def _units(config: RunConfig, keys: list[Key], batch: int, prepared: dict) -> tu
     sizes: dict[str, int] = {}
     for key in keys:
         prep = prepared[key[0]]
-        solo = not batchable(build_model(prep.model, 0), prep.config.train)
+        solo = not batchable(build_model(prep.model, 0))
         group = f"solo:{key}" if solo else batch_key(point_config(config, dict(key[0]), key[1]))
         groups.setdefault(group, []).append(key)
         rows = prep.config.train.batch_size

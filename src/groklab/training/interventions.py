@@ -14,6 +14,12 @@ The trainer calls three hook points: `start(params)` once before a fresh run's f
 gradient clipping), `after_step(params)` after the optimizer step (weights changed in place), with
 `params` the model's named parameters in registration order. `state_dict()` / `load_state_dict()` hold
 everything a filter remembers as flat tensors, saved in every checkpoint: a resumed run continues bit for bit.
+
+Stacked (`stacked=True`, a population of runs, groklab.training.population): every parameter has a leading
+member dimension, and what one run computes per tensor (⊥Grad's projection, the norm constraint's total norm
+and target) is computed per member; the filters are elementwise and unchanged. `MEMBER_DIMS` says where the
+member dimension is in each state tensor (None: one value for all members), so `member_states` slices a
+member's state out in the single run's layout and `stack_states` builds a population's from its members'.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ Params = Sequence[tuple[str, torch.nn.Parameter]]
 
 class Intervention:
     name = "intervention"
+    MEMBER_DIMS: dict[str, int | None] = {}  # state key prefix -> its member dimension when stacked
+    stacked = False
 
     def start(self, params: Params) -> None: ...
     def after_backward(self, params: Params) -> None: ...
@@ -45,6 +53,7 @@ class GrokfastEMA(Intervention):
     (`gradfilter_ema`); `normalize`: g / (1 + lamb) afterwards, so a constant gradient keeps its size."""
 
     name = "grokfast"
+    MEMBER_DIMS = {"mu.": 0}
 
     def __init__(self, alpha: float = 0.98, lamb: float = 2.0, normalize: bool = False):
         self.alpha, self.lamb, self.normalize = alpha, lamb, normalize
@@ -75,6 +84,7 @@ class GrokfastMA(Intervention):
     (window, *shape) per parameter, summed in slot order."""
 
     name = "grokfast"
+    MEMBER_DIMS = {"count": None, "window.": 1}  # the window: (window, member, ...)
 
     def __init__(self, window: int = 100, lamb: float = 5.0, warmup: bool = True, normalize: bool = False):
         self.window, self.lamb, self.warmup, self.normalize = window, lamb, warmup, normalize
@@ -113,10 +123,20 @@ class OrthoGrad(Intervention):
 
     name = "orthograd"
 
+    def __init__(self, stacked: bool = False):
+        self.stacked = stacked
+
     @torch.no_grad()
     def after_backward(self, params: Params) -> None:
         for _, p in params:
             if p.grad is None:
+                continue
+            if self.stacked:  # (member, n): each member's tensor on its own
+                w, g = p.detach().flatten(1), p.grad.flatten(1)
+                along = (w * g).sum(1, keepdim=True) / ((w * w).sum(1, keepdim=True) + 1e-30)
+                ortho = g - along * w
+                scale = g.norm(dim=1, keepdim=True) / (ortho.norm(dim=1, keepdim=True) + 1e-30)
+                p.grad.copy_((ortho * scale).view_as(p.grad))
                 continue
             w, g = p.detach().reshape(-1), p.grad.reshape(-1)
             ortho = g - (torch.dot(w, g) / (torch.dot(w, w) + 1e-30)) * w
@@ -128,37 +148,48 @@ class NormConstraint(Intervention):
     starts with): every parameter multiplied by target / norm at the start and after each step."""
 
     name = "weight_norm"
+    MEMBER_DIMS = {"target": 0}
 
-    def __init__(self, target: float | str = "init"):
-        self.target = None if target == "init" else float(target)
+    def __init__(self, target: float | str = "init", stacked: bool = False):
+        self.target: float | torch.Tensor | None = None if target == "init" else float(target)
+        self.stacked = stacked  # then a target per member (start: each member's own initial norm)
 
     @staticmethod
-    def norm(params: Params) -> torch.Tensor:
+    def norm(params: Params, stacked: bool = False) -> torch.Tensor:
+        """The total norm (stacked: per member, (member,)), in float64."""
+        if stacked:
+            return torch.stack([p.detach().double().pow(2).flatten(1).sum(1) for _, p in params]).sum(0).sqrt()
         return torch.stack([p.detach().double().pow(2).sum() for _, p in params]).sum().sqrt()
 
     @torch.no_grad()
     def start(self, params: Params) -> None:
         if self.target is None:
-            self.target = float(self.norm(params))
+            self.target = self.norm(params, True) if self.stacked else float(self.norm(params))
         self.after_step(params)
 
     @torch.no_grad()
     def after_step(self, params: Params) -> None:
-        scale = self.target / float(self.norm(params))
+        if not self.stacked:
+            scale = self.target / float(self.norm(params))
+            for _, p in params:
+                p.mul_(scale)
+            return
+        scale = self.target / self.norm(params, True)  # (member,) float64
         for _, p in params:
-            p.mul_(scale)
+            p.mul_(scale.view(-1, *[1] * (p.dim() - 1)).to(p.dtype))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {} if self.target is None else {"target": torch.tensor(self.target, dtype=torch.float64)}
+        return {} if self.target is None else {"target": torch.as_tensor(self.target, dtype=torch.float64)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "target" in state:
-            self.target = float(state["target"])
+            self.target = state["target"].clone() if self.stacked else float(state["target"])
 
 
-def build_interventions(cfg: TrainConfig) -> tuple[Intervention, ...]:
+def build_interventions(cfg: TrainConfig, stacked: bool = False) -> tuple[Intervention, ...]:
     """The config's interventions in the order they act on a step: the gradient filter, then ⊥Grad (on
-    the filtered gradient), then (after the optimizer) the norm constraint."""
+    the filtered gradient), then (after the optimizer) the norm constraint. `stacked`: for a population's
+    stacked parameters (module doc)."""
     out: list[Intervention] = []
     if cfg.grokfast is not None:
         g = cfg.grokfast
@@ -168,9 +199,9 @@ def build_interventions(cfg: TrainConfig) -> tuple[Intervention, ...]:
             else GrokfastMA(g.window, g.resolved_lamb, g.warmup, g.normalize_lr)
         )
     if cfg.orthograd:
-        out.append(OrthoGrad())
+        out.append(OrthoGrad(stacked))
     if cfg.weight_norm is not None:
-        out.append(NormConstraint(cfg.weight_norm))
+        out.append(NormConstraint(cfg.weight_norm, stacked))
     return tuple(out)
 
 
@@ -183,3 +214,29 @@ def load_states(hooks: Iterable[Intervention], state: dict[str, torch.Tensor] | 
     for h in hooks:
         prefix = f"{h.name}."
         h.load_state_dict({k[len(prefix) :]: v for k, v in (state or {}).items() if k.startswith(prefix)})
+
+
+def _member_dim(hook: Intervention, key: str) -> int | None:
+    return next(dim for prefix, dim in hook.MEMBER_DIMS.items() if key.startswith(prefix))
+
+
+def member_states(hooks: Iterable[Intervention], i: int) -> dict[str, torch.Tensor]:
+    """Member i's state out of stacked interventions, in the single run's layout (`states`)."""
+    out = {}
+    for h in hooks:
+        for key, value in h.state_dict().items():
+            dim = _member_dim(h, key)
+            out[f"{h.name}.{key}"] = (value if dim is None else value.select(dim, i)).detach().clone()
+    return out
+
+
+def stack_states(hooks: Sequence[Intervention], members: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The stacked state of `hooks` from each member's (`states` layout; all at the same step, so they hold
+    the same keys): what `load_states` gives the population's interventions."""
+    out = {}
+    for h in hooks:
+        prefix = f"{h.name}."
+        for key in [k for k in members[0] if k.startswith(prefix)]:
+            dim = _member_dim(h, key[len(prefix) :])
+            out[key] = members[0][key] if dim is None else torch.stack([m[key] for m in members], dim)
+    return out

@@ -14,8 +14,10 @@ Every member keeps an ordinary `Trainer` whose module's parameters are views of 
 stack: its batches, lr schedule, evaluation, probes, early stop and checkpoints are the single run's
 code. Per member, too: gradient-norm clipping, the optimizer update (torch's own optimizer on the
 stack when the members' hyper-parameters agree, elementwise as for one run; a per-member update
-with tensor hyper-parameters when they differ), and the end — a member that stops early or
-diverges is recorded, leaves the stack, and its compute stops.
+with tensor hyper-parameters when they differ), the interventions around the step (Grokfast, ⊥Grad,
+the norm constraint: `training.interventions`, stacked — their state per member, checkpointed in
+the single run's layout), and the end — a member that stops early or diverges is recorded, leaves
+the stack, and its compute stops.
 
 Dropout masks are drawn per member from one generator (vmap's randomness="different"): same
 distribution as a single run, not the same masks. Models with BatchNorm (running statistics
@@ -33,8 +35,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from groklab import runtime
-from groklab.config import TrainConfig
-from groklab.training.interventions import build_interventions
+from groklab.training import interventions
 from groklab.training.loop import Outcome, Sink, Trainer, TrainState
 
 EVAL_ROWS = 4096  # examples of all members together in one batched evaluation forward
@@ -42,11 +43,10 @@ EVAL_ROWS = 4096  # examples of all members together in one batched evaluation f
 MEMBER_HPARAMS = ("lr", "weight_decay", "betas", "eps", "momentum")
 
 
-def batchable(model: torch.nn.Module, cfg: TrainConfig | None = None) -> bool:
-    """Modules whose forward is a pure function of parameters (no buffers updated in training), trained
-    with AdamW or SGD and no intervention around the step (`training.interventions`: those run one per process)."""
-    plain = cfg is None or (cfg.optimizer != "adam" and not build_interventions(cfg))
-    return plain and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def batchable(model: torch.nn.Module) -> bool:
+    """Modules whose forward is a pure function of parameters (no buffers updated in training). Any of the
+    trainer's optimizers and interventions train in a population."""
+    return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @dataclass
@@ -64,8 +64,8 @@ class Population:
     def __init__(self, trainers: Sequence[Trainer]):
         if len({t.step for t in trainers}) != 1:
             raise ValueError("members of a population must be at the same step")
-        if not all(batchable(t.model, t.cfg) for t in trainers):
-            raise ValueError("a population trains AdamW or SGD without interventions and without BatchNorm")
+        if not all(batchable(t.model) for t in trainers):
+            raise ValueError("a population trains no model with BatchNorm")
         first = trainers[0]
         self.cfg, self.task, self.device = first.cfg, first.task, first.device
         self.trainers = list(trainers)
@@ -77,11 +77,14 @@ class Population:
         self._stack()
 
     # -- the stack ---------------------------------------------------------------------------
-    def _stack(self, states: list[dict] | None = None) -> None:
+    def _stack(self, states: list[dict] | None = None, hooks: list[dict] | None = None) -> None:
         """Stack the members' parameters (leaf tensors (M, ...)), point each member's module at its slice,
-        and build the optimizer, its state stacked from the members' optimizer states (torch's layout)."""
+        and build the optimizer and the interventions, their state stacked from the members' (the single
+        run's layout; default: the members' trainers')."""
         params, _ = stack_module_state([t.model for t in self.trainers])
         self.params = {name: p.detach().requires_grad_() for name, p in params.items()}
+        self.named = list(self.params.items())
+        self._stack_hooks(hooks if hooks is not None else [interventions.states(t.hooks) for t in self.trainers])
         for i, t in enumerate(self.trainers):
             for name, p in t.model.named_parameters():
                 p.data = self.params[name].data[i]  # a view: the member's module sees its weights
@@ -99,13 +102,17 @@ class Population:
         self.slots = slots  # optimizer state per stacked parameter: step, exp_avg, exp_avg_sq / momentum_buffer
         self.optimizer = self._optimizer()
 
+    def _stack_hooks(self, members: list[dict]) -> None:
+        self.hooks = interventions.build_interventions(self.cfg, stacked=True)
+        interventions.load_states(self.hooks, interventions.stack_states(self.hooks, members))
+
     def _optimizer(self):
         cfg, params = self.cfg, list(self.params.values())
         if self.uniform:  # torch's optimizer, elementwise on the stack: each member's update as alone
             opt = (
                 torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
                 if cfg.optimizer == "sgd"
-                else torch.optim.AdamW(
+                else (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
                     params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
                 )
             )
@@ -134,6 +141,7 @@ class Population:
         """Members `gone` leave the population: slice them out of the stack and the optimizer state."""
         keep = [i for i in range(len(self.trainers)) if i not in gone]
         states = [self.member_optimizer_state(i) for i in keep]
+        hooks = [interventions.member_states(self.hooks, i) for i in keep]
         self._train = None
         for i in gone:  # detach the member's module from the stack: its weights stay as they are
             for p in self.trainers[i].model.parameters():
@@ -142,7 +150,7 @@ class Population:
         if self.trainers:
             self.uniform = _uniform(self.trainers)
             self.cfg = self.trainers[0].cfg
-            self._stack(states)
+            self._stack(states, hooks)
 
     # -- one step for everyone ---------------------------------------------------------------
     def _batches(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,6 +221,8 @@ class Population:
         for p in self.params.values():
             p.grad = None
         losses.sum().backward()
+        for hook in self.hooks:
+            hook.after_backward(self.named)
         clips = [t.cfg.grad_clip for t in self.trainers]
         if clips[0] is not None:
             _clip_per_member([p.grad for p in self.params.values()], torch.tensor(clips, dtype=torch.float64))
@@ -222,6 +232,8 @@ class Population:
         else:
             self.optimizer.lrs = torch.tensor([t.lr_at(self.step) for t in self.trainers], dtype=torch.float64)
         self.optimizer.step()
+        for hook in self.hooks:
+            hook.after_step(self.named)
         self.step += 1
         for t in self.trainers:
             t.step = self.step
@@ -257,12 +269,18 @@ class Population:
             else:
                 torch.set_rng_state(rng["cpu"])
             start = time.perf_counter() - members[active[0]].trainer.elapsed_s if active else 0.0
-            for i in active:
-                if not members[i].trainer.started:
-                    t = members[i].trainer
-                    status = t._evaluate(members[i].sink, on_step)
-                    t.started, t.ended = True, status
-                    members[i].sink.on_checkpoint(self._state(i, members))
+            fresh = [i for i in active if not members[i].trainer.started]
+            for i in fresh:  # as a single run starts: each member's interventions on its own weights (views)
+                t = members[i].trainer
+                for hook in t.hooks:
+                    hook.start(t.named)
+            if fresh:
+                self._stack_hooks([interventions.states(t.hooks) for t in self.trainers])
+            for i in fresh:
+                t = members[i].trainer
+                status = t._evaluate(members[i].sink, on_step)
+                t.started, t.ended = True, status
+                members[i].sink.on_checkpoint(self._state(i, members))
             on_checkpoints()
             interrupted = False
             while True:
@@ -317,12 +335,13 @@ class Population:
             t.elapsed_s,
             t.streak,
             t.ended,
+            interventions.member_states(self.hooks, j),
         )
 
 
 class MemberOptimizer:
-    """AdamW (torch.optim.AdamW's decoupled weight decay and bias correction) or SGD (L2 weight decay,
-    momentum) on stacked parameters, with each member's own hyper-parameters as (M, 1, ...) tensors.
+    """AdamW (torch.optim.AdamW's decoupled weight decay and bias correction), Adam (its L2 weight decay, in
+    the gradient) or SGD (L2 weight decay, momentum) on stacked parameters, with each member's own hyper-parameters as (M, 1, ...) tensors.
     The state per parameter has torch's layout (step, exp_avg, exp_avg_sq / momentum_buffer)."""
 
     def __init__(self, params: dict[str, torch.Tensor], state: dict[str, dict], cfgs: list):
@@ -356,7 +375,10 @@ class MemberOptimizer:
             slot["step"] += 1
             step = float(slot["step"])
             b1, b2 = col(self.beta1), col(self.beta2)
-            p.mul_(1 - lr * wd)
+            if self.kind == "adam":
+                g = g + wd * p
+            else:
+                p.mul_(1 - lr * wd)
             slot["exp_avg"].lerp_(g, 1 - b1)
             slot["exp_avg_sq"].mul_(b2).add_((1 - b2) * g * g)
             denom = (slot["exp_avg_sq"].sqrt() / (1 - b2**step).sqrt()).add_(col(self.eps))
