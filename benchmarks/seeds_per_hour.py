@@ -24,7 +24,14 @@ import time
 
 from groklab.runtime import cpu_name
 
-STEPS = {"quick": 1000, "hu-sparse-parity": 1920, "hu-mod-add": 600, "nanda-mod-add": 200, "structural-qf-lab": 200}
+STEPS = {
+    "quick": 1000,
+    "hu-sparse-parity": 1920,
+    "hu-mod-add": 600,
+    "nanda-mod-add": 200,
+    "structural-qf-lab": 200,
+    "grokfast-ema": 1000,
+}
 EVAL = {"structural-qf-lab": 100}  # evaluations (and checkpoints) scaled down with the steps
 
 
