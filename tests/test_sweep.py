@@ -410,3 +410,17 @@ def test_a_sweep_made_before_a_config_field_existed_resumes(tmp_path):
     # a preset reworded between groklab versions (its expected text, its outcome's range) still resumes
     reworded = {**config, "expected": "measured again", "source": "", "outcome": {"converged": True}}
     assert SweepDir.create_or_open(tmp_path / "s", reworded, [2]).seeds == [0, 1, 2]
+
+
+def test_a_grid_sweep_runs_seed_by_seed_across_the_grid():
+    """Single runs are scheduled seed 0 at every point, then seed 1, ...: stopped at any moment, every point
+    has as many seeds as the others (to within one)."""
+    from groklab.sweep import _key, _units
+
+    keys = [_key({"model.n_layers": d}, s) for d in (2, 4, 6) for s in (0, 1, 2)]
+    units, capped = _units(load_preset("quick"), keys, 1, {})
+    order = [(dict(point)["model.n_layers"], seed) for ((point, seed),) in units]
+    assert order[:4] == [(2, 0), (4, 0), (6, 0), (2, 1)] and sorted(order) == sorted(
+        (d, s) for d in (2, 4, 6) for s in (0, 1, 2)
+    )
+    assert not capped

@@ -234,11 +234,13 @@ def _job(
 
 
 def _units(config: RunConfig, keys: list[Key], batch: int, prepared: dict) -> tuple[list[tuple[Key, ...]], bool]:
-    """The units of work: single runs, or batches of up to `batch` runs whose configs share everything
-    but seeds and the hyper-parameters members may differ in (`batch_key`), in the order of `keys`, and
-    whether MAX_BATCH_ROWS made some batches smaller than asked."""
-    if batch == 1:
-        return [(key,) for key in keys], False
+    """The units of work, and whether MAX_BATCH_ROWS made some batches smaller than asked. Single runs go
+    seed by seed (seed 0 at every grid point, then seed 1, ...: a sweep stopped early, or watched while it
+    runs, has every point with as many seeds as the others, so `groklab report`'s intervals cover the whole
+    grid); batches of up to `batch` runs, whose configs share everything but seeds and the hyper-parameters
+    members may differ in (`batch_key`), in the order of `keys` (their members name their resume state)."""
+    if batch == 1:  # seed by seed across the grid: every point gets its first seeds before any its last
+        return [(key,) for key in sorted(keys, key=lambda key: key[1])], False
     groups: dict[str, list[Key]] = {}
     sizes: dict[str, int] = {}
     for key in keys:
