@@ -22,41 +22,18 @@ def grid_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cro
     metrics = [c[: -len("_final_mean")] for c in summary if c.endswith("_final_mean") and c.startswith("gen_")]
     if not keys or not metrics:
         return []
-    x_key, others = keys[0], keys[1:]
-    groups = list(summary.groupby(others, sort=True)) if others else [((), summary)]
-    figures = []
+    x_key, figures = keys[0], []
     for metric in metrics:
         final, crossed = (
             Panel(f"{metric} at the end", xlabel=x_key, ylabel=metric),
             Panel(f"seeds crossing {cross:g} at some point", xlabel=x_key, ylabel="share of seeds"),
         )
-        for i, (point, rows) in enumerate(groups):
-            rows = rows.sort_values(x_key)
-            point = point if isinstance(point, tuple) else (point,)
-            label = ", ".join(f"{k}={v}" for k, v in zip(others, point))
-            color = PALETTE[i % len(PALETTE)]
-            prefix = f"{label}: " if label else ""
-            seeds = done
-            for k, v in zip(others, point):
-                seeds = seeds[seeds[k] == v]
+        for prefix, color, rows, seeds in _groups(done, summary, keys):
             if f"final_{metric}" in seeds:
-                final.traces.append(
-                    Trace(
-                        f"{prefix}each seed",
-                        seeds[x_key],
-                        seeds[f"final_{metric}"],
-                        "markers",
-                        color=color,
-                        opacity=0.45,
-                    )
-                )
-            m = f"{metric}_final"
-            final.traces.append(
-                Trace(f"{prefix}mean, 95% CI", rows[x_key], rows[f"{m}_mean"], color=color, error=_ci(rows, m))
-            )
-            c = f"{metric}_crossed"
+                final.traces.append(_seeds(f"{prefix}each seed", seeds, x_key, f"final_{metric}", color))
+            final.traces.append(_interval(f"{prefix}mean, 95% CI", rows, x_key, f"{metric}_final", "mean", color))
             crossed.traces.append(
-                Trace(f"{prefix}share, 95% CI", rows[x_key], rows[f"{c}_{cross:g}"], color=color, error=_ci(rows, c))
+                _interval(f"{prefix}share, 95% CI", rows, x_key, f"{metric}_crossed", f"{cross:g}", color)
             )
         caption = (
             f"{metric} of every run that ended, against {x_key}: each seed's final value (points) and their mean "
@@ -74,53 +51,21 @@ def convergence_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[st
     and threshold. Empty without a grid or a convergence metric."""
     if not keys or "convergence_step_mean" not in summary:
         return []
-    x_key, others = keys[0], keys[1:]
+    x_key = keys[0]
     metric, threshold = attrs.get("metric") or "test_acc", attrs.get("threshold")
     crossing = f"{metric} {'<=' if metric.endswith('_loss') else '>='} {threshold:g}"
     steps = Panel(f"first step with {crossing}", xlabel=x_key, ylabel="step", logy=True)
     share = Panel("seeds that converge", xlabel=x_key, ylabel="share of seeds")
-    groups = list(summary.groupby(others, sort=True)) if others else [((), summary)]
-    for i, (point, rows) in enumerate(groups):
-        rows = rows.sort_values(x_key)
-        point = point if isinstance(point, tuple) else (point,)
-        label = ", ".join(f"{k}={v}" for k, v in zip(others, point))
-        color, prefix = PALETTE[i % len(PALETTE)], f"{label}: " if label else ""
-        seeds = done
-        for k, v in zip(others, point):
-            seeds = seeds[seeds[k] == v]
+    for prefix, color, rows, seeds in _groups(done, summary, keys):
         for name, runs, opacity in (
             ("each seed", seeds[seeds["converged"].eq(True)], 0.45),
             ("never converged (last step)", seeds[seeds["converged"].eq(False)], 0.2),
         ):
             if len(runs):
-                steps.traces.append(
-                    Trace(
-                        f"{prefix}{name}",
-                        runs[x_key],
-                        runs["convergence_step"],
-                        "markers",
-                        color=color,
-                        opacity=opacity,
-                    )
-                )
-        steps.traces.append(
-            Trace(
-                f"{prefix}mean of those that converge, 95% CI",
-                rows[x_key],
-                rows["convergence_step_mean"],
-                color=color,
-                error=_ci(rows, "convergence_step"),
-            )
-        )
-        share.traces.append(
-            Trace(
-                f"{prefix}share, 95% CI",
-                rows[x_key],
-                rows["converged_share"],
-                color=color,
-                error=_ci(rows, "converged"),
-            )
-        )
+                steps.traces.append(_seeds(f"{prefix}{name}", runs, x_key, "convergence_step", color, opacity))
+        name = f"{prefix}mean of those that converge, 95% CI"
+        steps.traces.append(_interval(name, rows, x_key, "convergence_step", "mean", color))
+        share.traces.append(_interval(f"{prefix}share, 95% CI", rows, x_key, "converged", "share", color))
     caption = (
         f"The first evaluated step with {crossing} of every run that ended, against {x_key}: each seed (faint: runs "
         f"that never got there, at their last step, a lower bound) and the mean over the seeds that converge with "
@@ -131,6 +76,29 @@ def convergence_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[st
         else ""
     )
     return [Figure("grid_convergence", "convergence across the grid", caption, [steps, share])]
+
+
+def _groups(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str]):
+    """Per combination of the grid's other keys (one line each): its legend prefix, colour, summary rows
+    (sorted by keys[0]) and runs."""
+    others = keys[1:]
+    groups = list(summary.groupby(others, sort=True)) if others else [((), summary)]
+    for i, (point, rows) in enumerate(groups):
+        point = point if isinstance(point, tuple) else (point,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, point))
+        seeds = done
+        for k, v in zip(others, point):
+            seeds = seeds[seeds[k] == v]
+        yield f"{label}: " if label else "", PALETTE[i % len(PALETTE)], rows.sort_values(keys[0]), seeds
+
+
+def _seeds(name: str, runs: pd.DataFrame, x_key: str, column: str, color: str, opacity: float = 0.45) -> Trace:
+    return Trace(name, runs[x_key], runs[column], "markers", color=color, opacity=opacity)
+
+
+def _interval(name: str, rows: pd.DataFrame, x_key: str, prefix: str, value: str, color: str) -> Trace:
+    """grid_summary's `{prefix}_{value}` with its interval `{prefix}_ci_low` / `_ci_high` as error bars."""
+    return Trace(name, rows[x_key], rows[f"{prefix}_{value}"], color=color, error=_ci(rows, prefix))
 
 
 def _ci(rows: pd.DataFrame, prefix: str) -> tuple[np.ndarray, np.ndarray]:
