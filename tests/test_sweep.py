@@ -424,3 +424,21 @@ def test_a_grid_sweep_runs_seed_by_seed_across_the_grid():
         (d, s) for d in (2, 4, 6) for s in (0, 1, 2)
     )
     assert not capped
+
+
+def test_a_running_structural_sweep_shows_its_papers_metric(tmp_path):
+    """The live table of a question-formation sweep shows the first word's accuracy (Murty et al.'s), not
+    whichever generalization metric sorts first."""
+    import yaml
+
+    from groklab.store import RunDir
+    from groklab.sweep import progress_table
+
+    config = load_preset("structural-qf-lab").model_dump(mode="json")
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, [0])
+    run = RunDir.create(sweep_dir.run_path(0), yaml.safe_dump(config))
+    run.write_summary(
+        {"status": "running", "last_step": 2000, "final_gen_aux_rank_acc": 0.1, "final_gen_first_word_acc": 0.4}
+    )
+    row = progress_table(sweep_dir).iloc[0]
+    assert (row["metric"], row["value"], row["step"]) == ("gen_first_word_acc", 0.4, 2000)

@@ -31,6 +31,7 @@ from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_threshold, convergence_times
 from groklab.dynamics.compare import bootstrap_mean
+from groklab.dynamics.phases import HEADLINE_GEN
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
 from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
@@ -356,8 +357,8 @@ def sweep_table(
 
 def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
     """The sweep as it runs, from its runs' summaries (written at each checkpoint): per run its status,
-    step (of the run's max steps), test accuracy or, for held-out task metrics, the first generalization
-    metric, steps per second and the time left at that rate."""
+    step (of the run's max steps), test accuracy or, for held-out task metrics, the generalization metric
+    of its paper (HEADLINE_GEN: question formation's first word, ...), steps per second and the time left."""
     base = config_from_dict(sweep_dir.spec["config"])
     rows = []
     for point in sweep_dir.points:
@@ -367,9 +368,12 @@ def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
             run = Run(path) if (path / "config.yaml").is_file() else None
             summary = run.summary if run is not None else {}
             gen = sorted(
-                k for k in summary if k.startswith("final_gen_") and k not in ("final_gen_acc", "final_gen_loss")
+                k[len("final_") :]
+                for k in summary
+                if k.startswith("final_gen_") and k not in ("final_gen_acc", "final_gen_loss")
             )
-            metric = gen[0][len("final_") :] if gen else "test_acc"
+            gen = [m for m in HEADLINE_GEN if m in gen] + [m for m in gen if m not in HEADLINE_GEN]
+            metric = gen[0] if gen else "test_acc"
             step, rate = summary.get("last_step"), summary.get("steps_per_s")
             status = run.status if run is not None else "not started"
             left = (max_steps - step) / rate if status == "running" and step is not None and rate else None
