@@ -131,7 +131,7 @@ class OrthoGrad(Intervention):
         for _, p in params:
             if p.grad is None:
                 continue
-            if self.stacked:  # (member, n): each member's tensor on its own
+            if self.stacked:  # (member, n): each member's tensor on its own (one run keeps torch.dot, below)
                 w, g = p.detach().flatten(1), p.grad.flatten(1)
                 along = (w * g).sum(1, keepdim=True) / ((w * w).sum(1, keepdim=True) + 1e-30)
                 ortho = g - along * w
