@@ -240,7 +240,11 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
     )
     assert deep["gen_first_word_acc_final_ci_low"] > summary.loc[2, "gen_first_word_acc_final_ci_high"]
     bad(["report", str(sweep.path), "-o", str(tmp_path / "x.html")], "leave out -o")
-    bad(["report", str(sweeps[0].path)], "has no grid to draw")  # seeds only
+    seeds_only = cli_in_process("report", str(sweeps[0].path))  # no grid: every run's curves
+    assert seeds_only.returncode == 0, seeds_only.stderr
+    assert "test_acc of every run" in (sweeps[0].path / "report.html").read_text()
+    empty = SweepDir.create_or_open(tmp_path / "empty", config, [0])
+    bad(["report", str(empty.path)], "has no run with metrics yet")
 
 
 def test_report_of_a_train_fraction_sweep(tmp_path):
@@ -269,6 +273,7 @@ def test_report_of_a_train_fraction_sweep(tmp_path):
     assert result.returncode == 0, result.stderr
     page = (sweep.path / "report.html").read_text()
     assert "convergence across the grid" in page and "never converged (last step)" in page
+    assert "test_acc of every run" in page and "task.frac_train=0.3" in page  # the curves, a colour per point
     assert "fraction falls below" in page and (tmp_path / "png" / "grid_convergence.png").is_file()
     shown = cli_in_process("show", str(sweep.path)).stdout
     assert "0.75 [" in shown and f"{early['convergence_step_mean']:.0f} [" in shown and "step median" in shown

@@ -532,9 +532,9 @@ def measure(
 )
 @click.option("--png", type=click.Path(), help="Also write each figure as PNG (and SVG) into this directory.")
 def report(run_dirs: tuple[str, ...], out: str | None, png: str | None) -> None:
-    """Write the interactive HTML report of a run, or overlay several runs' curves; of a grid sweep (e.g.
-    --depths, --grid task.frac_train=...), each held-out metric or the convergence step against the grid with
-    95% intervals over seeds (SWEEP_DIR/report.html)."""
+    """Write the interactive HTML report of a run, or overlay several runs' curves; of a sweep, every run's
+    curves and, for a grid (e.g. --depths, --grid task.frac_train=...), each held-out metric or the
+    convergence step against the grid with 95% intervals over seeds (SWEEP_DIR/report.html)."""
     from groklab.store import SweepDir
 
     if len(run_dirs) == 1 and SweepDir.is_sweep(run_dirs[0]):

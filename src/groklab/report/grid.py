@@ -1,7 +1,8 @@
 """A grid sweep drawn: each held-out task metric against the grid's first key (e.g. depth, Murty et al.'s
 inverted U), one point per seed and the mean over seeds with its 95% bootstrap interval; the share of seeds
 whose metric crosses the threshold, with its interval; and the convergence step the same way (e.g. Nanda
-et al.'s train-fraction curve). The numbers come from sweep.grid_summary."""
+et al.'s train-fraction curve). The numbers come from sweep.grid_summary. Every sweep, with a grid or
+not: every run's curves, a colour per grid point."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
+from groklab.dynamics.phases import metric_columns
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
 
@@ -76,6 +78,33 @@ def convergence_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[st
         else ""
     )
     return [Figure("grid_convergence", "convergence across the grid", caption, [steps, share])]
+
+
+def curve_figures(curves: dict[str, list[pd.DataFrame]]) -> list[Figure]:
+    """Every run's curves against step, a colour per grid point (`curves`: its label -> its runs' metrics
+    tables, in grid order): the train (or in-distribution) metric and the held-out one (dynamics.phases.
+    metric_columns: test accuracy, or the paper's generalization metric of a structural task). Empty when
+    no run has metrics yet."""
+    tables = [m for runs in curves.values() for m in runs if not m.empty]
+    if not tables:
+        return []
+    columns = metric_columns(tables[0])
+    held, train = columns["held_out"], columns["train"]
+    panels = [Panel(f"{c} of every run", ylabel=c) for c in (train, held) if c is not None]
+    for i, (label, runs) in enumerate(curves.items()):
+        for j, metrics in enumerate(m for m in runs if not m.empty):
+            for panel in panels:
+                if panel.ylabel in metrics:
+                    rows = metrics[["step", panel.ylabel]].dropna()
+                    color = PALETTE[i % len(PALETTE)]
+                    panel.traces.append(
+                        Trace(label, rows["step"], rows[panel.ylabel], color=color, opacity=0.6, legend=j == 0)
+                    )
+    caption = (
+        f"{held} (and {train}) of every run of the sweep against the training step, one line per run, a colour "
+        "per grid point: when each seed generalizes, and whether it stays there."
+    )
+    return [Figure("grid_curves", "every run", caption, panels)]
 
 
 def _groups(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str]):

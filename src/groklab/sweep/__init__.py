@@ -469,9 +469,10 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
 
 def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None = None) -> Path:
     """SWEEP_DIR/report.html: for a grid sweep (e.g. --depths, --grid task.frac_train=...), each held-out task
-    metric and the convergence step against the grid with 95% bootstrap intervals over seeds (report.grid),
-    the per-point summary (grid_summary) and the sweep table; with `png`, the figures as PNG there too."""
-    from groklab.report.grid import convergence_figures, grid_figures, render_grid_page
+    metric and the convergence step against the grid with 95% bootstrap intervals over seeds (report.grid);
+    for every sweep, every run's curves; the per-point summary (grid_summary) and the sweep table; with `png`,
+    the figures as PNG there too."""
+    from groklab.report.grid import convergence_figures, curve_figures, grid_figures, render_grid_page
     from groklab.report.maps import save_figures_static
 
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
@@ -479,11 +480,21 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
     keys = list(sweep_dir.points[0])
     summary = grid_summary(table, keys)
     done = table[table["status"].isin(DONE)]
-    figures = grid_figures(done, summary, keys) + convergence_figures(done, summary, keys, table.attrs)
+    curves = {
+        ", ".join(f"{k}={v}" for k, v in point.items()) or "every seed": [
+            run.metrics for run in sweep_runs(sweep_dir, point).values()
+        ]
+        for point in sweep_dir.points
+    }
+    figures = (
+        grid_figures(done, summary, keys)
+        + convergence_figures(done, summary, keys, table.attrs)
+        + curve_figures(curves)
+    )
     if not figures:
         raise ConfigError(
-            f"{sweep_dir.path} has no grid to draw (a sweep over --depths or --grid); see it with "
-            f"`groklab show {sweep_dir.path}`, or report one run: groklab report RUN_DIR"
+            f"{sweep_dir.path} has no run with metrics yet; run it (the same `groklab sweep` command resumes it) "
+            "and report it again"
         )
     path = sweep_dir.write_report(render_grid_page(f"groklab sweep: {sweep_dir.path.name}", figures, summary, table))
     if png is not None:
