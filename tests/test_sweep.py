@@ -428,17 +428,25 @@ def test_a_grid_sweep_runs_seed_by_seed_across_the_grid():
 
 def test_a_running_structural_sweep_shows_its_papers_metric(tmp_path):
     """The live table of a question-formation sweep shows the first word's accuracy (Murty et al.'s), not
-    whichever generalization metric sorts first."""
+    whichever generalization metric sorts first; under it, the grid's summary over the runs that ended."""
     import yaml
 
     from groklab.store import RunDir
     from groklab.sweep import progress_table
 
     config = load_preset("structural-qf-lab").model_dump(mode="json")
-    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, [0])
-    run = RunDir.create(sweep_dir.run_path(0), yaml.safe_dump(config))
-    run.write_summary(
-        {"status": "running", "last_step": 2000, "final_gen_aux_rank_acc": 0.1, "final_gen_first_word_acc": 0.4}
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, [0], grid={"model.n_layers": [2, 6]})
+    ended, running = (
+        RunDir.create(sweep_dir.run_path(0, {"model.n_layers": d}), yaml.safe_dump(config)) for d in (2, 6)
     )
-    row = progress_table(sweep_dir).iloc[0]
+    gen = {"final_gen_aux_rank_acc": 0.1, "final_gen_first_word_acc": 0.4}
+    running.write_summary({"status": "running", "pid": os.getpid(), "last_step": 2000, **gen})  # this process: alive
+    ended.write_metrics([{"step": 0, "gen_first_word_acc": 0.2}, {"step": 100, "gen_first_word_acc": 0.9}])
+    ended.write_summary({"status": "finished", "last_step": 100, **gen, "max_gen_first_word_acc": 0.9})
+    row = progress_table(sweep_dir).iloc[1]
     assert (row["metric"], row["value"], row["step"]) == ("gen_first_word_acc", 0.4, 2000)
+    shown = cli_in_process("show", str(sweep_dir.path)).stdout
+    assert "so far, over the runs that ended" in shown
+    assert [line.split()[:3] for line in shown.splitlines() if "gen_first_word_acc 1.00" in line] == [
+        ["2", "1", "gen_first_word_acc"]  # depth 2 crossed 0.8; depth 6 has no run that ended: no line
+    ]

@@ -754,7 +754,8 @@ def _point(items: tuple[str, ...]) -> dict | None:
 def _print_sweep(sweep_dir) -> None:
     """The sweep table: one line per run, then how many converged and when; for held-out task metrics
     (structural grokking) their best and final values and the per-point summary instead."""
-    from groklab.sweep import grid_summary, sweep_table
+    from groklab.experiment import DONE
+    from groklab.sweep import sweep_table
 
     table = sweep_table(sweep_dir)
     if (table["status"] == "running").any():  # a sweep still running: where each run is
@@ -769,6 +770,8 @@ def _print_sweep(sweep_dir) -> None:
             .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
         )
         click.echo(totals)
+        if sweep_dir.points[0] and table["status"].isin(DONE).any():  # a grid: what the runs that ended say so far
+            _print_grid_summary(table, list(sweep_dir.points[0]), "so far, over the runs that ended")
         return
     sweep_dir.write_table(table)
     grid = list(sweep_dir.points[0])
@@ -818,17 +821,27 @@ def _print_sweep(sweep_dir) -> None:
                 else ""
             )
         )
-    summary = grid_summary(table, grid) if grid or structural else None
-    if structural:
+    if grid or structural:
+        _print_grid_summary(table, grid)
+
+
+def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
+    """grid_summary's lines: held-out task metrics (structural) or convergence (a modular grid)."""
+    from groklab.sweep import grid_summary
+
+    summary = grid_summary(table, grid)
+    summary = summary[summary["runs"] > 0]  # a point none of whose runs has ended says nothing yet
+    when = f", {when}" if when else ""
+    if any(c.startswith("max_gen_") for c in table):
         click.echo(
-            "per grid point (crossed: share of seeds whose value reaches 0.8 at some point; [95% bootstrap "
+            f"per grid point{when} (crossed: share of seeds whose value reaches 0.8 at some point; [95% bootstrap "
             "interval over seeds]):"
         )
         click.echo(_grid_lines(summary, grid).to_string(index=False))
     if grid and "convergence_step_mean" in summary:
         click.echo(
-            "per grid point (converged: share of seeds; step: of those that converge; [95% bootstrap interval "
-            "over seeds]):"
+            f"per grid point{when} (converged: share of seeds; step: of those that converge; [95% bootstrap "
+            "interval over seeds]):"
         )
         click.echo(_convergence_lines(summary, grid).to_string(index=False))
 
