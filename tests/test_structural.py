@@ -176,15 +176,16 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
     assert (table["status"] == "finished").all() and table["final_t_score"].notna().all()
     for depth in (1, 2):
         assert Run(out / "runs" / f"model.n_layers={depth}" / "seed_0000").config.model.n_layers == depth
-    per_point = result.stdout.split("per grid point (crossed: share of seeds whose value reaches 0.8")[1]
+    per_point = result.stdout.split("per grid point (id learnt: share of seeds whose in-distribution twin")[1]
     header, *lines = per_point.splitlines()[1:]
-    assert header.split()[:4] == ["model.n_layers", "runs", "metric", "crossed"]
-    # one line per depth and metric: the share crossing and the final mean, each with its interval
+    assert header.split()[:6] == ["model.n_layers", "runs", "metric", "id", "learnt", "crossed"]
+    # one line per depth and metric: the share learning the in-distribution set, the share crossing and the
+    # final mean, each with its interval
     assert sorted((int(line.split()[0]), line.split()[2]) for line in lines if "gen_first_word_acc" in line) == [
         (1, "gen_first_word_acc"),
         (2, "gen_first_word_acc"),
     ]
-    assert all(line.count("[") == 2 for line in lines if "gen_first_word_acc" in line)
+    assert all(line.count("[") == 3 for line in lines if "gen_first_word_acc" in line)
     assert any(line.split()[2] == "t_score" for line in lines)
     assert "converged (test acc" not in result.stdout  # token-level test accuracy is not the headline here
     # the weight statistics are logged for LM presets too: a training map of one depth, convergence read

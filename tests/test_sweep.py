@@ -376,6 +376,7 @@ def test_grid_summary_counts_seeds_that_cross():
             "status": ["finished"] * 4 + ["killed"],
             "max_gen_first_word_acc": [0.5, 0.85, 0.9, 0.95, 0.1],
             "final_gen_first_word_acc": [0.4, 0.7, 0.9, 0.8, 0.1],
+            "max_id_first_word_acc": [1.0, 0.5, 1.0, 0.97, 1.0],  # depth 2 seed 1 never learns its training set
             "final_t_score": [0.2, 0.4, 0.5, 0.7, 0.0],  # a killed run does not count
             "max_gen_loss": [1.0] * 5,
             "final_gen_loss": [1.0] * 5,
@@ -389,6 +390,7 @@ def test_grid_summary_counts_seeds_that_cross():
         and summary.loc[4, "gen_first_word_acc_crossed_0.8"] == 1.0
     )
     assert summary.loc[4, "gen_first_word_acc_final_mean"] == pytest.approx(0.85)
+    assert list(summary["gen_first_word_acc_id_learned_share"]) == [0.5, 1.0]
     assert summary.loc[2, "gen_first_word_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())
     # 95% bootstrap intervals over the seeds that ended: inside the seeds' range, around the mean
     ci = summary.loc[4, ["gen_first_word_acc_final_ci_low", "gen_first_word_acc_final_ci_high"]]
@@ -447,6 +449,6 @@ def test_a_running_structural_sweep_shows_its_papers_metric(tmp_path):
     assert (row["metric"], row["value"], row["step"]) == ("gen_first_word_acc", 0.4, 2000)
     shown = cli_in_process("show", str(sweep_dir.path)).stdout
     assert "so far, over the runs that ended" in shown
-    assert [line.split()[:3] for line in shown.splitlines() if "gen_first_word_acc 1.00" in line] == [
-        ["2", "1", "gen_first_word_acc"]  # depth 2 crossed 0.8; depth 6 has no run that ended: no line
-    ]
+    lines = [line.split() for line in shown.splitlines() if line.split()[2:3] == ["gen_first_word_acc"]]
+    assert [line[:5] for line in lines] == [["2", "1", "gen_first_word_acc", "-", "1.00"]]  # id learnt -, crossed
+    # (depth 6 has no run that ended: no line)

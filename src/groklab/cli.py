@@ -834,8 +834,8 @@ def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
     when = f", {when}" if when else ""
     if any(c.startswith("max_gen_") for c in table):
         click.echo(
-            f"per grid point{when} (crossed: share of seeds whose value reaches 0.8 at some point; [95% bootstrap "
-            "interval over seeds]):"
+            f"per grid point{when} (id learnt: share of seeds whose in-distribution twin reaches 0.95; crossed: "
+            "share whose value reaches 0.8 at some point; [95% bootstrap interval over seeds]):"
         )
         click.echo(_grid_lines(summary, grid).to_string(index=False))
     if grid and "convergence_step_mean" in summary:
@@ -847,7 +847,8 @@ def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
 
 
 def _grid_lines(summary, grid: list[str]):
-    """grid_summary as one line per grid point and metric: crossed, final mean with intervals, SD."""
+    """grid_summary as one line per grid point and metric: in-distribution learnt, crossed, final mean with
+    intervals, SD."""
     import pandas as pd
 
     def value(row, column: str, prefix: str) -> str:
@@ -862,6 +863,7 @@ def _grid_lines(summary, grid: list[str]):
             **{k: row[k] for k in grid},
             "runs": int(row["runs"]),
             "metric": m,
+            "id learnt": value(row, f"{m}_id_learned_share", f"{m}_id_learned"),
             "crossed 0.8": value(row, f"{m}_crossed_0.8", f"{m}_crossed"),
             "final mean": value(row, f"{m}_final_mean", f"{m}_final"),
             "final SD": f"{row[f'{m}_final_sd']:.2f}",

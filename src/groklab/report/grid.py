@@ -28,7 +28,11 @@ def grid_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cro
     for metric in metrics:
         final, crossed = (
             Panel(f"{metric} at the end", xlabel=x_key, ylabel=metric),
-            Panel(f"seeds crossing {cross:g} at some point", xlabel=x_key, ylabel="share of seeds"),
+            Panel(
+                f"seeds crossing {cross:g} at some point (dashed: learning the in-distribution set)",
+                xlabel=x_key,
+                ylabel="share of seeds",
+            ),
         )
         for prefix, color, rows, seeds in _groups(done, summary, keys):
             if f"final_{metric}" in seeds:
@@ -37,10 +41,18 @@ def grid_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cro
             crossed.traces.append(
                 _interval(f"{prefix}share, 95% CI", rows, x_key, f"{metric}_crossed", f"{cross:g}", color)
             )
+            if f"{metric}_id_learned_share" in rows:  # the other failure: never learning the in-distribution set
+                learned = _interval(
+                    f"{prefix}in-distribution learnt", rows, x_key, f"{metric}_id_learned", "share", color
+                )
+                learned.dash = True
+                crossed.traces.append(learned)
         caption = (
             f"{metric} of every run that ended, against {x_key}: each seed's final value (points) and their mean "
             f"with its 95% percentile-bootstrap interval over seeds; and the share of seeds whose {metric} reaches "
-            f"{cross:g} at some evaluation. Murty et al. 2023 find an inverted U over depth (best at 6 layers)."
+            f"{cross:g} at some evaluation, beside (dashed) the share whose in-distribution twin reaches 0.95 — a "
+            f"run that never learns its training distribution fails differently from one that learns the linear "
+            f"rule. Murty et al. 2023 find an inverted U over depth (best at 6 layers)."
         )
         figures.append(Figure(f"grid_{metric}", f"{metric} across the grid", caption, [final, crossed]))
     return figures

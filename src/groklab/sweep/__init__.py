@@ -70,6 +70,9 @@ Key = tuple[tuple, int]  # (the point's (key, value) pairs, seed)
 # examples of all members' training batches together in one batched step: more only adds memory traffic
 # (measured: nanda-mod-add, full batches of 3830, is 1.1x the 2-worker pool in batches of 8 but 0.7x in 40)
 MAX_BATCH_ROWS = 32_768
+# a structural run has learnt its in-distribution set when the id twin of its held-out metric reaches this
+# (the structural presets' outcome): what separates a run that never generalizes from one that never trains
+ID_LEARNED = 0.95
 
 
 def _key(point: dict, seed: int) -> Key:
@@ -431,10 +434,11 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
     al.'s depth sweeps: the inverted U), each with its 95% percentile-bootstrap interval over seeds
     (`_ci_low`, `_ci_high`; dynamics.compare.bootstrap_mean, seeded: the same table gives the same
-    intervals); without those, where the runs have a convergence metric (the sweep's, e.g. test acc >= 0.9:
-    a modular grid such as task.frac_train), the share of seeds that converge and the mean (with its interval) and median
-    convergence step of those that do; and the final t-score and PARSEVAL mean and SD where measured. Only
-    runs that ended (finished, early-stopped, diverged) count."""
+    intervals), and the share of seeds whose in-distribution twin reaches ID_LEARNED (`_id_learned_share`);
+    without those, where the runs have a convergence metric (the sweep's, e.g. test acc >= 0.9: a modular
+    grid such as task.frac_train), the share of seeds that converge and the mean (with its interval) and
+    median convergence step of those that do; and the final t-score and PARSEVAL mean and SD where measured.
+    Only runs that ended (finished, early-stopped, diverged) count."""
     metrics = [
         c[len("max_") :]
         for c in table.columns  # the task metrics, not the token-level gen_acc
@@ -452,6 +456,10 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
             final = group[f"final_{m}"].dropna()
             row[f"{m}_final_mean"], row[f"{m}_final_ci_low"], row[f"{m}_final_ci_high"] = bootstrap_mean(final)
             row[f"{m}_final_sd"] = float(final.std())
+            twin = f"max_id_{m[len('gen_') :]}"  # learning the in-distribution set at all (a deep model may not)
+            if twin in group:
+                learned = (f"{m}_id_learned_share", f"{m}_id_learned_ci_low", f"{m}_id_learned_ci_high")
+                row.update(zip(learned, bootstrap_mean(group[twin].dropna() >= ID_LEARNED)))
         if not metrics and "converged" in group and group["converged"].notna().any():  # e.g. test_acc >= 0.9
             converged = group["converged"].dropna().astype(bool)
             row["converged_share"], row["converged_ci_low"], row["converged_ci_high"] = bootstrap_mean(converged)
