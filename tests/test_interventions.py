@@ -184,6 +184,27 @@ def test_interventions_in_a_batch_act_on_each_member_as_alone(settings):
         assert len(set(targets)) == 3
 
 
+def test_members_with_interventions_leave_and_the_others_go_on():
+    """A member that diverges (step 10) or stops early (step 40) leaves the stack with its filter state; the
+    others' filters and projections go on as alone (float64)."""
+    early = "train.early_stop={metric: train_loss, threshold: 2.5, patience: 2}"
+    cfgs = [
+        load_config(
+            "nanda-mod-add",
+            TINY[1::2]
+            + ["train.grokfast={kind: ema, alpha: 0.9}", "train.orthograd=true", early, f"train.lr={lr}"]
+            + ["train.max_steps=60", "train.eval_every=10", "measures=null"],
+            seed=seed,
+        )
+        for seed, lr in ((0, 1e-3), (1, 1e30), (2, 1e-4))
+    ]
+    solo, together, alone, batched = in_float64(cfgs)
+    assert [o.status for o in batched] == [o.status for o in alone]
+    assert [o.step for o in batched] == [o.step for o in alone]
+    assert [(o.status, o.step) for o in batched] == [("stopped_early", 40), ("diverged", 10), ("finished", 60)]
+    assert_rows_close(solo, together)
+
+
 def test_a_batch_with_interventions_resumes_bit_for_bit():
     """Interrupted at step 10 and resumed from its members' checkpoints (filter windows, norm targets), a
     population with interventions continues exactly as the uninterrupted one."""
