@@ -5,7 +5,8 @@ checkpoints and process start-up included, early stopping off so every run does 
   (a) one run at a time, on all the CPUs        `groklab sweep PRESET --seeds 0-1`
   (b) the process pool, 2 workers of 1 thread    `groklab sweep PRESET --seeds 0-7 --workers 2`, 0-39
   (c) batches of 8 and of 40 (or --sizes)        `groklab sweep PRESET --seeds 0-7 --batch 8`, 0-39 --batch 40
-and the ratios of (c) to (b) over the same seeds (each run of the pool starts its own process: that
+  (d) two half batches, 1 thread each            `groklab sweep PRESET --seeds 0-7 --batch 4 --workers 2 --threads 1`
+and the ratios of (c) and (d) to (b) over the same seeds (each run of the pool starts its own process: that
 start-up, ~2 s of imports, is part of what batching saves, so both sides run the same number of runs). Steps per run are cut (--steps) so the whole benchmark takes minutes; the
 figures are seed-steps per second, which a full run's length does not change much once start-up is
 amortised (that is why each unit runs at least a few hundred steps). Prints the CPU it ran on.
@@ -71,8 +72,8 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; {cpus} CPUs for this process; device {args.device}; nothing else running unless stated")
     print(
         f"{'preset':20s} {'steps':>6s} {'(a) 1 at a time':>17s} "
-        + " ".join(f"{f'{n} runs: (b) pool / batch':>26s}" for n in sizes)
-        + "   batch / pool"
+        + " ".join(f"{f'{n} runs: (b) pool / (c) batch / (d) 2 half':>40s}" for n in sizes)
+        + "   (c) / pool, (d) / pool"
     )
     for preset in args.presets.split(","):
         steps = max(1, int(STEPS.get(preset, 500) * args.steps))
@@ -81,11 +82,13 @@ def main() -> None:
         for n in sizes:
             rate["b", n] = n * steps / timed_sweep(preset, steps, n, ["--workers", "2", "--threads", "1", *dev])
             rate[n] = n * steps / timed_sweep(preset, steps, n, ["--batch", str(n), *dev])
+            half = ["--batch", str(max(1, n // 2)), "--workers", "2", "--threads", "1", *dev]
+            rate["d", n] = n * steps / timed_sweep(preset, steps, n, half)
         print(
             f"{preset:20s} {steps:6d} {rate['a']:13.1f} s/s "
-            + " ".join(f"{rate['b', n]:9.1f} / {rate[n]:7.1f} s/s" for n in sizes)
+            + " ".join(f"{rate['b', n]:9.1f} / {rate[n]:7.1f} / {rate['d', n]:7.1f} s/s" for n in sizes)
             + "   "
-            + ", ".join(f"x{rate[n] / rate['b', n]:.1f}" for n in sizes),
+            + ", ".join(f"x{rate[n] / rate['b', n]:.2f} x{rate['d', n] / rate['b', n]:.2f}" for n in sizes),
             flush=True,
         )
     print("s/s: seed-steps per second (seeds an hour = s/s * 3600 / steps per run)")
