@@ -5,6 +5,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr saying what to do), 130 inte
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
@@ -851,21 +852,15 @@ def _grid_lines(summary, grid: list[str]):
     intervals, SD."""
     import pandas as pd
 
-    def value(row, column: str, prefix: str) -> str:
-        if column not in row:
-            return "-"
-        low, high = row.get(f"{prefix}_ci_low"), row.get(f"{prefix}_ci_high")
-        return f"{row[column]:.2f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
-
     metrics = [c[: -len("_final_mean")] for c in summary if c.endswith("_final_mean")]
     lines = [
         {
             **{k: row[k] for k in grid},
             "runs": int(row["runs"]),
             "metric": m,
-            "id learnt": value(row, f"{m}_id_learned_share", f"{m}_id_learned"),
-            "crossed 0.8": value(row, f"{m}_crossed_0.8", f"{m}_crossed"),
-            "final mean": value(row, f"{m}_final_mean", f"{m}_final"),
+            "id learnt": _with_interval(row, f"{m}_id_learned_share", f"{m}_id_learned"),
+            "crossed 0.8": _with_interval(row, f"{m}_crossed_0.8", f"{m}_crossed"),
+            "final mean": _with_interval(row, f"{m}_final_mean", f"{m}_final"),
             "final SD": f"{row[f'{m}_final_sd']:.2f}",
         }
         for row in summary.to_dict("records")
@@ -878,22 +873,26 @@ def _convergence_lines(summary, grid: list[str]):
     """grid_summary's convergence columns as one line per grid point."""
     import pandas as pd
 
-    def interval(row, prefix: str, value: str, digits: str) -> str:
-        low, high = row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"]
-        return "-" if row[value] != row[value] else f"{row[value]:{digits}} [{low:{digits}}, {high:{digits}}]"
-
     return pd.DataFrame(
         {
             **{k: row[k] for k in grid},
             "runs": int(row["runs"]),
-            "converged": interval(row, "converged", "converged_share", ".2f"),
-            "step mean": interval(row, "convergence_step", "convergence_step_mean", ".0f"),
-            "step median": "-"
-            if row["convergence_step_median"] != row["convergence_step_median"]
-            else f"{row['convergence_step_median']:.0f}",
+            "converged": _with_interval(row, "converged_share", "converged"),
+            "step mean": _with_interval(row, "convergence_step_mean", "convergence_step", ".0f"),
+            "step median": _with_interval(row, "convergence_step_median", None, ".0f"),
         }
         for row in summary.to_dict("records")
     )
+
+
+def _with_interval(row: dict, column: str, prefix: str | None, digits: str = ".2f") -> str:
+    """row[column] with its interval row[prefix_ci_low], row[prefix_ci_high] where there is one; "-" for a
+    value not there or NaN."""
+    value = row.get(column)
+    if value is None or math.isnan(value):
+        return "-"
+    low, high = (row.get(f"{prefix}_ci_low"), row.get(f"{prefix}_ci_high")) if prefix else (None, None)
+    return f"{value:{digits}}" + (f" [{low:{digits}}, {high:{digits}}]" if low is not None else "")
 
 
 def _print_summary(result) -> None:
