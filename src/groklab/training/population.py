@@ -84,7 +84,7 @@ class Population:
         params, _ = stack_module_state([t.model for t in self.trainers])
         self.params = {name: p.detach().requires_grad_() for name, p in params.items()}
         self.named = list(self.params.items())
-        self._stack_hooks(hooks if hooks is not None else [interventions.states(t.hooks) for t in self.trainers])
+        self._stack_hooks(hooks)
         for i, t in enumerate(self.trainers):
             for name, p in t.model.named_parameters():
                 p.data = self.params[name].data[i]  # a view: the member's module sees its weights
@@ -102,7 +102,9 @@ class Population:
         self.slots = slots  # optimizer state per stacked parameter: step, exp_avg, exp_avg_sq / momentum_buffer
         self.optimizer = self._optimizer()
 
-    def _stack_hooks(self, members: list[dict]) -> None:
+    def _stack_hooks(self, members: list[dict] | None = None) -> None:
+        """The interventions, stacked, their state from the members' (default: their trainers')."""
+        members = members if members is not None else [interventions.states(t.hooks) for t in self.trainers]
         self.hooks = interventions.build_interventions(self.cfg, stacked=True)
         interventions.load_states(self.hooks, interventions.stack_states(self.hooks, members))
 
@@ -275,7 +277,7 @@ class Population:
                 for hook in t.hooks:
                     hook.start(t.named)
             if fresh:
-                self._stack_hooks([interventions.states(t.hooks) for t in self.trainers])
+                self._stack_hooks()
             for i in fresh:
                 t = members[i].trainer
                 status = t._evaluate(members[i].sink, on_step)
