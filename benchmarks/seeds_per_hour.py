@@ -2,8 +2,9 @@
 
 For each preset, measured end to end in the same run of this script (evaluation, live measures,
 checkpoints and process start-up included, early stopping off so every run does the same steps):
-  (a) one run at a time, on all the CPUs        `groklab sweep PRESET --seeds 0-1`
+  (a) one run at a time, on all the CPUs        `groklab sweep PRESET --seeds 0-1 --workers 1`
   (b) the process pool, 2 workers of 1 thread    `groklab sweep PRESET --seeds 0-7 --workers 2`, 0-39
+      (on 2 CPUs, what `groklab sweep` does when left to choose; (a) was its default until 2026-12-02)
   (c) batches of 8 and of 40 (or --sizes)        `groklab sweep PRESET --seeds 0-7 --batch 8`, 0-39 --batch 40
   (d) two half batches, 1 thread each            `groklab sweep PRESET --seeds 0-7 --batch 4 --workers 2 --threads 1`
 and the ratios of (c) and (d) to (b) over the same seeds (each run of the pool starts its own process: that
@@ -78,10 +79,10 @@ def main() -> None:
     for preset in args.presets.split(","):
         steps = max(1, int(STEPS.get(preset, 500) * args.steps))
         dev = ["--device", args.device]
-        rate = {"a": 2 * steps / timed_sweep(preset, steps, 2, dev)}
+        rate = {"a": 2 * steps / timed_sweep(preset, steps, 2, ["--workers", "1", *dev])}
         for n in sizes:
             rate["b", n] = n * steps / timed_sweep(preset, steps, n, ["--workers", "2", "--threads", "1", *dev])
-            rate[n] = n * steps / timed_sweep(preset, steps, n, ["--batch", str(n), *dev])
+            rate[n] = n * steps / timed_sweep(preset, steps, n, ["--batch", str(n), "--workers", "1", *dev])
             half = ["--batch", str(max(1, n // 2)), "--workers", "2", "--threads", "1", *dev]
             rate["d", n] = n * steps / timed_sweep(preset, steps, n, half)
         print(

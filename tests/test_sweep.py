@@ -168,6 +168,29 @@ def test_a_failed_seed_is_recorded_and_the_others_finish(tmp_path):
     assert "exit code 2" in pd.read_csv(result.path / "table.csv").set_index("seed").loc[1, "error"]
 
 
+def test_workers_default_to_a_one_thread_process_per_core_on_a_cpu(monkeypatch, tmp_path):
+    """One run per core trains more runs an hour than one run on every core (docs/results/speed.md), so a
+    sweep left to choose takes a process per core, never more than its units; a GPU gets one process."""
+    from groklab import runtime
+    from groklab.sweep import local_slots
+
+    monkeypatch.setattr(runtime, "cpu_threads", lambda: 8)
+    assert local_slots(None, None, 20, "cpu") == (8, 1)
+    assert local_slots(None, None, 3, "cpu") == (3, 2)  # the cores shared out over the units there are
+    assert local_slots(None, None, 1, "cpu") == (1, 8)
+    assert local_slots(None, 2, 20, "cpu") == (4, 2)
+    assert local_slots(3, None, 20, "cpu") == (3, 2)
+    assert local_slots(None, None, 20, "cuda") == (1, 8)
+    monkeypatch.undo()
+
+    lines = []
+    out = sweep(parity_config(max_steps=16), [0, 1, 2], tmp_path / "s", progress=lines.append)
+    cpus = runtime.cpu_threads()
+    workers = min(3, cpus)
+    assert f"{workers} process(es) at a time ({cpus // workers} thread(s) each)" in lines[0]
+    assert {Run(path).summary["threads"] for path in sorted((out.path / "runs").iterdir())} == {cpus // workers}
+
+
 def test_sweep_errors(parity_sweep, tmp_path):
     out, _ = parity_sweep
     bad(["sweep", "hu-sparse-parity", "--seeds", "9-1"], "--seeds takes ranges")

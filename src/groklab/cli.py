@@ -98,7 +98,12 @@ def run(
 @click.option(
     "--seeds", default="0-4", show_default=True, help="Seeds to run: a range and/or list, e.g. 0-39 or 0,3,5-7."
 )
-@click.option("--workers", type=int, default=1, show_default=True, help="Runs trained at the same time (processes).")
+@click.option(
+    "--workers",
+    type=int,
+    help="Runs (or batches) trained at the same time, each in its own process (default: on a CPU one per core, "
+    "with one thread each, up to the number of runs; on a GPU 1).",
+)
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable)."
 )
@@ -163,7 +168,7 @@ def run(
 def sweep(
     spec: str,
     seeds: str,
-    workers: int,
+    workers: int | None,
     overrides: tuple[str, ...],
     out: str | None,
     device: str | None,

@@ -89,7 +89,7 @@ def sweep(
     seeds: Sequence[int],
     out: str | Path | None = None,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     grid: dict[str, list] | None = None,
     threads: int | None = None,
     device: str | None = None,
@@ -105,12 +105,12 @@ def sweep(
     SWEEP_DIR/runs/... (default sweeps/NAME), then write the sweep table. With `batch` > 1, up to `batch` runs
     that share their shapes train together as one population (`groklab.training.population`); grid points
     that change shapes go into separate batches. `on` the engine that runs the units (`groklab.sweep.engines`:
-    local processes, `workers` at a time with `threads` each (default cpus // workers); a Ray cluster; SLURM),
+    local processes, `workers` at a time with `threads` each (default: `local_slots`); a Ray cluster; SLURM),
     reached with `engine`'s options. Resumes a sweep of the same config in the same directory. `report_to`:
     trackers every run mirrors to, grouped by the sweep (`groklab.store.trackers`). `progress`
     gets a line per event, `watch` the sweep directory about once a second while it runs."""
     for flag, value in (("--workers", workers), ("--batch", batch)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     check_threads(threads)
     if on not in ENGINES:
@@ -125,14 +125,10 @@ def sweep(
             point_config(config, point, seeds[0]), device if on == "local" else "cpu"
         )
     out = Path(out) if out else Path("sweeps") / config.name
-    if on == "local":
-        threads = threads or max(1, runtime.cpu_threads() // workers)
-    elif threads is None:
+    if on != "local" and threads is None:
         raise ConfigError(f"--on {on}: say how many CPU threads each run (or batch) takes, e.g. --threads 4")
-    options = replace(engine or EngineOptions(), workers=workers)
-    executor = make_engine(
-        on, str(out.resolve()), options
-    )  # an engine that is not there fails before the sweep is made
+    # an engine that is not there fails before the sweep is made; the local one waits for the units' count
+    executor = None if on == "local" else make_engine(on, str(out.resolve()), engine or EngineOptions())
     try:
         sweep_dir = SweepDir.create_or_open(out, config.model_dump(mode="json"), list(seeds), threshold, grid)
         ReportTo(names, sweep_dir.path.name, sweep_dir.path).prepare(config.model_dump(mode="json"))
@@ -141,6 +137,12 @@ def sweep(
         largest = max(map(len, units))
         units = [unit for unit in units if any(_status(sweep_dir, *key) not in DONE for key in unit)]
         done = sum(_status(sweep_dir, *key) in DONE for key in keys)
+        if on == "local":
+            device_type = next(iter(prepared.values())).device.type
+            workers, threads = local_slots(workers, threads, len(units), device_type)
+            executor = make_engine(
+                on, str(sweep_dir.path.resolve()), replace(engine or EngineOptions(), workers=workers)
+            )
         progress(
             f"sweep {sweep_dir.path}: {done} of {len(keys)} runs already done; {len(keys) - done} to run"
             + (
@@ -154,8 +156,21 @@ def sweep(
         )
         _drive(executor, sweep_dir, units, threads, device, progress, watch, names)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
     return sweep_dir
+
+
+def local_slots(workers: int | None, threads: int | None, units: int, device_type: str) -> tuple[int, int]:
+    """How many worker processes at once, and CPU threads each, for `units` units of work on this machine.
+    Left unset on a CPU: a process per `threads` CPUs (default one thread each), no more than the units — one
+    run per core trains more runs an hour than one run on every core for every preset measured (groklab's
+    small models gain little from a second thread; docs/results/speed.md); a single unit gets every core.
+    On a GPU one process, which the device serves. Threads left unset: the CPUs shared out over the workers."""
+    cpus = runtime.cpu_threads()
+    if workers is None:
+        workers = 1 if device_type == "cuda" else max(1, min(units, cpus // (threads or 1)))
+    return workers, threads or max(1, cpus // workers)
 
 
 def _drive(
