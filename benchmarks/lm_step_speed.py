@@ -4,10 +4,15 @@ The structural-qf-lab preset (6 layers since this session; 4 when measured for t
 batch 32, dropout 0.1 in five places per block) on CPU: torch's `F.dropout` draws each mask element with
 `bernoulli_`, the largest item of this model's step in torch.profiler (39% of self CPU time, profiler
 overhead included) on the 2-core machine; `groklab.models.transformer.Dropout` draws 15 bits per
-element from 63-bit draws of the same generator. Times --steps training steps with each (same model, data and seed), after
---warmup steps, and prints ms/step and the ratio. Nothing is asserted.
+element from 63-bit draws of the same generator. Times --steps training steps with each (same model, data
+and seed), after --warmup steps, and prints ms/step and the ratios; also groklab's dropout as it was until
+2026-12-02 (x times a bool mask, then the scale: the same numbers as today's float mask). With --batch M,
+also a population of M seeds (`groklab.training.population`, the members under torch.func.vmap, where
+groklab used F.dropout until 2026-12-02) with each, in ms per member-step, beside the one run. Nothing is
+asserted.
 
     python benchmarks/lm_step_speed.py [--preset structural-qf-lab] [--steps 200] [--warmup 20] [--threads N]
+                                       [--batch M]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from groklab.config import load_preset
 from groklab.experiment import resolve
 from groklab.models import build_model, transformer
 from groklab.training.loop import Trainer
+from groklab.training.population import Population
 
 
 class TorchDropout(torch.nn.Module):
@@ -33,20 +39,40 @@ class TorchDropout(torch.nn.Module):
         return F.dropout(x, self.p, self.training)
 
 
-def ms_per_step(prepared, dropout_cls, steps: int, warmup: int) -> float:
-    model = build_model(prepared.model, prepared.config.resolved_model_seed)
+class BoolMaskDropout(transformer.Dropout):
+    """groklab's dropout until 2026-12-02: one run's mask as today, applied as x * bool mask * scale;
+    F.dropout under vmap."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return F.dropout(x, self.p, True)
+        n, cut = x.numel(), round(self.p * 32768)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
+        return x * ((bits & 0x7FFF) >= cut) * (32768 / (32768 - cut))
+
+
+def trainer(prepared, dropout_cls, seed: int = 0) -> Trainer:
+    model = build_model(prepared.model, seed)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, transformer.Dropout):
                 setattr(module, name, dropout_cls(child.p))
-    trainer = Trainer(prepared.task, model, prepared.config.train, seed=0)
+    return Trainer(prepared.task, model, prepared.config.train, seed=seed)
+
+
+def ms_per_step(prepared, dropout_cls, steps: int, warmup: int, members: int = 1) -> float:
+    """Milliseconds a training step of one run (members=1) or per member of a population of `members`."""
+    if members == 1:
+        step = trainer(prepared, dropout_cls).train_step
+    else:
+        step = Population([trainer(prepared, dropout_cls, seed) for seed in range(members)]).train_step
     torch.manual_seed(0)
     for _ in range(warmup):
-        trainer.train_step()
+        step()
     start = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step()
-    return (time.perf_counter() - start) / steps * 1000
+        step()
+    return (time.perf_counter() - start) / steps / members * 1000
 
 
 def main() -> None:
@@ -55,6 +81,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--batch", type=int, default=1, help="also time a population of this many seeds")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,11 +90,22 @@ def main() -> None:
         f"{args.preset}: {prepared.model.n_layers} layers, d_model {prepared.model.d_model}, batch "
         f"{prepared.config.train.batch_size}, dropout {prepared.model.dropout}; {torch.get_num_threads()} torch threads"
     )
-    groklab_ms = ms_per_step(prepared, transformer.Dropout, args.steps, args.warmup)
-    torch_ms = ms_per_step(prepared, TorchDropout, args.steps, args.warmup)
-    print(f"{'groklab Dropout:':22s} {groklab_ms:7.1f} ms/step")
-    print(f"{'torch F.dropout:':22s} {torch_ms:7.1f} ms/step")
-    print(f"ratio (torch / groklab): x{torch_ms / groklab_ms:.2f}")
+    dropouts = {
+        "groklab Dropout": transformer.Dropout,
+        "until 2026-12-02": BoolMaskDropout,
+        "torch F.dropout": TorchDropout,
+    }
+    one = {}
+    for members in [1] + ([args.batch] if args.batch > 1 else []):
+        ms = {name: ms_per_step(prepared, cls, args.steps, args.warmup, members) for name, cls in dropouts.items()}
+        one = one or ms
+        print("one run, ms/step:" if members == 1 else f"a batch of {members}, ms per member-step:")
+        for name, value in ms.items():
+            ratio = "" if name == "groklab Dropout" else f"  (/ groklab: x{value / ms['groklab Dropout']:.2f})"
+            print(f"  {name + ':':20s} {value:7.1f}{ratio}")
+        if members > 1:
+            print("  batched speed-up over one run at a time (one run / batched, each dropout): ", end="")
+            print(", ".join(f"x{one[name] / ms[name]:.2f}" for name in ms))
 
 
 if __name__ == "__main__":

@@ -97,9 +97,13 @@ class LayerNorm(nn.Module):
 class Dropout(nn.Module):
     """nn.Dropout with a cheaper mask on CPU, where torch's bernoulli_ is slow (a lab-scale LM step is
     x1.22 faster with this one, benchmarks/lm_step_speed.py): 15 random bits per element, four
-    elements per 63-bit draw of the global generator (so seeded and resumable like torch's); an element is dropped with probability round(p * 2^15) / 2^15 (within
-    2e-5 of p) and the kept ones are scaled to keep the expectation. On CUDA and under torch.func.vmap
-    (a population of runs, groklab.training.population): F.dropout."""
+    elements per 63-bit draw of the global generator (so seeded and resumable like torch's); an element is
+    dropped with probability round(p * 2^15) / 2^15 (within 2e-5 of p) and the kept ones are scaled to keep
+    the expectation, x times a float mask of 0 and 1 / (1 - p) (x times a bool mask, then the scale, gives the
+    same numbers at half the speed: a mixed-type product). Under torch.func.vmap (a population of runs,
+    groklab.training.population) the draws are shaped like x, four elements of its last dimension to a draw,
+    so that vmap's randomness="different" gives each member its own (not the mask the same seed draws alone:
+    the layouts differ). On CUDA: F.dropout."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -108,11 +112,18 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.p:
             return x
-        if x.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(x):  # CUDA; vmap (batched runs)
+        if x.device.type != "cpu":
             return F.dropout(x, self.p, True)
-        n, cut = x.numel(), round(self.p * 32768)
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
-        return x * ((bits & 0x7FFF) >= cut) * (32768 / (32768 - cut))
+        cut = round(self.p * 32768)
+        if torch._C._functorch.is_functorch_wrapped_tensor(x):  # a member of a batch, under vmap
+            n = x.shape[-1]
+            words = torch.empty_like(x[..., : (n + 3) // 4], dtype=torch.int64, memory_format=torch.contiguous_format)
+            bits = words.random_().view(torch.int16)[..., :n]
+        else:
+            n = x.numel()
+            bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
+        scale = ((bits & 0x7FFF) >= cut).to(x.dtype).mul_(32768 / (32768 - cut))  # 0 or 1 / (1 - p), as a float
+        return x * scale
 
 
 class KVCache:
