@@ -13,9 +13,16 @@ from test_report import drawn, open_in_browser
 
 from groklab.config import load_preset
 from groklab.dynamics import FEATURE_SETS, summarize
-from groklab.dynamics.compare import bootstrap_mean, population_stats, run_table, verdicts
+from groklab.dynamics.compare import (
+    bootstrap_mean,
+    bootstrap_peak,
+    describe_peak,
+    population_stats,
+    run_table,
+    verdicts,
+)
 from groklab.store import RunDir, SweepDir
-from groklab.sweep import grid_summary, sweep_table
+from groklab.sweep import grid_peaks, grid_summary, sweep_table
 from groklab.sweep.compare import compare_sweeps
 from groklab.sweep.maps import map_sweep
 
@@ -101,6 +108,27 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
         high - low > bootstrap_mean(np.tile(values, 4))[2] - bootstrap_mean(np.tile(values, 4))[1]
     )  # more runs: narrower
     assert all(np.isnan(v) for v in bootstrap_mean([]))
+
+
+def test_bootstrap_peak_says_where_a_grid_peaks_and_how_sure():
+    """Murty et al.'s inverted U is a claim about where the mean peaks: resampling each point's seeds says how
+    often each point is highest and how often the peak is inside the grid rather than at an end."""
+    rng = np.random.default_rng(0)
+    u = {2: rng.normal(0.2, 0.1, 10), 6: rng.normal(0.9, 0.1, 10), 10: rng.normal(0.5, 0.1, 10)}
+    shares, interior = bootstrap_peak(u)
+    assert shares[6] == interior == 1.0 and shares[2] == shares[10] == 0
+    assert bootstrap_peak(u) == (shares, interior)  # seeded
+    rising = {2: rng.normal(0.2, 0.2, 5), 6: rng.normal(0.5, 0.2, 5), 10: rng.normal(0.8, 0.2, 5)}
+    shares, interior = bootstrap_peak(rising)
+    assert shares[10] > 0.8 and interior == pytest.approx(1 - shares[10]) and sum(shares.values()) == pytest.approx(1)
+    close = {4: [0.5, 0.9, 0.1], 6: [0.6, 0.2, 0.8], 8: [0.4, 0.7, 0.6]}  # three noisy seeds each: unsure
+    assert max(bootstrap_peak(close)[0].values()) < 0.6
+    shares, interior = bootstrap_peak({2: [0.1, 0.2], 6: [], 8: [float("nan"), 0.9]})  # points without values left out
+    assert set(shares) == {2, 8} and shares[8] == 1.0 and np.isnan(interior)  # two points: no interior
+    assert describe_peak({6: 0.62, 8: 0.3, 4: 0.08, 2: 0.0}, 0.92) == (
+        "6 in 62%, 8 in 30%, 4 in 8% of 2000 resamples of the seeds; inside the grid in 92%"
+    )
+    assert bootstrap_peak({}) == ({}, pytest.approx(float("nan"), nan_ok=True))
 
 
 def test_runs_without_held_out_metrics_answer_nothing():
@@ -211,12 +239,12 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
     """`groklab report SWEEP_DIR` of a grid sweep: each held-out metric against depth, seeds and mean with a
     95% bootstrap interval (Murty et al.'s inverted U), and the per-point numbers behind it."""
     config = load_preset("structural-qf-lab").model_dump(mode="json")
-    grid = {"model.n_layers": [2, 6]}
+    grid = {"model.n_layers": [2, 6, 10]}
     sweep = SweepDir.create_or_open(tmp_path / "depths", config, list(range(4)), grid=grid)
     for depth in grid["model.n_layers"]:
         for seed in range(4):
-            # depth 2 never generalizes (seed 3's run stands in: it never rises); depth 6 does, but seed 3
-            metrics = structural_run(3 if depth == 2 else seed, None)
+            # depths 2 and 10 never generalize (seed 3's run stands in: it never rises); 6 does, but seed 3
+            metrics = structural_run(3 if depth != 6 else seed, None)
             point = {"model.n_layers": depth}
             run = RunDir.create(sweep.run_path(seed, point), yaml.safe_dump({**config, "seed": seed}))
             run.write_metrics(metrics.to_dict("records"))
@@ -239,6 +267,17 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
         <= deep["gen_first_word_acc_final_ci_high"]
     )
     assert deep["gen_first_word_acc_final_ci_low"] > summary.loc[2, "gen_first_word_acc_final_ci_high"]
+    # the inverted U, and how sure: depth 6 peaks unless a resample draws seed 3 four times (1 in 256)
+    shares, interior = grid_peaks(sweep_table(sweep), "model.n_layers")["gen_first_word_acc"]
+    assert (
+        shares[6] == interior and 0.98 < interior < 1 and shares[2] == pytest.approx(1 - interior) and shares[10] == 0
+    )
+    assert f"Where the final mean peaks over model.n_layers: {describe_peak(shares, interior)}." in page
+    shown = cli_in_process("show", str(sweep.path))
+    assert (
+        f"  gen_first_word_acc: {describe_peak(shares, interior)}"
+        in shown.stdout.split("where the final mean peaks")[1]
+    )
     bad(["report", str(sweep.path), "-o", str(tmp_path / "x.html")], "leave out -o")
     seeds_only = cli_in_process("report", str(sweeps[0].path))  # no grid: every run's curves
     assert seeds_only.returncode == 0, seeds_only.stderr

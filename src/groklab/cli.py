@@ -844,6 +844,13 @@ def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
             "share whose value reaches 0.8 at some point; [95% bootstrap interval over seeds]):"
         )
         click.echo(_grid_lines(summary, grid).to_string(index=False))
+        if len(grid) == 1 and len(summary) >= 3:  # the shape along the grid: an inverted U, or not
+            from groklab.dynamics.compare import describe_peak
+            from groklab.sweep import grid_peaks
+
+            click.echo(f"where the final mean peaks over {grid[0]}:")
+            for metric, (shares, interior) in grid_peaks(table, grid[0]).items():
+                click.echo(f"  {metric}: {describe_peak(shares, interior)}")
     if grid and "convergence_step_mean" in summary:
         click.echo(
             f"per grid point{when} (converged: share of seeds; step: of those that converge; [95% bootstrap "

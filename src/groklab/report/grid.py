@@ -12,15 +12,18 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
+from groklab.dynamics.compare import describe_peak
 from groklab.dynamics.phases import metric_columns
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
 
 
-def grid_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cross: float = 0.8) -> list[Figure]:
+def grid_figures(
+    done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], peaks: dict | None = None, cross: float = 0.8
+) -> list[Figure]:
     """One figure per held-out task metric (final value; share of seeds crossing `cross`), x = keys[0],
     a colour per combination of the other keys; `done`: the sweep table's runs that ended (their points are
-    the seeds drawn). Empty without a grid or held-out task metrics."""
+    the seeds drawn); `peaks`: sweep.grid_peaks, in the caption. Empty without a grid or held-out task metrics."""
     metrics = [c[: -len("_final_mean")] for c in summary if c.endswith("_final_mean") and c.startswith("gen_")]
     if not keys or not metrics:
         return []
@@ -54,6 +57,8 @@ def grid_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str], cro
             f"run that never learns its training distribution fails differently from one that learns the linear "
             f"rule. Murty et al. 2023 find an inverted U over depth (best at 6 layers)."
         )
+        if metric in (peaks or {}):
+            caption += f" Where the final mean peaks over {x_key}: {describe_peak(*peaks[metric])}."
         figures.append(Figure(f"grid_{metric}", f"{metric} across the grid", caption, [final, crossed]))
     return figures
 

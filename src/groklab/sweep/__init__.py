@@ -30,7 +30,7 @@ import yaml
 from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_threshold, convergence_times
-from groklab.dynamics.compare import bootstrap_mean
+from groklab.dynamics.compare import bootstrap_mean, bootstrap_peak
 from groklab.dynamics.phases import HEADLINE_GEN
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
@@ -454,11 +454,7 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     grid such as task.frac_train), the share of seeds that converge and the mean (with its interval) and
     median convergence step of those that do; and the final t-score and PARSEVAL mean and SD where measured.
     Only runs that ended (finished, early-stopped, diverged) count."""
-    metrics = [
-        c[len("max_") :]
-        for c in table.columns  # the task metrics, not the token-level gen_acc
-        if c.startswith("max_gen_") and c not in ("max_gen_acc", "max_gen_loss")
-    ]
+    metrics = held_out_metrics(table)
     rows = []
     for point, group in table.groupby(list(grid_keys), sort=True) if grid_keys else [((), table)]:
         row = dict(zip(grid_keys, point if isinstance(point, tuple) else (point,)))
@@ -490,6 +486,25 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     return pd.DataFrame(rows)
 
 
+def held_out_metrics(table: pd.DataFrame) -> list[str]:
+    """The sweep table's held-out task metrics (gen_first_word_acc, ...: max_gen_* columns), not the
+    token-level gen_acc and gen_loss."""
+    return [
+        c[len("max_") :] for c in table.columns if c.startswith("max_gen_") and c not in ("max_gen_acc", "max_gen_loss")
+    ]
+
+
+def grid_peaks(table: pd.DataFrame, key: str) -> dict[str, tuple[dict, float]]:
+    """Along a one-key grid (e.g. --depths): for each held-out task metric, where its final value's mean over
+    seeds peaks and how often the peak lies inside the grid (dynamics.compare.bootstrap_peak; the runs that
+    ended). Murty et al.'s inverted U over depth is an interior peak."""
+    done = table[table["status"].isin(DONE)]
+    return {
+        m: bootstrap_peak({x: group[f"final_{m}"].tolist() for x, group in done.groupby(key, sort=True)})
+        for m in held_out_metrics(table)
+    }
+
+
 def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None = None) -> Path:
     """SWEEP_DIR/report.html: for a grid sweep (e.g. --depths, --grid task.frac_train=...), each held-out task
     metric and the convergence step against the grid with 95% bootstrap intervals over seeds (report.grid);
@@ -510,7 +525,7 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
         for point in sweep_dir.points
     }
     figures = (
-        grid_figures(done, summary, keys)
+        grid_figures(done, summary, keys, grid_peaks(table, keys[0]) if len(keys) == 1 else {})
         + convergence_figures(done, summary, keys, table.attrs)
         + curve_figures(curves)
     )
