@@ -451,6 +451,31 @@ def test_a_grid_sweep_runs_seed_by_seed_across_the_grid():
     assert not capped
 
 
+def test_the_live_line_says_how_long_the_runs_to_go_will_take(tmp_path):
+    """A sweep of many long runs (a depth sweep over sessions): the runs not started or stopped part-way, at
+    the time the ended runs at their grid point took (the median; all ended runs' where none has ended
+    there), the stopped ones for the steps they have left."""
+    import yaml
+
+    from groklab.store import RunDir
+    from groklab.sweep import progress_table, progress_totals, time_ahead
+
+    config = load_preset("structural-qf-lab").model_dump(mode="json")  # 15,000 steps
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, [0, 1, 2], grid={"model.n_layers": [2, 6, 8]})
+    plan = {(2, 0): 100, (2, 1): 300, (6, 0): 1000}  # ended runs' training time; depth 2 seed 2 to do
+    for (depth, seed), elapsed in plan.items():
+        run = RunDir.create(sweep_dir.run_path(seed, {"model.n_layers": depth}), yaml.safe_dump(config))
+        run.write_summary({"status": "finished", "last_step": 15000, "elapsed_s": elapsed})
+    stopped = RunDir.create(sweep_dir.run_path(1, {"model.n_layers": 6}), yaml.safe_dump(config))
+    stopped.write_summary({"status": "interrupted", "last_step": 5000, "elapsed_s": 400})  # a third done
+    table = progress_table(sweep_dir)
+    # depth 2: 200 (its median) for seed 2; depth 6: 1000 x 2/3 for seed 1, 1000 for seed 2; depth 8, where
+    # nothing ended: 300 (the median of 100, 300, 1000) for each of its three seeds
+    assert time_ahead(table) == pytest.approx(200 + 2000 / 3 + 1000 + 3 * 300)
+    assert "; 6 to go: ~46m06s of run time, as the ended runs took" in progress_totals(table)
+    assert time_ahead(table[table["status"] != "finished"]) is None  # nothing ended: no estimate
+
+
 def test_a_running_structural_sweep_shows_its_papers_metric(tmp_path):
     """The live table of a question-formation sweep shows the first word's accuracy (Murty et al.'s), not
     whichever generalization metric sorts first; under it, the grid's summary over the runs that ended."""

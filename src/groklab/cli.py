@@ -273,11 +273,7 @@ def _rich_progress(table, totals: str, rows: int = 30):
         table.assign(order=(table["status"] != "running").astype(int)).sort_values("order", kind="stable").head(rows)
     )
     view = Table(box=None, header_style="bold")
-    keys = [
-        c
-        for c in table.columns
-        if c not in ("seed", "status", "step", "max_steps", "metric", "value", "steps_per_s", "left_s")
-    ]
+    keys = list(table.columns[: table.columns.get_loc("seed")])  # the grid's keys come first
     for col in [*keys, "seed", "status", "step", "value", "steps/s", "left"]:
         view.add_column(
             table["metric"].iloc[0] if col == "value" and len(table) else col,
@@ -771,7 +767,7 @@ def _print_sweep(sweep_dir) -> None:
         totals = progress_totals(live)
         live = live.assign(step=[f"{s:.0f}/{m}" if s == s else "-" for s, m in zip(live["step"], live["max_steps"])])
         click.echo(
-            live.drop(columns=["max_steps"])
+            live.drop(columns=["max_steps", "elapsed_s"])
             .rename(columns={"steps_per_s": "steps/s", "left_s": "left (s)"})
             .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
         )

@@ -406,6 +406,7 @@ def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
                     "value": summary.get(f"final_{metric}"),
                     "steps_per_s": rate,
                     "left_s": left,
+                    "elapsed_s": summary.get("elapsed_s"),
                 }
             )
     return pd.DataFrame(rows)
@@ -413,7 +414,8 @@ def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
 
 def progress_totals(table: pd.DataFrame) -> str:
     """One line: runs by status, the running runs' steps per second together, steps done of all, time left
-    (the longest of the running runs', at their rates)."""
+    (the longest of the running runs', at their rates), and the runs still to start or resume at the time the
+    ended runs took (time_ahead)."""
     counts = table["status"].value_counts()
     order = ["finished", "stopped_early", "running", "interrupted", "killed", "diverged", "new", "not started"]
     parts = [
@@ -426,7 +428,33 @@ def progress_totals(table: pd.DataFrame) -> str:
         line += f"; {running['steps_per_s'].fillna(0).sum():.1f} steps/s running"
         if running["left_s"].notna().any():
             line += f", up to {_duration(running['left_s'].max())} left for the running runs (at max steps)"
+    ahead = time_ahead(table)
+    if ahead is not None:
+        todo = (~table["status"].isin((*DONE, "running"))).sum()
+        line += f"; {todo} to go: ~{_duration(ahead)} of run time, as the ended runs took"
+        line += f" (~{_duration(ahead / len(running))} at {len(running)} at a time)" if len(running) else ""
     return line
+
+
+def time_ahead(table: pd.DataFrame) -> float | None:
+    """Seconds of run time the runs not started, interrupted or killed still need (progress_table's rows), each
+    estimated from the ended runs at its grid point (their median training time; deeper models take longer),
+    or all ended runs' median where its point has none, times the share of its steps still to do. None while
+    no run has ended, or none is left."""
+    keys = list(table.columns[: table.columns.get_loc("seed")])  # the grid's keys come first
+    ended = table[table["status"].isin(DONE) & table["elapsed_s"].notna()]
+    todo = table[~table["status"].isin((*DONE, "running"))]
+    if ended.empty or todo.empty:
+        return None
+    at_point = {
+        point if isinstance(point, tuple) else (point,): t
+        for point, t in (ended.groupby(keys)["elapsed_s"].median().items() if keys else ())
+    }
+    overall = float(ended["elapsed_s"].median())
+    left = 1 - todo["step"].fillna(0) / todo["max_steps"]  # a killed run resumes from its last checkpoint
+    return sum(
+        at_point.get(tuple(row[k] for k in keys), overall) * share for row, share in zip(todo.to_dict("records"), left)
+    )
 
 
 def _duration(seconds: float) -> str:
