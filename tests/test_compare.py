@@ -18,11 +18,12 @@ from groklab.dynamics.compare import (
     bootstrap_peak,
     describe_peak,
     population_stats,
+    rank_correlation,
     run_table,
     verdicts,
 )
 from groklab.store import RunDir, SweepDir
-from groklab.sweep import grid_peaks, grid_summary, sweep_table
+from groklab.sweep import grid_peaks, grid_summary, structure_correlation, sweep_table
 from groklab.sweep.compare import compare_sweeps
 from groklab.sweep.maps import map_sweep
 
@@ -129,6 +130,18 @@ def test_bootstrap_peak_says_where_a_grid_peaks_and_how_sure():
         "6 in 62%, 8 in 30%, 4 in 8% of 2000 resamples of the seeds; inside the grid in 92%"
     )
     assert bootstrap_peak({}) == ({}, pytest.approx(float("nan"), nan_ok=True))
+
+
+def test_rank_correlation_pooled_and_within_groups():
+    """A trend the groups share (deeper: higher t-score and better generalization) is not a within-group one."""
+    x, y = [1, 2, 3, 4, 5], [0.1, 0.3, 0.2, 0.5, 0.9]
+    rho, p, n = rank_correlation(x, y)
+    assert rho == pytest.approx(0.9) and 0 < p < 0.1 and n == 5
+    # two groups: within each, higher x goes with lower y; between them, the second is higher on both
+    x, y, g = [1, 2, 3, 11, 12, 13], [3, 2, 1, 13, 12, 11], ["a"] * 3 + ["b"] * 3
+    assert rank_correlation(x, y)[0] > 0.4 and rank_correlation(x, y, g)[0] == pytest.approx(-1)
+    assert rank_correlation([1, 2, float("nan"), 4], [1, 2, 3, 4]) == (pytest.approx(1), 0.0, 3)
+    assert np.isnan(rank_correlation([1, 2], [1, 2])[0]) and np.isnan(rank_correlation([1, 1, 1], [1, 2, 3])[0])
 
 
 def test_runs_without_held_out_metrics_answer_nothing():
@@ -278,6 +291,14 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
         f"  gen_first_word_acc: {describe_peak(shares, interior)}"
         in shown.stdout.split("where the final mean peaks")[1]
     )
+    assert (
+        grid_peaks(sweep_table(sweep), "model.n_layers")["t_score"][0][6] > 0.98
+    )  # Murty et al.: highest at the best depth
+    # run by run: the t-score goes with generalization (every run here learns the in-distribution set)
+    found = structure_correlation(sweep_table(sweep), ["model.n_layers"])
+    (rho, p, n), within = found["all"], found["within"]
+    assert found["metric"] == "gen_first_word_acc" and n == 12 and rho > 0.9 and p < 0.01 and within[0] > 0.9
+    assert f"over the 12 runs that learnt the in-distribution set: Spearman {rho:.2f} (p {p:.2g})" in shown.stdout
     bad(["report", str(sweep.path), "-o", str(tmp_path / "x.html")], "leave out -o")
     seeds_only = cli_in_process("report", str(sweeps[0].path))  # no grid: every run's curves
     assert seeds_only.returncode == 0, seeds_only.stderr

@@ -847,12 +847,30 @@ def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
             click.echo(f"where the final mean peaks over {grid[0]}:")
             for metric, (shares, interior) in grid_peaks(table, grid[0]).items():
                 click.echo(f"  {metric}: {describe_peak(shares, interior)}")
+        _print_structure_correlation(table, grid)
     if grid and "convergence_step_mean" in summary:
         click.echo(
             f"per grid point{when} (converged: share of seeds; step: of those that converge; [95% bootstrap "
             "interval over seeds]):"
         )
         click.echo(_convergence_lines(summary, grid).to_string(index=False))
+
+
+def _print_structure_correlation(table, grid: list[str]) -> None:
+    """sweep.structure_correlation as one line: does a run's t-score go with its generalization?"""
+    from groklab.sweep import structure_correlation
+
+    found = structure_correlation(table, grid)
+    if not found or math.isnan(found["all"][0]):
+        return
+    (rho, p, n), within = found["all"], found["within"]
+    line = (
+        f"final t_score against final {found['metric']}, over the {n} runs that learnt the in-distribution set: "
+        f"Spearman {rho:.2f} (p {p:.2g})"
+    )
+    if grid and not math.isnan(within[0]):
+        line += f"; within each {', '.join(grid)} (centred on its mean): {within[0]:.2f} (p {within[1]:.2g})"
+    click.echo(line)
 
 
 def _grid_lines(summary, grid: list[str]):

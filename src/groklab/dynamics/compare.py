@@ -133,6 +133,22 @@ def describe_peak(shares: Mapping, interior: float, n_boot: int = 2000) -> str:
     return text + ("" if math.isnan(interior) else f"; inside the grid in {interior:.0%}")
 
 
+def rank_correlation(x, y, groups=None) -> tuple[float, float, int]:
+    """(Spearman's rho, its two-sided p, n) of paired values, NaN pairs left out; with `groups` (a label per pair,
+    e.g. each run's depth) the values are first centred on their group's mean, so that a trend both share with
+    the groups (deeper models: higher t-score and better generalization) does not count, only how the runs of a
+    group differ. NaN (and the n) with fewer than 3 pairs or a constant side."""
+    from scipy.stats import spearmanr
+
+    frame = pd.DataFrame({"x": x, "y": y, "g": 0 if groups is None else groups}).dropna()
+    if groups is not None:
+        frame[["x", "y"]] -= frame.groupby("g")[["x", "y"]].transform("mean")
+    if len(frame) < 3 or frame["x"].nunique() < 2 or frame["y"].nunique() < 2:
+        return math.nan, math.nan, len(frame)
+    rho, p = spearmanr(frame["x"], frame["y"])
+    return float(rho), float(p), len(frame)
+
+
 def population_stats(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One row per quantity: n (runs that have it), mean, ci_low, ci_high."""
     rows = []

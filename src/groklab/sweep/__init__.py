@@ -30,7 +30,7 @@ import yaml
 from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_threshold, convergence_times
-from groklab.dynamics.compare import bootstrap_mean, bootstrap_peak
+from groklab.dynamics.compare import bootstrap_mean, bootstrap_peak, rank_correlation
 from groklab.dynamics.phases import HEADLINE_GEN
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
@@ -523,14 +523,35 @@ def held_out_metrics(table: pd.DataFrame) -> list[str]:
 
 
 def grid_peaks(table: pd.DataFrame, key: str) -> dict[str, tuple[dict, float]]:
-    """Along a one-key grid (e.g. --depths): for each held-out task metric, where its final value's mean over
-    seeds peaks and how often the peak lies inside the grid (dynamics.compare.bootstrap_peak; the runs that
-    ended). Murty et al.'s inverted U over depth is an interior peak."""
+    """Along a one-key grid (e.g. --depths): for each held-out task metric, and the final t-score and PARSEVAL
+    where measured, where its final value's mean over seeds peaks and how often the peak lies inside the grid
+    (dynamics.compare.bootstrap_peak; the runs that ended). Murty et al.'s inverted U over depth is an interior
+    peak of generalization, and their t-score is highest at the best depth (Fig. 3b)."""
     done = table[table["status"].isin(DONE)]
+    metrics = held_out_metrics(table) + [m for m in ("t_score", "parseval") if f"final_{m}" in table]
     return {
         m: bootstrap_peak({x: group[f"final_{m}"].tolist() for x, group in done.groupby(key, sort=True)})
-        for m in held_out_metrics(table)
+        for m in metrics
     }
+
+
+def structure_correlation(table: pd.DataFrame, grid_keys: Sequence[str]) -> dict:
+    """Does tree-structuredness go with generalization, run by run (Murty et al.)? Spearman's rho of the final
+    t-score against the final headline held-out metric (HEADLINE_GEN: question formation's first word, ...)
+    over the runs that ended and learnt the in-distribution set (a run that never learns it fails for another
+    reason): {"metric": that metric, "all": (rho, p, n) pooled, "within": the same within the grid points (each
+    run centred on its point's mean, so that depth itself does not count; dynamics.compare.rank_correlation)}.
+    Empty without both measured."""
+    metric = next((m for m in HEADLINE_GEN if f"final_{m}" in table), None)
+    if metric is None or "final_t_score" not in table:
+        return {}
+    runs = table[table["status"].isin(DONE)]
+    twin = f"max_id_{metric[len('gen_') :]}"
+    if twin in runs:
+        runs = runs[runs[twin] >= ID_LEARNED]
+    x, y = runs["final_t_score"], runs[f"final_{metric}"]
+    points = runs[list(grid_keys)].astype(str).agg(",".join, axis=1) if grid_keys else None
+    return {"metric": metric, "all": rank_correlation(x, y), "within": rank_correlation(x, y, points)}
 
 
 def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None = None) -> Path:
