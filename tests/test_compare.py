@@ -142,6 +142,7 @@ def test_rank_correlation_pooled_and_within_groups():
     assert rank_correlation(x, y)[0] > 0.4 and rank_correlation(x, y, g)[0] == pytest.approx(-1)
     assert rank_correlation([1, 2, float("nan"), 4], [1, 2, 3, 4]) == (pytest.approx(1), 0.0, 3)
     assert np.isnan(rank_correlation([1, 2], [1, 2])[0]) and np.isnan(rank_correlation([1, 1, 1], [1, 2, 3])[0])
+    assert rank_correlation([], [], [])[2] == 0  # no run learnt the in-distribution set: nothing to say
 
 
 def test_runs_without_held_out_metrics_answer_nothing():

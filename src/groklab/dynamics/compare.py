@@ -140,7 +140,8 @@ def rank_correlation(x, y, groups=None) -> tuple[float, float, int]:
     group differ. NaN (and the n) with fewer than 3 pairs or a constant side."""
     from scipy.stats import spearmanr
 
-    frame = pd.DataFrame({"x": x, "y": y, "g": 0 if groups is None else groups}).dropna()
+    frame = pd.DataFrame({"x": list(x), "y": list(y), "g": [0] * len(x) if groups is None else list(groups)})
+    frame = frame.astype({"x": float, "y": float}).dropna()
     if groups is not None:
         frame[["x", "y"]] -= frame.groupby("g")[["x", "y"]].transform("mean")
     if len(frame) < 3 or frame["x"].nunique() < 2 or frame["y"].nunique() < 2:

@@ -550,7 +550,7 @@ def structure_correlation(table: pd.DataFrame, grid_keys: Sequence[str]) -> dict
     if twin in runs:
         runs = runs[runs[twin] >= ID_LEARNED]
     x, y = runs["final_t_score"], runs[f"final_{metric}"]
-    points = runs[list(grid_keys)].astype(str).agg(",".join, axis=1) if grid_keys else None
+    points = [tuple(row) for row in runs[list(grid_keys)].itertuples(index=False)] if grid_keys else None
     return {"metric": metric, "all": rank_correlation(x, y), "within": rank_correlation(x, y, points)}
 
 
