@@ -300,6 +300,8 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
     (rho, p, n), within = found["all"], found["within"]
     assert found["metric"] == "gen_first_word_acc" and n == 12 and rho > 0.9 and p < 0.01 and within[0] > 0.9
     assert f"over the 12 runs that learnt the in-distribution set: Spearman {rho:.2f} (p {p:.2g})" in shown.stdout
+    assert f"Spearman over the 12 others: {rho:.2f} (p {p:.2g})" in page  # and drawn, run by run
+    assert (tmp_path / "png" / "grid_structure.png").is_file()
     bad(["report", str(sweep.path), "-o", str(tmp_path / "x.html")], "leave out -o")
     seeds_only = cli_in_process("report", str(sweeps[0].path))  # no grid: every run's curves
     assert seeds_only.returncode == 0, seeds_only.stderr

@@ -129,6 +129,9 @@ def phase_evidence(metrics: pd.DataFrame, phases: dict) -> dict:
 # the papers' own generalization metrics, preferred where a task logs several (Murty et al. 2023, §3: question
 # formation's first word, tense inflection's main verb, Dyck's closing brackets)
 HEADLINE_GEN = ("gen_first_word_acc", "gen_main_verb_acc", "gen_closing_acc")
+# a structural run has learnt its in-distribution set when the id twin of its held-out metric reaches this
+# (the structural presets' outcome): what separates a run that never generalizes from one that never trains
+ID_LEARNED = 0.95
 STRUCTURE_COLUMNS = ("structure", "fourier_mult_fve", "t_score")  # the first present is the structure measure
 NORM_COLUMNS = ("weight_norm", "sum_sq_weights", "l2")  # the first present is the weight norm
 
@@ -234,3 +237,10 @@ def _onset(m: pd.DataFrame, column: str, fraction: float) -> int | None:
     out_ = (valid - valid.iloc[0]).abs() >= fraction * span  # over the evaluations that have the measure
     sustained = out_ & out_.shift(-1, fill_value=True)
     return _first(m.loc[valid.index], sustained)
+
+
+def learnt_in_distribution(runs: pd.DataFrame, metric: str) -> pd.Series:
+    """Per run of a sweep table: whether the in-distribution twin of held-out `metric` (gen_first_word_acc ->
+    max_id_first_word_acc) reached ID_LEARNED; every run where the table has no twin."""
+    twin = f"max_id_{metric[len('gen_') :]}"
+    return runs[twin] >= ID_LEARNED if twin in runs else pd.Series(True, index=runs.index)

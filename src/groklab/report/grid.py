@@ -7,13 +7,14 @@ not: every run's curves, a colour per grid point."""
 from __future__ import annotations
 
 import html as _html
+import math
 
 import numpy as np
 import pandas as pd
 import plotly.offline
 
 from groklab.dynamics.compare import describe_peak
-from groklab.dynamics.phases import metric_columns
+from groklab.dynamics.phases import learnt_in_distribution, metric_columns
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
 
@@ -95,6 +96,40 @@ def convergence_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[st
         else ""
     )
     return [Figure("grid_convergence", "convergence across the grid", caption, [steps, share])]
+
+
+def structure_figures(done: pd.DataFrame, keys: list[str], found: dict) -> list[Figure]:
+    """Each run's final t-score against its final generalization (Murty et al.: tree-structuredness goes with
+    hierarchical generalization), a colour per grid point, the runs that never learnt the in-distribution set
+    faint; `found`: sweep.structure_correlation, in the caption. Empty without it."""
+    if not found:
+        return []
+    metric, (rho, p, n), within = found["metric"], found["all"], found["within"]
+    panel = Panel(f"final t_score and {metric}, run by run", xlabel="final t_score", ylabel=metric)
+    groups = list(done.groupby(keys, sort=True)) if keys else [((), done)]
+    for i, (point, runs) in enumerate(groups):
+        point = point if isinstance(point, tuple) else (point,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, point)) or "every seed"
+        learnt = learnt_in_distribution(runs, metric)
+        color = PALETTE[i % len(PALETTE)]
+        for name, rows, opacity in ((label, runs[learnt], 0.8), (f"{label}, never learnt", runs[~learnt], 0.25)):
+            if len(rows):
+                panel.traces.append(
+                    Trace(name, rows["final_t_score"], rows[f"final_{metric}"], "markers", color=color, opacity=opacity)
+                )
+    caption = (
+        f"Every run that ended: its final t-score (tree-structuredness of its representations) against its final "
+        f"{metric}, a colour per grid point; faint, the runs that never learnt the in-distribution set (they fail "
+        f"for another reason and are left out of the correlation). Spearman over the {n} others: "
+        + ("not enough runs" if math.isnan(rho) else f"{rho:.2f} (p {p:.2g})")
+        + (
+            f"; within each grid point (centred on its mean): {within[0]:.2f} (p {within[1]:.2g})"
+            if keys and not math.isnan(within[0])
+            else ""
+        )
+        + "."
+    )
+    return [Figure("grid_structure", "tree-structuredness and generalization", caption, [panel])]
 
 
 def curve_figures(curves: dict[str, list[pd.DataFrame]]) -> list[Figure]:

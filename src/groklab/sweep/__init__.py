@@ -31,7 +31,7 @@ from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_threshold, convergence_times
 from groklab.dynamics.compare import bootstrap_mean, bootstrap_peak, rank_correlation
-from groklab.dynamics.phases import HEADLINE_GEN
+from groklab.dynamics.phases import HEADLINE_GEN, ID_LEARNED, learnt_in_distribution
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
 from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
@@ -70,9 +70,6 @@ Key = tuple[tuple, int]  # (the point's (key, value) pairs, seed)
 # examples of all members' training batches together in one batched step: more only adds memory traffic
 # (measured: nanda-mod-add, full batches of 3830, is 1.1x the 2-worker pool in batches of 8 but 0.7x in 40)
 MAX_BATCH_ROWS = 32_768
-# a structural run has learnt its in-distribution set when the id twin of its held-out metric reaches this
-# (the structural presets' outcome): what separates a run that never generalizes from one that never trains
-ID_LEARNED = 0.95
 
 
 def _key(point: dict, seed: int) -> Key:
@@ -546,9 +543,7 @@ def structure_correlation(table: pd.DataFrame, grid_keys: Sequence[str]) -> dict
     if metric is None or "final_t_score" not in table:
         return {}
     runs = table[table["status"].isin(DONE)]
-    twin = f"max_id_{metric[len('gen_') :]}"
-    if twin in runs:
-        runs = runs[runs[twin] >= ID_LEARNED]
+    runs = runs[learnt_in_distribution(runs, metric)]
     x, y = runs["final_t_score"], runs[f"final_{metric}"]
     points = [tuple(row) for row in runs[list(grid_keys)].itertuples(index=False)] if grid_keys else None
     return {"metric": metric, "all": rank_correlation(x, y), "within": rank_correlation(x, y, points)}
@@ -559,7 +554,13 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
     metric and the convergence step against the grid with 95% bootstrap intervals over seeds (report.grid);
     for every sweep, every run's curves; the per-point summary (grid_summary) and the sweep table; with `png`,
     the figures as PNG there too."""
-    from groklab.report.grid import convergence_figures, curve_figures, grid_figures, render_grid_page
+    from groklab.report.grid import (
+        convergence_figures,
+        curve_figures,
+        grid_figures,
+        render_grid_page,
+        structure_figures,
+    )
     from groklab.report.maps import save_figures_static
 
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
@@ -576,6 +577,7 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
     figures = (
         grid_figures(done, summary, keys, grid_peaks(table, keys[0]) if len(keys) == 1 else {})
         + convergence_figures(done, summary, keys, table.attrs)
+        + structure_figures(done, keys, structure_correlation(table, keys))
         + curve_figures(curves)
     )
     if not figures:
