@@ -128,7 +128,7 @@ def bootstrap_peak(groups: Mapping, n_boot: int = 2000, seed: int = 0) -> tuple[
 def describe_peak(shares: Mapping, interior: float, n_boot: int = 2000) -> str:
     """bootstrap_peak's result in words: "6 in 62%, 8 in 30%, 4 in 8% of 2000 resamples of the seeds; inside
     the grid in 100%" (the points that ever peak, most often first)."""
-    ranked = sorted(((share, x) for x, share in shares.items() if round(share, 2) > 0), key=lambda t: -t[0])
+    ranked = sorted(((share, x) for x, share in shares.items() if f"{share:.0%}" != "0%"), key=lambda t: -t[0])
     text = ", ".join(f"{x} in {share:.0%}" for share, x in ranked) + f" of {n_boot} resamples of the seeds"
     return text + ("" if math.isnan(interior) else f"; inside the grid in {interior:.0%}")
 
