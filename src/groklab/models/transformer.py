@@ -96,7 +96,7 @@ class LayerNorm(nn.Module):
 
 class Dropout(nn.Module):
     """nn.Dropout with a cheaper mask on CPU, where torch's bernoulli_ is slow (a lab-scale LM step is
-    x1.22 faster with this one, benchmarks/lm_step_speed.py): 15 random bits per element, four
+    x1.28 faster with this one, x1.27 in a batch of 5; benchmarks/lm_step_speed.py, docs/results/speed.md): 15 random bits per element, four
     elements per 63-bit draw of the global generator (so seeded and resumable like torch's); an element is
     dropped with probability round(p * 2^15) / 2^15 (within 2e-5 of p) and the kept ones are scaled to keep
     the expectation, x times a float mask of 0 and 1 / (1 - p) (x times a bool mask, then the scale, gives the
