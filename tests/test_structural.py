@@ -179,13 +179,17 @@ def test_depth_sweep_of_a_structural_preset(tmp_path):
     per_point = result.stdout.split("per grid point (id learnt: share of seeds whose in-distribution twin")[1]
     header, *lines = per_point.splitlines()[1:]
     assert header.split()[:6] == ["model.n_layers", "runs", "metric", "id", "learnt", "crossed"]
-    # one line per depth and metric: the share learning the in-distribution set, the share crossing and the
-    # final mean, each with its interval
+    # one line per depth and metric: the share learning the in-distribution set, the share crossing, the
+    # final mean and the final mean of the seeds that learnt the in-distribution set, each with its interval
     assert sorted((int(line.split()[0]), line.split()[2]) for line in lines if "gen_first_word_acc" in line) == [
         (1, "gen_first_word_acc"),
         (2, "gen_first_word_acc"),
     ]
+    assert "of id learnt" in header
+    first_word = [line.split() for line in lines if "gen_first_word_acc" in line]
     assert all(line.count("[") == 3 for line in lines if "gen_first_word_acc" in line)
+    # these tiny runs never learn the in-distribution set (id learnt 0.00): none to average over ('-')
+    assert all(fields[3] == "0.00" and fields[12] == "-" for fields in first_word)
     assert any(line.split()[2] == "t_score" for line in lines)
     assert "converged (test acc" not in result.stdout  # token-level test accuracy is not the headline here
     # the weight statistics are logged for LM presets too: a training map of one depth, convergence read

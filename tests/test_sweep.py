@@ -414,6 +414,8 @@ def test_grid_summary_counts_seeds_that_cross():
     )
     assert summary.loc[4, "gen_first_word_acc_final_mean"] == pytest.approx(0.85)
     assert list(summary["gen_first_word_acc_id_learned_share"]) == [0.5, 1.0]
+    # generalization of the seeds that learnt the in-distribution set alone: depth 2 seed 1 (0.7) left out
+    assert list(summary["gen_first_word_acc_final_learnt_mean"]) == pytest.approx([0.4, 0.85])
     assert summary.loc[2, "gen_first_word_acc_final_sd"] == pytest.approx(pd.Series([0.4, 0.7]).std())
     # 95% bootstrap intervals over the seeds that ended: inside the seeds' range, around the mean
     ci = summary.loc[4, ["gen_first_word_acc_final_ci_low", "gen_first_word_acc_final_ci_high"]]

@@ -837,7 +837,8 @@ def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
     if any(c.startswith("max_gen_") for c in table):
         click.echo(
             f"per grid point{when} (id learnt: share of seeds whose in-distribution twin reaches 0.95; crossed: "
-            "share whose value reaches 0.8 at some point; [95% bootstrap interval over seeds]):"
+            "share whose value reaches 0.8 at some point; of id learnt: the final mean over those seeds alone; "
+            "[95% bootstrap interval over seeds]):"
         )
         click.echo(_grid_lines(summary, grid).to_string(index=False))
         if len(grid) == 1 and len(summary) >= 3:  # the shape along the grid: an inverted U, or not
@@ -887,6 +888,7 @@ def _grid_lines(summary, grid: list[str]):
             "id learnt": _with_interval(row, f"{m}_id_learned_share", f"{m}_id_learned"),
             "crossed 0.8": _with_interval(row, f"{m}_crossed_0.8", f"{m}_crossed"),
             "final mean": _with_interval(row, f"{m}_final_mean", f"{m}_final"),
+            "of id learnt": _with_interval(row, f"{m}_final_learnt_mean", f"{m}_final_learnt"),
             "final SD": f"{row[f'{m}_final_sd']:.2f}",
         }
         for row in summary.to_dict("records")

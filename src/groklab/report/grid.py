@@ -42,6 +42,10 @@ def grid_figures(
             if f"final_{metric}" in seeds:
                 final.traces.append(_seeds(f"{prefix}each seed", seeds, x_key, f"final_{metric}", color))
             final.traces.append(_interval(f"{prefix}mean, 95% CI", rows, x_key, f"{metric}_final", "mean", color))
+            if f"{metric}_final_learnt_mean" in rows:  # apart from the runs that never learn their training set
+                given = _interval(f"{prefix}mean of id learnt", rows, x_key, f"{metric}_final_learnt", "mean", color)
+                given.dash = True
+                final.traces.append(given)
             crossed.traces.append(
                 _interval(f"{prefix}share, 95% CI", rows, x_key, f"{metric}_crossed", f"{cross:g}", color)
             )
@@ -53,7 +57,8 @@ def grid_figures(
                 crossed.traces.append(learned)
         caption = (
             f"{metric} of every run that ended, against {x_key}: each seed's final value (points) and their mean "
-            f"with its 95% percentile-bootstrap interval over seeds; and the share of seeds whose {metric} reaches "
+            f"with its 95% percentile-bootstrap interval over seeds (dashed: the mean over the seeds that learnt the "
+            f"in-distribution set alone); and the share of seeds whose {metric} reaches "
             f"{cross:g} at some evaluation, beside (dashed) the share whose in-distribution twin reaches 0.95 — a "
             f"run that never learns its training distribution fails differently from one that learns the linear "
             f"rule. Murty et al. 2023 find an inverted U over depth (best at 6 layers)."
