@@ -112,3 +112,20 @@ def test_resume_from_the_step_0_state_evaluates_step_0_once(uninterrupted, tmp_p
     assert groklab_cli("run", "--resume", str(out), "--no-report", "-q").returncode == 0
     steps = table(out)["step"].tolist()
     assert steps.count(0) == 1 and steps == sorted(set(steps))
+
+
+def test_a_resumed_run_is_running_before_its_next_checkpoint(uninterrupted, tmp_path):
+    """Killed after step 40's checkpoint, the run resumes; from its first step on it is 'running' (this
+    process), not 'killed' (the dead process's summary) until its next checkpoint."""
+    from groklab.experiment import resume
+
+    out = tmp_path / "killed"
+    subprocess.run(
+        [sys.executable, str(KILL_AT), "checkpoint", "2", "groklab", "run", "nanda-mod-add", *LONG, "--out", str(out)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert Run(out).status == "killed" and Run(out).steps[-1] == 40
+    seen = []
+    resume(out, report=False, progress=lambda step, row: seen.append((step, Run(out).status)))
+    assert seen[0][0] > 40 and {status for _, status in seen} == {"running"} and Run(out).status == "finished"

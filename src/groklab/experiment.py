@@ -280,6 +280,8 @@ def _train(
             run_dir.truncate_metrics(state.step if state else -1)
             trainer = _trainer(prepared, state)
             recorder = Recorder(run_dir, prepared, run_dir.metric_rows())
+            if state is not None:  # a resumed run says so now, not at its next checkpoint (a dead pid: 'killed')
+                recorder.write_summary("running", state.step)
             if report_to:
                 mirror = Mirror(report_to, run_dir.path, recorder)
                 mirror.start(prepared.config.model_dump(mode="json"), recorder.rows)
@@ -400,6 +402,8 @@ def _train_batch(dirs, prepared, names, saved, state_path, name, progress, repor
                 dirs[i].truncate_metrics(state.step if state else -1)
                 trainers.append(_trainer(prepared[i], state))
                 recorders.append(Recorder(dirs[i], prepared[i], dirs[i].metric_rows(), batch=name, states=states))
+                if state is not None:  # running again now, as a single run resumed
+                    recorders[-1].write_summary("running", state.step)
                 if report_to:
                     mirrors[i] = Mirror(report_to, dirs[i].path, recorders[-1])
                     mirrors[i].start(prepared[i].config.model_dump(mode="json"), recorders[-1].rows)
