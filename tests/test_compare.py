@@ -287,11 +287,13 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
         shares[6] == interior and 0.98 < interior < 1 and shares[2] == pytest.approx(1 - interior) and shares[10] == 0
     )
     assert f"Where the final mean peaks over model.n_layers: {describe_peak(shares, interior)}." in page
-    shown = cli_in_process("show", str(sweep.path))
-    assert (
-        f"  gen_first_word_acc: {describe_peak(shares, interior)}"
-        in shown.stdout.split("where the final mean peaks")[1]
-    )
+    # the paper's own measure, the share of seeds crossing 0.8: 3 of 4 at depth 6, none at 2 or 10
+    crossing = grid_peaks(sweep_table(sweep), "model.n_layers")["gen_first_word_acc crossing 0.8"]
+    assert crossing[0][6] == crossing[1] and 0.98 < crossing[1] < 1 and crossing[0][10] == 0
+    assert f"Where the share crossing 0.8 peaks: {describe_peak(*crossing)}." in page
+    shown = cli_in_process("show", str(sweep.path)).stdout.split("where the mean over seeds peaks")[1]
+    assert f"  gen_first_word_acc: {describe_peak(shares, interior)}" in shown
+    assert f"  gen_first_word_acc crossing 0.8: {describe_peak(*crossing)}" in shown
     assert (
         grid_peaks(sweep_table(sweep), "model.n_layers")["t_score"][0][6] > 0.98
     )  # Murty et al.: highest at the best depth
@@ -299,7 +301,7 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
     found = structure_correlation(sweep_table(sweep), ["model.n_layers"])
     (rho, p, n), within = found["all"], found["within"]
     assert found["metric"] == "gen_first_word_acc" and n == 12 and rho > 0.9 and p < 0.01 and within[0] > 0.9
-    assert f"over the 12 runs that learnt the in-distribution set: Spearman {rho:.2f} (p {p:.2g})" in shown.stdout
+    assert f"over the 12 runs that learnt the in-distribution set: Spearman {rho:.2f} (p {p:.2g})" in shown
     assert f"Spearman over the 12 others: {rho:.2f} (p {p:.2g})" in page  # and drawn, run by run
     assert (tmp_path / "png" / "grid_structure.png").is_file()
     bad(["report", str(sweep.path), "-o", str(tmp_path / "x.html")], "leave out -o")

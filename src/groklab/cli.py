@@ -845,7 +845,10 @@ def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
             from groklab.dynamics.compare import describe_peak
             from groklab.sweep import grid_peaks
 
-            click.echo(f"where the final mean peaks over {grid[0]}:")
+            click.echo(
+                f"where the mean over seeds peaks over {grid[0]} (of the final value; 'crossing 0.8': of the share "
+                "of seeds that reach 0.8, Murty et al.'s Fig. 3a):"
+            )
             for metric, (shares, interior) in grid_peaks(table, grid[0]).items():
                 click.echo(f"  {metric}: {describe_peak(shares, interior)}")
         _print_structure_correlation(table, grid)

@@ -65,6 +65,10 @@ def grid_figures(
         )
         if metric in (peaks or {}):
             caption += f" Where the final mean peaks over {x_key}: {describe_peak(*peaks[metric])}."
+        if f"{metric} crossing {cross:g}" in (peaks or {}):
+            caption += (
+                f" Where the share crossing {cross:g} peaks: {describe_peak(*peaks[f'{metric} crossing {cross:g}'])}."
+            )
         figures.append(Figure(f"grid_{metric}", f"{metric} across the grid", caption, [final, crossed]))
     return figures
 
