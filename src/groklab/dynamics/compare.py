@@ -109,9 +109,10 @@ def bootstrap_peak(groups: Mapping, n_boot: int = 2000, seed: int = 0) -> tuple[
     """Where a quantity peaks along an ordered grid, and how sure that is (Murty et al.'s inverted U: final
     generalization against depth). `groups`: each grid value, in order, to its seeds' values. Each point's
     seeds are resampled with replacement `n_boot` times, independently of the other points (seeded); returns
-    the share of resamples in which each point has the highest mean (ties to the first), and the share in which
-    that point is neither the first nor the last (an interior peak, the inverted U rather than a monotone
-    trend; NaN with fewer than 3 points). Points without values are left out."""
+    the share of resamples in which each point has the highest mean (ties to the first; a resample in which every
+    point has the same mean, e.g. no seed anywhere crossing a threshold, is flat and counts for none), and the
+    share in which that point is neither the first nor the last (an interior peak, the inverted U rather than a
+    monotone trend; NaN with fewer than 3 points). Points without values are left out."""
     points = {x: np.asarray(v, dtype=float) for x, v in groups.items()}
     points = {x: v[~np.isnan(v)] for x, v in points.items()}
     points = {x: v for x, v in points.items() if len(v)}
@@ -119,7 +120,7 @@ def bootstrap_peak(groups: Mapping, n_boot: int = 2000, seed: int = 0) -> tuple[
         return {}, math.nan
     rng = np.random.default_rng(seed)
     means = np.stack([rng.choice(v, size=(n_boot, len(v)), replace=True).mean(axis=1) for v in points.values()])
-    best = means.argmax(axis=0)
+    best = np.where(means.max(axis=0) > means.min(axis=0), means.argmax(axis=0), -1)  # -1: flat, no peak
     shares = {x: float((best == i).mean()) for i, x in enumerate(points)}
     interior = float(((best > 0) & (best < len(points) - 1)).mean()) if len(points) >= 3 else math.nan
     return shares, interior
@@ -127,9 +128,11 @@ def bootstrap_peak(groups: Mapping, n_boot: int = 2000, seed: int = 0) -> tuple[
 
 def describe_peak(shares: Mapping, interior: float, n_boot: int = 2000) -> str:
     """bootstrap_peak's result in words: "6 in 62%, 8 in 30%, 4 in 8% of 2000 resamples of the seeds; inside
-    the grid in 100%" (the points that ever peak, most often first)."""
+    the grid in 100%" (the points that ever peak, most often first; "flat in N%": resamples with no peak)."""
     ranked = sorted(((share, x) for x, share in shares.items() if f"{share:.0%}" != "0%"), key=lambda t: -t[0])
-    text = ", ".join(f"{x} in {share:.0%}" for share, x in ranked) + f" of {n_boot} resamples of the seeds"
+    flat = 1 - sum(shares.values())
+    parts = [f"{x} in {share:.0%}" for share, x in ranked] + ([f"flat in {flat:.0%}"] if f"{flat:.0%}" != "0%" else [])
+    text = ", ".join(parts) + f" of {n_boot} resamples of the seeds"
     return text + ("" if math.isnan(interior) else f"; inside the grid in {interior:.0%}")
 
 
