@@ -33,7 +33,7 @@ def grid_figures(
         final, crossed = (
             Panel(f"{metric} at the end", xlabel=x_key, ylabel=metric),
             Panel(
-                f"seeds crossing {cross:g} at some point (dashed: learning the in-distribution set)",
+                f"seeds crossing {cross:g} (dashed: in-distribution learnt)",
                 xlabel=x_key,
                 ylabel="share of seeds",
             ),
