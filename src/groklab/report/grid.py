@@ -17,6 +17,7 @@ from groklab.dynamics.compare import describe_peak
 from groklab.dynamics.phases import learnt_in_distribution, metric_columns
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
+from groklab.store.sweep_dir import point_label
 
 
 def grid_figures(
@@ -118,7 +119,7 @@ def structure_figures(done: pd.DataFrame, keys: list[str], found: dict) -> list[
     groups = list(done.groupby(keys, sort=True)) if keys else [((), done)]
     for i, (point, runs) in enumerate(groups):
         point = point if isinstance(point, tuple) else (point,)
-        label = ", ".join(f"{k}={v}" for k, v in zip(keys, point)) or "every seed"
+        label = point_label(zip(keys, point)) or "every seed"
         learnt = learnt_in_distribution(runs, metric)
         color = PALETTE[i % len(PALETTE)]
         for name, rows, opacity in ((label, runs[learnt], 0.8), (f"{label}, never learnt", runs[~learnt], 0.25)):
@@ -175,7 +176,7 @@ def _groups(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str]):
     groups = list(summary.groupby(others, sort=True)) if others else [((), summary)]
     for i, (point, rows) in enumerate(groups):
         point = point if isinstance(point, tuple) else (point,)
-        label = ", ".join(f"{k}={v}" for k, v in zip(others, point))
+        label = point_label(zip(others, point))
         seeds = done
         for k, v in zip(others, point):
             seeds = seeds[seeds[k] == v]

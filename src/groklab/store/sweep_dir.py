@@ -36,6 +36,12 @@ def point_name(point: dict) -> str:
     return ",".join(f"{key}={value}" for key, value in point.items())
 
 
+def point_label(point) -> str:
+    """{"model.n_layers": 4, "train.lr": 0.1} (or its items) -> "model.n_layers=4, train.lr=0.1": a grid point
+    in a legend or a log line; "" for no point."""
+    return ", ".join(f"{key}={value}" for key, value in dict(point).items())
+
+
 # a preset's words and checks, not what its runs compute: groklab may reword them between versions
 DESCRIPTIVE = ("source", "expected", "outcome")
 

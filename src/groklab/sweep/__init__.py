@@ -37,6 +37,7 @@ from groklab.errors import ConfigError
 from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
 from groklab.models import build_model
 from groklab.store import Run, SweepDir
+from groklab.store.sweep_dir import point_label
 from groklab.store.trackers import ReportTo
 from groklab.sweep.engines import ENGINES, EngineOptions, make_engine
 from groklab.sweep.worker import BUSY, INTERRUPTED, Job
@@ -283,7 +284,7 @@ def batch_name(unit: tuple[Key, ...]) -> str:
 
 def _label(key: Key) -> str:
     point, seed = key
-    return ", ".join([f"{k}={v}" for k, v in point] + [f"seed {seed}"])
+    return ", ".join(filter(None, [point_label(point), f"seed {seed}"]))
 
 
 def _log_path(sweep_dir: SweepDir, unit: tuple[Key, ...]) -> Path:
@@ -577,9 +578,7 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
     summary = grid_summary(table, keys)
     done = table[table["status"].isin(DONE)]
     curves = {
-        ", ".join(f"{k}={v}" for k, v in point.items()) or "every seed": [
-            run.metrics for run in sweep_runs(sweep_dir, point).values()
-        ]
+        point_label(point) or "every seed": [run.metrics for run in sweep_runs(sweep_dir, point).values()]
         for point in sweep_dir.points
     }
     figures = (
