@@ -502,3 +502,18 @@ def test_a_running_structural_sweep_shows_its_papers_metric(tmp_path):
     lines = [line.split() for line in shown.splitlines() if line.split()[2:3] == ["gen_first_word_acc"]]
     assert [line[:5] for line in lines] == [["2", "1", "gen_first_word_acc", "-", "1.00"]]  # id learnt -, crossed
     # (depth 6 has no run that ended: no line)
+
+
+def test_a_run_without_a_checkpoint_yet_shows_no_metric(tmp_path):
+    """A run just started (its directory made, no summary yet) names no metric in the live table, as one not
+    started: its task's headline metric is not known until its first checkpoint (it was shown as test_acc)."""
+    import yaml
+
+    from groklab.store import RunDir
+    from groklab.sweep import progress_table
+
+    config = load_preset("structural-qf-lab").model_dump(mode="json")
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, [0, 1], grid={"model.n_layers": [2]})
+    RunDir.create(sweep_dir.run_path(0, {"model.n_layers": 2}), yaml.safe_dump(config))
+    table = progress_table(sweep_dir)
+    assert table["status"].tolist() == ["new", "not started"] and table["metric"].tolist() == ["-", "-"]

@@ -389,7 +389,7 @@ def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
                 if k.startswith("final_gen_") and k not in ("final_gen_acc", "final_gen_loss")
             )
             gen = [m for m in HEADLINE_GEN if m in gen] + [m for m in gen if m not in HEADLINE_GEN]
-            metric = gen[0] if gen else "test_acc" if run is not None else "-"  # not started: not known yet
+            metric = gen[0] if gen else "test_acc" if summary else "-"  # not started, or no checkpoint yet: not known
             step, rate = summary.get("last_step"), summary.get("steps_per_s")
             status = run.status if run is not None else "not started"
             left = (max_steps - step) / rate if status == "running" and step is not None and rate else None
