@@ -500,7 +500,9 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
                 learned = (f"{m}_id_learned_share", f"{m}_id_learned_ci_low", f"{m}_id_learned_ci_high")
                 row.update(zip(learned, bootstrap_mean(group[twin].dropna() >= ID_LEARNED)))
                 given = (f"{m}_final_learnt_mean", f"{m}_final_learnt_ci_low", f"{m}_final_learnt_ci_high")
-                row.update(zip(given, bootstrap_mean(group.loc[group[twin] >= ID_LEARNED, f"final_{m}"].dropna())))
+                row.update(
+                    zip(given, bootstrap_mean(group.loc[learnt_in_distribution(group, m), f"final_{m}"].dropna()))
+                )
         if not metrics and "converged" in group and group["converged"].notna().any():  # e.g. test_acc >= 0.9
             converged = group["converged"].dropna().astype(bool)
             row["converged_share"], row["converged_ci_low"], row["converged_ci_high"] = bootstrap_mean(converged)
