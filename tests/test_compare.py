@@ -14,6 +14,7 @@ from test_report import drawn, open_in_browser
 from groklab.config import load_preset
 from groklab.dynamics import FEATURE_SETS, summarize
 from groklab.dynamics.compare import (
+    PeakOf,
     bootstrap_mean,
     bootstrap_peak,
     describe_peak,
@@ -139,6 +140,11 @@ def test_bootstrap_peak_says_where_a_grid_peaks_and_how_sure():
     shares, interior = bootstrap_peak({2: [0, 0], 6: [0, 1], 10: [0]})  # flat when 6 resamples two zeros (1 in 4)
     assert shares[6] == interior == pytest.approx(0.75, abs=0.03) and shares[2] == 0
     assert describe_peak(shares, interior).startswith(f"6 in {shares[6]:.0%}, flat in {1 - shares[6]:.0%} of 2000")
+    # what a peak is of, as `groklab show` names it
+    assert (
+        f"{PeakOf('t_score')}" == "t_score"
+        and f"{PeakOf('gen_first_word_acc', 0.8)}" == "gen_first_word_acc crossing 0.8"
+    )
 
 
 def test_rank_correlation_pooled_and_within_groups():
@@ -291,18 +297,18 @@ def test_report_of_a_depth_sweep(sweeps, tmp_path):
     )
     assert deep["gen_first_word_acc_final_ci_low"] > summary.loc[2, "gen_first_word_acc_final_ci_high"]
     # the inverted U, and how sure: depth 6 peaks unless a resample draws seed 3 four times (1 in 256: flat)
-    shares, interior = grid_peaks(sweep_table(sweep), "model.n_layers")["gen_first_word_acc"]
+    shares, interior = grid_peaks(sweep_table(sweep), "model.n_layers")[PeakOf("gen_first_word_acc")]
     assert shares[6] == interior and 0.98 < interior < 1 and shares[2] == shares[10] == 0
     assert f"Where the final mean peaks over model.n_layers: {describe_peak(shares, interior)}." in page
     # the paper's own measure, the share of seeds crossing 0.8: 3 of 4 at depth 6, none at 2 or 10
-    crossing = grid_peaks(sweep_table(sweep), "model.n_layers")["gen_first_word_acc crossing 0.8"]
+    crossing = grid_peaks(sweep_table(sweep), "model.n_layers")[PeakOf("gen_first_word_acc", 0.8)]
     assert crossing[0][6] == crossing[1] and 0.98 < crossing[1] < 1 and crossing[0][10] == 0
     assert f"Where the share crossing 0.8 peaks: {describe_peak(*crossing)}." in page
     shown = cli_in_process("show", str(sweep.path)).stdout.split("where the mean over seeds peaks")[1]
     assert f"  gen_first_word_acc: {describe_peak(shares, interior)}" in shown
     assert f"  gen_first_word_acc crossing 0.8: {describe_peak(*crossing)}" in shown
     assert (
-        grid_peaks(sweep_table(sweep), "model.n_layers")["t_score"][0][6] > 0.98
+        grid_peaks(sweep_table(sweep), "model.n_layers")[PeakOf("t_score")][0][6] > 0.98
     )  # Murty et al.: highest at the best depth
     # run by run: the t-score goes with generalization (every run here learns the in-distribution set)
     found = structure_correlation(sweep_table(sweep), ["model.n_layers"])

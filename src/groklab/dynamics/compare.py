@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,18 @@ def bootstrap_mean(values, n_boot: int = 2000, level: float = 0.95, seed: int = 
     means = np.random.default_rng(seed).choice(x, size=(n_boot, len(x)), replace=True).mean(axis=1)
     tail = (1 - level) / 2
     return float(x.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+class PeakOf(NamedTuple):
+    """What a grid peak is of (sweep.grid_peaks' keys): `metric`'s final mean over seeds, or, with `crossing`, the
+    share of seeds whose metric reaches it at some point. str(): "gen_first_word_acc", "gen_first_word_acc
+    crossing 0.8" (as `groklab show` prints it)."""
+
+    metric: str
+    crossing: float | None = None
+
+    def __str__(self) -> str:
+        return self.metric if self.crossing is None else f"{self.metric} crossing {self.crossing:g}"
 
 
 def bootstrap_peak(groups: Mapping, n_boot: int = 2000, seed: int = 0) -> tuple[dict, float]:

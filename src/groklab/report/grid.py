@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
-from groklab.dynamics.compare import describe_peak
+from groklab.dynamics.compare import PeakOf, describe_peak
 from groklab.dynamics.phases import learnt_in_distribution, metric_columns
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
@@ -29,7 +29,7 @@ def grid_figures(
     metrics = [c[: -len("_final_mean")] for c in summary if c.endswith("_final_mean") and c.startswith("gen_")]
     if not keys or not metrics:
         return []
-    x_key, figures = keys[0], []
+    x_key, figures, peaks = keys[0], [], peaks or {}
     for metric in metrics:
         final, crossed = (
             Panel(f"{metric} at the end", xlabel=x_key, ylabel=metric),
@@ -64,12 +64,10 @@ def grid_figures(
             f"run that never learns its training distribution fails differently from one that learns the linear "
             f"rule. Murty et al. 2023 find an inverted U over depth (best at 6 layers)."
         )
-        if metric in (peaks or {}):
-            caption += f" Where the final mean peaks over {x_key}: {describe_peak(*peaks[metric])}."
-        if f"{metric} crossing {cross:g}" in (peaks or {}):
-            caption += (
-                f" Where the share crossing {cross:g} peaks: {describe_peak(*peaks[f'{metric} crossing {cross:g}'])}."
-            )
+        if PeakOf(metric) in peaks:
+            caption += f" Where the final mean peaks over {x_key}: {describe_peak(*peaks[PeakOf(metric)])}."
+        if PeakOf(metric, cross) in peaks:
+            caption += f" Where the share crossing {cross:g} peaks: {describe_peak(*peaks[PeakOf(metric, cross)])}."
         figures.append(Figure(f"grid_{metric}", f"{metric} across the grid", caption, [final, crossed]))
     return figures
 
