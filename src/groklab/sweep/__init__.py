@@ -31,7 +31,7 @@ from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
 from groklab.dynamics import convergence_threshold, convergence_times
 from groklab.dynamics.compare import PeakOf, bootstrap_mean, bootstrap_peak, rank_correlation
-from groklab.dynamics.phases import HEADLINE_GEN, ID_LEARNED, learnt_in_distribution
+from groklab.dynamics.phases import HEADLINE_GEN, learnt_in_distribution
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
 from groklab.errors import ConfigError
 from groklab.experiment import DONE, batch_key, check_threads, resolve, resolve_device
@@ -475,9 +475,10 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     fraction of seeds whose value crosses `cross` at some point and the final mean and SD (Murty et
     al.'s depth sweeps: the inverted U), each with its 95% percentile-bootstrap interval over seeds
     (`_ci_low`, `_ci_high`; dynamics.compare.bootstrap_mean, seeded: the same table gives the same
-    intervals), the share of seeds whose in-distribution twin reaches ID_LEARNED (`_id_learned_share`) and the
-    final mean over those seeds alone (`_final_learnt_mean`: generalization where the training distribution was
-    learnt, apart from the deep runs that never learn it);
+    intervals), the share of seeds whose in-distribution twin reaches dynamics.phases.ID_LEARNED
+    (`_id_learned_share`; dynamics.phases.learnt_in_distribution) and the final mean over those seeds alone
+    (`_final_learnt_mean`: generalization where the training distribution was learnt, apart from the deep runs
+    that never learn it);
     without those, where the runs have a convergence metric (the sweep's, e.g. test acc >= 0.9: a modular
     grid such as task.frac_train), the share of seeds that converge and the mean (with its interval) and
     median convergence step of those that do; and the final t-score and PARSEVAL mean and SD where measured.
@@ -497,12 +498,11 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
             row[f"{m}_final_sd"] = float(final.std())
             twin = f"max_id_{m[len('gen_') :]}"  # learning the in-distribution set at all (a deep model may not)
             if twin in group:
-                learned = (f"{m}_id_learned_share", f"{m}_id_learned_ci_low", f"{m}_id_learned_ci_high")
-                row.update(zip(learned, bootstrap_mean(group[twin].dropna() >= ID_LEARNED)))
+                learnt = learnt_in_distribution(group, m)
+                shares = (f"{m}_id_learned_share", f"{m}_id_learned_ci_low", f"{m}_id_learned_ci_high")
+                row.update(zip(shares, bootstrap_mean(learnt[group[twin].notna()])))  # of the runs that measured it
                 given = (f"{m}_final_learnt_mean", f"{m}_final_learnt_ci_low", f"{m}_final_learnt_ci_high")
-                row.update(
-                    zip(given, bootstrap_mean(group.loc[learnt_in_distribution(group, m), f"final_{m}"].dropna()))
-                )
+                row.update(zip(given, bootstrap_mean(group.loc[learnt, f"final_{m}"].dropna())))
         if not metrics and "converged" in group and group["converged"].notna().any():  # e.g. test_acc >= 0.9
             converged = group["converged"].dropna().astype(bool)
             row["converged_share"], row["converged_ci_low"], row["converged_ci_high"] = bootstrap_mean(converged)
