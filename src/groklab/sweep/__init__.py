@@ -529,10 +529,11 @@ def held_out_metrics(table: pd.DataFrame) -> list[str]:
 def grid_peaks(table: pd.DataFrame, key: str, cross: float = 0.8) -> dict[PeakOf, tuple[dict, float]]:
     """Along a one-key grid (e.g. --depths): for each held-out task metric, and the final t-score and PARSEVAL
     where measured, where its final value's mean over seeds peaks and how often the peak lies inside the grid
-    (dynamics.compare.bootstrap_peak; the runs that ended; keyed PeakOf(metric)); and, keyed PeakOf(metric, cross), the same for
-    the share of seeds whose metric reaches `cross` at some point — Murty et al.'s own measure of the inverted U
-    over depth (Fig. 3a; a share ties often, and a tie goes to the smaller point, which moves where the peak is
-    said to be but not how often it lies inside the grid). Their t-score is highest at the best depth (Fig. 3b)."""
+    (dynamics.compare.bootstrap_peak; the runs that ended; keyed PeakOf(metric)); and, keyed PeakOf(metric,
+    cross), the same for the share of seeds whose metric reaches `cross` at some point — Murty et al.'s own
+    measure of the inverted U over depth (Fig. 3a; a share ties often, and a tie goes to the smaller point,
+    which moves where the peak is said to be but not how often it lies inside the grid). Their t-score is
+    highest at the best depth (Fig. 3b)."""
     done = table[table["status"].isin(DONE)]
     points = dict(list(done.groupby(key, sort=True)))
     metrics = held_out_metrics(table) + [m for m in ("t_score", "parseval") if f"final_{m}" in table]
