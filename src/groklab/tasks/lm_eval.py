@@ -344,8 +344,10 @@ def qf_aux_rank_accuracy(
     return _mean(correct)
 
 
-def _decoded(logits_fn, vocab, its, max_new, batch_size) -> list[tuple[str, ...]]:
-    return greedy_decode(logits_fn, vocab, [it.source for it in its], max_new, batch_size)
+def _greedy_scores(logits_fn, vocab, its, max_new, batch_size, *rules: Callable) -> list[float]:
+    """One greedy decode of the items' sources, scored by each rule(prediction, gold target): its mean."""
+    preds = greedy_decode(logits_fn, vocab, [it.source for it in its], max_new, batch_size)
+    return [_mean([rule(p, it.target) for p, it in zip(preds, its)]) for rule in rules]
 
 
 def qf_first_word_accuracy(
@@ -362,8 +364,7 @@ def qf_first_word_accuracy(
     correct iff the first word is the gold first word (the main auxiliary of a `quest` item). Scores `quest`
     items (quest_only=False: every item); max_items: a fixed subset drawn from `seed`. NaN if none."""
     its = _select(items, quest_only, max_items, seed)
-    preds = _decoded(logits_fn, vocab, its, max_new, batch_size)
-    return _mean([mccoy.first_word_correct(p, it.target) for p, it in zip(preds, its)])
+    return _greedy_scores(logits_fn, vocab, its, max_new, batch_size, mccoy.first_word_correct)[0]
 
 
 def qf_exact_match_accuracy(
@@ -379,8 +380,7 @@ def qf_exact_match_accuracy(
     """`qf_exact_match` (spec §6 #11): the greedy decode (EOS excluded) equals the whole gold output. Items as
     `qf_first_word_accuracy`."""
     its = _select(items, quest_only, max_items, seed)
-    preds = _decoded(logits_fn, vocab, its, max_new, batch_size)
-    return _mean([mccoy.exact_match(p, it.target) for p, it in zip(preds, its)])
+    return _greedy_scores(logits_fn, vocab, its, max_new, batch_size, mccoy.exact_match)[0]
 
 
 def qf_accuracies(
@@ -395,11 +395,13 @@ def qf_accuracies(
     """The three QF metrics of §6 #11 on the same `quest` items, with one greedy decode:
     {"qf_aux_rank_acc", "qf_first_word_greedy_acc", "qf_exact_match"}."""
     its = _select(items, True, max_items, seed)
-    preds = _decoded(logits_fn, vocab, its, max_new, batch_size)
+    first_word, exact = _greedy_scores(
+        logits_fn, vocab, its, max_new, batch_size, mccoy.first_word_correct, mccoy.exact_match
+    )
     return {
         "qf_aux_rank_acc": qf_aux_rank_accuracy(logits_fn, vocab, its, batch_size),
-        "qf_first_word_greedy_acc": _mean([mccoy.first_word_correct(p, it.target) for p, it in zip(preds, its)]),
-        "qf_exact_match": _mean([mccoy.exact_match(p, it.target) for p, it in zip(preds, its)]),
+        "qf_first_word_greedy_acc": first_word,
+        "qf_exact_match": exact,
     }
 
 
@@ -430,5 +432,5 @@ def tense_main_verb_accuracy(
     (`main_verb_correct` with pos_table). Every item (PAST and PRESENT) is scored, or max_items of them
     drawn once from `seed`. NaN if none."""
     its = _select(items, False, max_items, seed)
-    preds = _decoded(logits_fn, vocab, its, max_new, batch_size)
-    return _mean([main_verb_correct(p, it.target, pos_table, end) for p, it in zip(preds, its)])
+    rule = lambda pred, gold: main_verb_correct(pred, gold, pos_table, end)  # noqa: E731
+    return _greedy_scores(logits_fn, vocab, its, max_new, batch_size, rule)[0]
