@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from groklab.dynamics.detours import (
+    censored_median,
     convergence_times,
     detour_test,
     filtered_log_posterior,
@@ -34,6 +35,21 @@ def test_convergence_times_censor_runs_that_never_cross():
     assert convergence_times(runs, threshold=0.9, first_n=2)["censored"].tolist() == [True, True]
     losses = convergence_times(runs, column="test_loss", threshold=1.5)  # a loss crosses downwards
     assert losses["index"].tolist() == [2, 2] and losses["converged"].tolist() == [True, True]
+
+
+def test_censored_median_is_known_once_the_runs_it_rests_on_converged():
+    # converged at 10, 20, 30; two still running at step 40: the median, 30, cannot move any more
+    assert censored_median([10, 40, 20, 40, 30], [False, True, False, True, False]) == (30.0, True)
+    # one converged at 10, the others only reached 20: at least 20, not known
+    assert censored_median([10, 20, 20], [False, True, True]) == (20.0, False)
+    # a censored run tied with the middle converged one could still end later: the median may move up
+    assert censored_median([10, 30, 30], [False, False, True]) == (30.0, True)
+    assert censored_median([10, 30, 30], [False, True, False]) == (30.0, True)
+    assert censored_median([10, 20, 30, 40], [False, False, True, True]) == (25.0, False)  # needs the third
+    assert censored_median([10, 20, 30, 40], [False, False, False, True]) == (25.0, True)
+    median, known = censored_median([np.nan, 5.0], [True, False])  # a run not started yet counts from step 0
+    assert (median, known) == (2.5, False)
+    assert np.isnan(censored_median([], [])[0])
 
 
 def planted_paths(n_runs=40, seed=0):

@@ -269,9 +269,11 @@ def test_groklab_show_prints_the_live_table_of_a_running_sweep(tmp_path):
         driver.communicate(timeout=300)
     assert show.returncode == 0, show.stderr
     lines = show.stdout.splitlines()
-    assert lines[0].split() == ["seed", "status", "step", "metric", "value", "steps/s", "left", "(s)"]
+    assert lines[0].split() == ["seed", "status", "step", "metric", "value", "steps/s", "left"]
     assert lines[1].split()[:2] == ["0", "running"] and lines[1].split()[2].endswith("/200000")
-    assert lines[-1].startswith("1 runs: 1 running;") and "steps/s running" in lines[-1]
+    assert re.fullmatch(r"(\d+h\d\dm|\d+m\d\ds)", lines[1].split()[-1])  # time left, as a duration
+    assert lines[-2].startswith("1 runs: 1 running;") and "steps/s running" in lines[-2]
+    assert lines[-1].startswith("converged so far (test acc >= 0.9): ")
     assert Run(run).status == "interrupted"
 
 

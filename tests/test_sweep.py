@@ -504,6 +504,31 @@ def test_a_running_structural_sweep_shows_its_papers_metric(tmp_path):
     # (depth 6 has no run that ended: no line)
 
 
+def test_show_gives_the_median_convergence_over_all_runs_with_the_unconverged_as_later(tmp_path):
+    """A sweep whose runs did not all converge: the median of the converged ones, and over all runs the median
+    with the others counted as later — known once the runs it rests on converged, else a lower bound."""
+    import yaml
+
+    from groklab.store import RunDir
+
+    config = load_preset("quick").model_dump(mode="json")
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, [0, 1, 2])
+    for seed, crossing in ((0, 100), (1, 200), (2, None)):  # seed 2 never reaches 0.9 (its last step: 300)
+        run = RunDir.create(sweep_dir.run_path(seed), yaml.safe_dump(config))
+        run.write_metrics(
+            [
+                {"step": s, "test_acc": 0.95 if crossing is not None and s >= crossing else 0.5}
+                for s in (0, 100, 200, 300)
+            ]
+        )
+        run.write_summary({"status": "finished", "last_step": 300})
+    shown = cli_in_process("show", str(sweep_dir.path)).stdout
+    assert (
+        "converged (test acc >= 0.9): 2 of 3; convergence step median 150, mean 150, sd 71 of those; "
+        "over all 3 (the 1 not converged counted as later): median 200\n" in shown
+    )
+
+
 def test_a_run_without_a_checkpoint_yet_shows_no_metric(tmp_path):
     """A run just started (its directory made, no summary yet) names no metric in the live table, as one not
     started: its task's headline metric is not known until its first checkpoint (it was shown as test_acc)."""

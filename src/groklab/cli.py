@@ -269,6 +269,8 @@ def _rich_progress(table, totals: str, rows: int = 30):
     from rich.console import Group
     from rich.table import Table
 
+    from groklab.sweep import duration
+
     shown = (
         table.assign(order=(table["status"] != "running").astype(int)).sort_values("order", kind="stable").head(rows)
     )
@@ -287,7 +289,7 @@ def _rich_progress(table, totals: str, rows: int = 30):
             "-" if _missing(r["step"]) else f"{int(r['step'])}/{r['max_steps']}",
             "-" if _missing(r["value"]) else f"{r['value']:.3f}",
             "-" if _missing(r["steps_per_s"]) else f"{r['steps_per_s']:.1f}",
-            "-" if _missing(r["left_s"]) else f"{r['left_s'] / 60:.1f} min",
+            "-" if _missing(r["left_s"]) else duration(r["left_s"]),
         )
     more = [f"... and {len(table) - rows} more"] if len(table) > rows else []
     return Group(view, *more, totals)
@@ -761,17 +763,22 @@ def _print_sweep(sweep_dir) -> None:
 
     table = sweep_table(sweep_dir)
     if (table["status"] == "running").any():  # a sweep still running: where each run is
-        from groklab.sweep import progress_table, progress_totals
+        from groklab.sweep import duration, progress_table, progress_totals
 
         live = progress_table(sweep_dir)
         totals = progress_totals(live)
-        live = live.assign(step=[f"{s:.0f}/{m}" if s == s else "-" for s, m in zip(live["step"], live["max_steps"])])
+        live = live.assign(
+            step=[f"{s:.0f}/{m}" if s == s else "-" for s, m in zip(live["step"], live["max_steps"])],
+            left_s=["-" if _missing(s) else duration(s) for s in live["left_s"]],
+        )
         click.echo(
             live.drop(columns=["max_steps", "elapsed_s"])
-            .rename(columns={"steps_per_s": "steps/s", "left_s": "left (s)"})
+            .rename(columns={"steps_per_s": "steps/s", "left_s": "left"})
             .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
         )
         click.echo(totals)
+        if not any(c.startswith("max_gen_") for c in table) and (line := _convergence_line(table, " so far")):
+            click.echo(line)
         if sweep_dir.points[0] and table["status"].isin(DONE).any():  # a grid: what the runs that ended say so far
             _print_grid_summary(table, list(sweep_dir.points[0]), "so far, over the runs that ended")
         return
@@ -809,22 +816,34 @@ def _print_sweep(sweep_dir) -> None:
     click.echo(
         table[[c for c in cols if c in table]].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
     )
-    if not structural and "converged" in table and table["converged"].notna().any():
-        done = table[table["converged"] == True]  # noqa: E712
-        steps = done["convergence_step"]
-        metric = table.attrs.get("metric") or "test_acc"
-        crossing = "<=" if metric.endswith("_loss") else ">="
-        click.echo(
-            f"converged ({metric.replace('_', ' ')} {crossing} {table.attrs['threshold']:.4g}): "
-            f"{len(done)} of {len(table)}"
-            + (
-                f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
-                if len(done) > 1
-                else ""
-            )
-        )
+    if not structural and (line := _convergence_line(table)):
+        click.echo(line)
     if grid or structural:
         _print_grid_summary(table, grid)
+
+
+def _convergence_line(table, when: str = "") -> str | None:
+    """How many runs of the sweep table converged, their convergence steps, and, while some have not, the
+    median over all runs with those counted as later (`dynamics.censored_median`: known, or a lower bound)."""
+    from groklab.dynamics import censored_median
+
+    if "converged" not in table or not table["converged"].notna().any():
+        return None
+    converged = table["converged"] == True  # noqa: E712 (NaN: no metrics yet)
+    steps = table.loc[converged, "convergence_step"]
+    metric = table.attrs.get("metric") or "test_acc"
+    crossing = "<=" if metric.endswith("_loss") else ">="
+    line = f"converged{when} ({metric.replace('_', ' ')} {crossing} {table.attrs['threshold']:.4g}): "
+    line += f"{len(steps)} of {len(table)}"
+    if len(steps) > 1:
+        line += f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
+    if len(steps) < len(table):
+        median, known = censored_median(table["convergence_step"], ~converged)
+        line += (
+            f"{' of those' if len(steps) > 1 else ''}; over all {len(table)} (the {len(table) - len(steps)} "
+            f"not converged counted as later): median {'' if known else '>= '}{median:.0f}{'' if known else ' (not yet known)'}"
+        )
+    return line
 
 
 def _print_grid_summary(table, grid: list[str], when: str = "") -> None:

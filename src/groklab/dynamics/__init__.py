@@ -1,6 +1,7 @@
 """Dynamics layer: pure numpy/pandas over metric tables (no torch): summaries, phases, training maps."""
 
 from groklab.dynamics.detours import (
+    censored_median,
     convergence_threshold,
     convergence_times,
     detour_test,
@@ -20,6 +21,7 @@ __all__ = [
     "FEATURE_SETS",
     "GROK_THRESHOLD",
     "TrainingMap",
+    "censored_median",
     "check_outcome",
     "convergence_threshold",
     "convergence_times",

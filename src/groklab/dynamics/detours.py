@@ -59,6 +59,20 @@ def convergence_times(
     return pd.DataFrame(rows, columns=["seed", "converged", "index", "step", "censored"])
 
 
+def censored_median(steps, censored) -> tuple[float, bool]:
+    """The median convergence step over all runs, right-censored ones included (a censored run's step is the
+    last it reached: it converges later, if ever), and whether it is known. The median of these lower bounds
+    is a lower bound of the true median; it is the median itself when the runs it rests on (the lower half and
+    the middle, after sorting with a censored run after a converged one at the same step) all converged: a
+    censored run's true time can only move it further up. (NaN, False) with no runs."""
+    steps, censored = np.asarray(steps, dtype=float), np.asarray(censored, dtype=bool)
+    if len(steps) == 0:
+        return math.nan, False
+    lower = np.where(np.isnan(steps), 0.0, steps)  # a run not yet started: converges after step 0
+    order = np.lexsort((censored, lower))
+    return float(np.median(lower)), not censored[order[: len(steps) // 2 + 1]].any()
+
+
 def convergence_threshold(runs: Runs, column: str) -> float:
     """A threshold every run crosses, for series without a natural target (an imported LM pretraining run has
     a loss, no accuracy to reach): the worst of the runs' final values of `column` (the highest for a column

@@ -425,12 +425,12 @@ def progress_totals(table: pd.DataFrame) -> str:
     if len(running):
         line += f"; {running['steps_per_s'].fillna(0).sum():.1f} steps/s running"
         if running["left_s"].notna().any():
-            line += f", up to {_duration(running['left_s'].max())} left for the running runs (at max steps)"
+            line += f", up to {duration(running['left_s'].max())} left for the running runs (at max steps)"
     ahead = time_ahead(table)
     if ahead is not None:
         todo = (~table["status"].isin((*DONE, "running"))).sum()
-        line += f"; {todo} to go: ~{_duration(ahead)} of run time, as the ended runs took"
-        line += f" (~{_duration(ahead / len(running))} at {len(running)} at a time)" if len(running) else ""
+        line += f"; {todo} to go: ~{duration(ahead)} of run time, as the ended runs took"
+        line += f" (~{duration(ahead / len(running))} at {len(running)} at a time)" if len(running) else ""
     return line
 
 
@@ -455,7 +455,7 @@ def time_ahead(table: pd.DataFrame) -> float | None:
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     return (
         f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
