@@ -529,6 +529,35 @@ def test_show_gives_the_median_convergence_over_all_runs_with_the_unconverged_as
     )
 
 
+def test_a_sweeps_report_draws_the_share_of_runs_converged_by_each_step(tmp_path):
+    """Kaplan–Meier over the seeds: converged at 100 and 200, one censored at 300 (marked), one still running
+    at step 100 (censored there): the share rises to 1/4 at step 100 and 1/4 + 3/4 * 1/2 at 200."""
+    import yaml
+
+    from groklab.report.grid import survival_figures
+    from groklab.store import RunDir
+    from groklab.sweep import sweep_table, write_sweep_report
+
+    config = load_preset("quick").model_dump(mode="json")
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, [0, 1, 2, 3])
+    for seed, crossing, last in ((0, 100, 300), (1, 200, 300), (2, None, 300), (3, None, 100)):
+        run = RunDir.create(sweep_dir.run_path(seed), yaml.safe_dump(config))
+        run.write_metrics(
+            [{"step": s, "test_acc": 0.95 if crossing and s >= crossing else 0.5} for s in range(0, last + 1, 100)]
+        )
+        run.write_summary({"status": "finished", "last_step": last})
+    table = sweep_table(sweep_dir)
+    (figure,) = survival_figures(table, [], table.attrs)
+    curve, low, high, censored = figure.panels[0].traces
+    jumps = [(0, 0), (100, 0), (100, 0.25), (200, 0.25), (200, 0.625), (300, 0.625), (300, 0.625)]  # none at 300
+    assert list(zip(curve.x, curve.y)) == jumps
+    assert all(lo <= y <= hi for lo, y, hi in zip(low.y, curve.y, high.y))
+    assert (list(censored.x), list(censored.y)) == ([300, 100], [0.625, 0.25])
+    assert "convergence over seeds" in write_sweep_report(sweep_dir).read_text()
+    structural = table.assign(max_gen_first_word_acc=0.5)  # held-out task metrics: not this figure
+    assert survival_figures(structural, [], table.attrs) == []
+
+
 def test_a_run_without_a_checkpoint_yet_shows_no_metric(tmp_path):
     """A run just started (its directory made, no summary yet) names no metric in the live table, as one not
     started: its task's headline metric is not known until its first checkpoint (it was shown as test_acc)."""

@@ -2,7 +2,7 @@
 inverted U), one point per seed and the mean over seeds with its 95% bootstrap interval; the share of seeds
 whose metric crosses the threshold, with its interval; and the convergence step the same way (e.g. Nanda
 et al.'s train-fraction curve). The numbers come from sweep.grid_summary. Every sweep, with a grid or
-not: every run's curves, a colour per grid point."""
+not: every run's curves, a colour per grid point, and the share of runs converged by each step."""
 
 from __future__ import annotations
 
@@ -104,6 +104,59 @@ def convergence_figures(done: pd.DataFrame, summary: pd.DataFrame, keys: list[st
         else ""
     )
     return [Figure("grid_convergence", "convergence across the grid", caption, [steps, share])]
+
+
+def survival_figures(table: pd.DataFrame, keys: list[str], attrs: dict) -> list[Figure]:
+    """The share of runs converged by each step, per grid point (Hu et al. report the distribution over seeds:
+    median, spread, runs that never converge): the Kaplan–Meier estimate (`scipy.stats.ecdf` on censored data)
+    with its 95% interval, every run with metrics counted — one that has not converged (yet: still running, or
+    never by its end) is right-censored at its last step, marked there. `table`: the sweep table; `attrs` its
+    metric and threshold. Empty without a convergence metric, and for held-out task metrics (a structural
+    sweep's: its token-level test accuracy is not what the paper measures; grid_figures draws those)."""
+    from scipy import stats
+
+    if "convergence_step" not in table or any(c.startswith("max_gen_") for c in table):
+        return []
+    runs = table[table["convergence_step"].notna()]
+    if runs.empty:
+        return []
+    metric, threshold = attrs.get("metric") or "test_acc", attrs.get("threshold")
+    crossing = f"{metric} {'<=' if metric.endswith('_loss') else '>='} {threshold:g}"
+    panel = Panel(f"runs with {crossing} by each step", ylabel="share of runs")
+    groups = list(runs.groupby(keys, sort=True)) if keys else [((), runs)]
+    for i, (point, rows) in enumerate(groups):
+        point = point if isinstance(point, tuple) else (point,)
+        label, color = point_label(zip(keys, point)), PALETTE[i % len(PALETTE)]
+        prefix = f"{label}: " if label else ""
+        done = rows["converged"].eq(True).to_numpy()
+        steps = rows["convergence_step"].to_numpy(dtype=float)
+        km = stats.ecdf(stats.CensoredData(uncensored=steps[done], right=steps[~done])).cdf
+        ci = km.confidence_interval(0.95)
+        for name, curve, dash, width, legend in (
+            (f"{prefix}share converged (n {len(rows)})", km, False, 1.8, True),
+            (f"{prefix}95% CI", ci.low, True, 0.8, True),
+            (f"{prefix}95% CI", ci.high, True, 0.8, False),
+        ):
+            x, y = _steps_of(curve.quantiles, np.nan_to_num(curve.probabilities))
+            panel.traces.append(Trace(name, x, y, color=color, dash=dash, width=width, legend=legend))
+        if (~done).any():
+            at = np.nan_to_num(km.evaluate(steps[~done]))
+            panel.traces.append(
+                Trace(f"{prefix}not converged (last step)", steps[~done], at, "markers", color=color, opacity=0.6)
+            )
+    caption = (
+        f"The share of runs whose {crossing} by each step (Kaplan–Meier, with its 95% interval, dashed): a run "
+        f"that has not got there — still running, or never by its last step — counts as converged later, if ever "
+        f"(marked at its last step). Where the curve crosses 0.5 is the median convergence step over all runs."
+    )
+    return [Figure("convergence_over_seeds", "convergence over seeds", caption, [panel])]
+
+
+def _steps_of(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A step function (0 before x[0], y[i] from x[i] on) as a line both renderers draw: every jump doubled."""
+    xs = np.repeat(np.asarray(x, dtype=float), 2)
+    ys = np.concatenate([[0.0], np.repeat(np.asarray(y, dtype=float), 2)[:-1]])
+    return np.concatenate([[0.0], xs]), np.concatenate([[0.0], ys])
 
 
 def structure_figures(done: pd.DataFrame, keys: list[str], found: dict) -> list[Figure]:

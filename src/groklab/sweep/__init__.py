@@ -566,7 +566,8 @@ def structure_correlation(table: pd.DataFrame, grid_keys: Sequence[str]) -> dict
 def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None = None) -> Path:
     """SWEEP_DIR/report.html: for a grid sweep (e.g. --depths, --grid task.frac_train=...), each held-out task
     metric and the convergence step against the grid with 95% bootstrap intervals over seeds (report.grid);
-    for every sweep, every run's curves; the per-point summary (grid_summary) and the sweep table; with `png`,
+    for every sweep, the share of runs converged by each step (runs still running counted as censored) and every
+    run's curves; the per-point summary (grid_summary) and the sweep table; with `png`,
     the figures as PNG there too."""
     from groklab.report.grid import (
         convergence_figures,
@@ -574,6 +575,7 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
         grid_figures,
         render_grid_page,
         structure_figures,
+        survival_figures,
     )
     from groklab.report.maps import save_figures_static
 
@@ -589,6 +591,7 @@ def write_sweep_report(sweep_dir: str | Path | SweepDir, png: str | Path | None 
     figures = (
         grid_figures(done, summary, keys, grid_peaks(table, keys[0]) if len(keys) == 1 else {})
         + convergence_figures(done, summary, keys, table.attrs)
+        + survival_figures(table, keys, table.attrs)
         + structure_figures(done, keys, structure_correlation(table, keys))
         + curve_figures(curves)
     )
