@@ -762,6 +762,7 @@ def _print_sweep(sweep_dir) -> None:
     from groklab.sweep import sweep_table
 
     table = sweep_table(sweep_dir)
+    structural = any(c.startswith("max_gen_") for c in table)
     if (table["status"] == "running").any():  # a sweep still running: where each run is
         from groklab.sweep import duration, progress_table, progress_totals
 
@@ -777,14 +778,13 @@ def _print_sweep(sweep_dir) -> None:
             .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
         )
         click.echo(totals)
-        if not any(c.startswith("max_gen_") for c in table) and (line := _convergence_line(table, " so far")):
+        if not structural and (line := _convergence_line(table, " so far")):
             click.echo(line)
         if sweep_dir.points[0] and table["status"].isin(DONE).any():  # a grid: what the runs that ended say so far
             _print_grid_summary(table, list(sweep_dir.points[0]), "so far, over the runs that ended")
         return
     sweep_dir.write_table(table)
     grid = list(sweep_dir.points[0])
-    structural = any(c.startswith("max_gen_") for c in table)
     click.echo(f"sweep {sweep_dir.path}: {len(table)} runs; table: {sweep_dir.path / 'table.csv'}")
     if structural:
         token_level = {f"{k}_{split}_{m}" for k in ("final", "max") for split in ("id", "gen") for m in ("acc", "loss")}
