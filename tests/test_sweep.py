@@ -532,6 +532,8 @@ def test_show_gives_the_median_convergence_over_all_runs_with_the_unconverged_as
 def test_a_sweeps_report_draws_the_share_of_runs_converged_by_each_step(tmp_path):
     """Kaplan–Meier over the seeds: converged at 100 and 200, one censored at 300 (marked), one still running
     at step 100 (censored there): the share rises to 1/4 at step 100 and 1/4 + 3/4 * 1/2 at 200."""
+    import warnings
+
     import yaml
 
     from groklab.report.grid import survival_figures
@@ -554,6 +556,10 @@ def test_a_sweeps_report_draws_the_share_of_runs_converged_by_each_step(tmp_path
     assert all(lo <= y <= hi for lo, y, hi in zip(low.y, curve.y, high.y))
     assert (list(censored.x), list(censored.y)) == ([300, 100], [0.625, 0.25])
     assert "convergence over seeds" in write_sweep_report(sweep_dir).read_text()
+    with warnings.catch_warnings():  # every run converged: the interval closes on the estimate, no warning
+        warnings.simplefilter("error")
+        (figure,) = survival_figures(table.assign(converged=True), [], table.attrs)
+    assert list(figure.panels[0].traces[1].y)[-1] == list(figure.panels[0].traces[2].y)[-1] == 1.0
     structural = table.assign(max_gen_first_word_acc=0.5)  # held-out task metrics: not this figure
     assert survival_figures(structural, [], table.attrs) == []
 

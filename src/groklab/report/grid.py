@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html as _html
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -131,13 +132,15 @@ def survival_figures(table: pd.DataFrame, keys: list[str], attrs: dict) -> list[
         done = rows["converged"].eq(True).to_numpy()
         steps = rows["convergence_step"].to_numpy(dtype=float)
         km = stats.ecdf(stats.CensoredData(uncensored=steps[done], right=steps[~done])).cdf
-        ci = km.confidence_interval(0.95)
+        with warnings.catch_warnings():  # Greenwood's interval is undefined once every run has converged
+            warnings.filterwarnings("ignore", "The confidence interval is undefined", RuntimeWarning)
+            ci = km.confidence_interval(0.95)
         for name, curve, dash, width, legend in (
-            (f"{prefix}share converged (n {len(rows)})", km, False, 1.8, True),
-            (f"{prefix}95% CI", ci.low, True, 0.8, True),
-            (f"{prefix}95% CI", ci.high, True, 0.8, False),
-        ):
-            x, y = _steps_of(curve.quantiles, np.nan_to_num(curve.probabilities))
+            (f"{prefix}share converged (n {len(rows)})", km.probabilities, False, 1.8, True),
+            (f"{prefix}95% CI", ci.low.probabilities, True, 0.8, True),
+            (f"{prefix}95% CI", ci.high.probabilities, True, 0.8, False),
+        ):  # where the interval is undefined, it is the estimate itself
+            x, y = _steps_of(km.quantiles, np.where(np.isnan(curve), km.probabilities, curve))
             panel.traces.append(Trace(name, x, y, color=color, dash=dash, width=width, legend=legend))
         if (~done).any():
             at = np.nan_to_num(km.evaluate(steps[~done]))
