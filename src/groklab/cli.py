@@ -758,11 +758,12 @@ def _point(items: tuple[str, ...]) -> dict | None:
 def _print_sweep(sweep_dir) -> None:
     """The sweep table: one line per run, then how many converged and when; for held-out task metrics
     (structural grokking) their best and final values and the per-point summary instead."""
+    from groklab.dynamics.summary import is_structural
     from groklab.experiment import DONE
     from groklab.sweep import sweep_table
 
     table = sweep_table(sweep_dir)
-    structural = any(c.startswith("max_gen_") for c in table)
+    structural = is_structural(table)
     if (table["status"] == "running").any():  # a sweep still running: where each run is
         from groklab.sweep import duration, progress_table, progress_totals
 
@@ -848,12 +849,13 @@ def _convergence_line(table, when: str = "") -> str | None:
 
 def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
     """grid_summary's lines: held-out task metrics (structural) or convergence (a modular grid)."""
+    from groklab.dynamics.summary import is_structural
     from groklab.sweep import grid_summary
 
     summary = grid_summary(table, grid)
     summary = summary[summary["runs"] > 0]  # a point none of whose runs has ended says nothing yet
     when = f", {when}" if when else ""
-    if any(c.startswith("max_gen_") for c in table):
+    if is_structural(table):
         click.echo(
             f"per grid point{when} (id learnt: share of seeds whose in-distribution twin reaches 0.95; crossed: "
             "share whose value reaches 0.8 at some point; of id learnt: the final mean over those seeds alone; "

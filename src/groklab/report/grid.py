@@ -16,6 +16,7 @@ import plotly.offline
 
 from groklab.dynamics.compare import PeakOf, describe_peak
 from groklab.dynamics.phases import learnt_in_distribution, metric_columns
+from groklab.dynamics.summary import is_structural
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import CONFIG, STYLE, TABLE_STYLE, data_table, plotly_figure
 from groklab.store.sweep_dir import point_label
@@ -116,7 +117,7 @@ def survival_figures(table: pd.DataFrame, keys: list[str], attrs: dict) -> list[
     sweep's: its token-level test accuracy is not what the paper measures; grid_figures draws those)."""
     from scipy import stats
 
-    if "convergence_step" not in table or any(c.startswith("max_gen_") for c in table):
+    if "convergence_step" not in table or is_structural(table):
         return []
     runs = table[table["convergence_step"].notna()]
     if runs.empty:
