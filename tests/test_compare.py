@@ -347,6 +347,8 @@ def test_report_of_a_train_fraction_sweep(tmp_path):
     assert early["convergence_step_ci_low"] <= early["convergence_step_mean"] <= early["convergence_step_ci_high"]
     assert late["convergence_step_ci_low"] > early["convergence_step_ci_high"]  # seed 3's censored run not averaged
     assert late["convergence_step_median"] == 4800  # seeds 0-2: 4700, 4800, 5000 (crossing 0.9 ~108 steps in)
+    # over all four, seed 3 counted as later: the mean of the 2nd and 3rd, both converged, so known
+    assert (late["convergence_step_median_all"], late["convergence_step_median_known"]) == (4900, True)
     result = cli_in_process("report", str(sweep.path), "--png", str(tmp_path / "png"))
     assert result.returncode == 0, result.stderr
     page = (sweep.path / "report.html").read_text()
@@ -355,3 +357,4 @@ def test_report_of_a_train_fraction_sweep(tmp_path):
     assert "fraction falls below" in page and (tmp_path / "png" / "grid_convergence.png").is_file()
     shown = cli_in_process("show", str(sweep.path)).stdout
     assert "0.75 [" in shown and f"{early['convergence_step_mean']:.0f} [" in shown and "step median" in shown
+    assert "median, all runs" in shown and " 4900" in shown

@@ -875,7 +875,8 @@ def _print_grid_summary(table, grid: list[str], when: str = "") -> None:
         _print_structure_correlation(table, grid)
     if grid and "convergence_step_mean" in summary:
         click.echo(
-            f"per grid point{when} (converged: share of seeds; step: of those that converge; [95% bootstrap "
+            f"per grid point{when} (converged: share of seeds; step: of those that converge; median, all runs: "
+            "those that never converge counted as later, '>=' where that leaves it a bound; [95% bootstrap "
             "interval over seeds]):"
         )
         click.echo(_convergence_lines(summary, grid).to_string(index=False))
@@ -932,6 +933,8 @@ def _convergence_lines(summary, grid: list[str]):
             "converged": _with_interval(row, "converged_share", "converged"),
             "step mean": _with_interval(row, "convergence_step_mean", "convergence_step", ".0f"),
             "step median": _with_interval(row, "convergence_step_median", None, ".0f"),
+            "median, all runs": ("" if row["convergence_step_median_known"] else ">= ")
+            + _with_interval(row, "convergence_step_median_all", None, ".0f"),
         }
         for row in summary.to_dict("records")
     )

@@ -29,7 +29,7 @@ import yaml
 
 from groklab import runtime
 from groklab.config import RunConfig, apply_overrides, config_from_dict
-from groklab.dynamics import convergence_threshold, convergence_times
+from groklab.dynamics import censored_median, convergence_threshold, convergence_times
 from groklab.dynamics.compare import PeakOf, bootstrap_mean, bootstrap_peak, rank_correlation
 from groklab.dynamics.phases import HEADLINE_GEN, learnt_in_distribution
 from groklab.dynamics.summary import STRUCTURAL_MEASURES
@@ -481,7 +481,9 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
     that never learn it);
     without those, where the runs have a convergence metric (the sweep's, e.g. test acc >= 0.9: a modular
     grid such as task.frac_train), the share of seeds that converge and the mean (with its interval) and
-    median convergence step of those that do; and the final t-score and PARSEVAL mean and SD where measured.
+    median convergence step of those that do, and the median over all of them with those that never converge
+    counted as later (`_median_all`; `_median_known`: False where it is only a lower bound,
+    dynamics.censored_median); and the final t-score and PARSEVAL mean and SD where measured.
     Only runs that ended (finished, early-stopped, diverged) count."""
     metrics = held_out_metrics(table)
     rows = []
@@ -510,6 +512,9 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
             step = ("convergence_step_mean", "convergence_step_ci_low", "convergence_step_ci_high")
             row.update(zip(step, bootstrap_mean(steps)))
             row["convergence_step_median"] = float(steps.median())
+            ended = group[group["converged"].notna()]  # a run that never converged counts as converging later
+            median = censored_median(ended["convergence_step"], ~ended["converged"].eq(True))
+            row["convergence_step_median_all"], row["convergence_step_median_known"] = median
         for m in ("t_score", "parseval"):
             if f"final_{m}" in group:
                 row[f"{m}_final_mean"] = float(group[f"final_{m}"].mean())
