@@ -527,6 +527,13 @@ def test_show_gives_the_median_convergence_over_all_runs_with_the_unconverged_as
         "converged (test acc >= 0.9): 2 of 3; convergence step median 150, mean 150, sd 71 of those; "
         "over all 3 (the 1 not converged counted as later): median 200\n" in shown
     )
+    # seed 1 never converges either: the median rests on a run that may converge after step 300, a bound
+    RunDir(sweep_dir.run_path(1)).write_metrics([{"step": s, "test_acc": 0.5} for s in (0, 100, 200, 300)])
+    shown = cli_in_process("show", str(sweep_dir.path)).stdout
+    assert (
+        "converged (test acc >= 0.9): 1 of 3; over all 3 (the 2 not converged counted as later): median >= 300\n"
+        in shown
+    )
 
 
 def test_a_sweeps_report_draws_the_share_of_runs_converged_by_each_step(tmp_path):

@@ -839,10 +839,10 @@ def _convergence_line(table, when: str = "") -> str | None:
     if len(steps) > 1:
         line += f"; convergence step median {steps.median():.0f}, mean {steps.mean():.0f}, sd {steps.std():.0f}"
     if len(steps) < len(table):
-        median, known = censored_median(table["convergence_step"], ~converged)
+        median = _censored(*censored_median(table["convergence_step"], ~converged))
         line += (
             f"{' of those' if len(steps) > 1 else ''}; over all {len(table)} (the {len(table) - len(steps)} "
-            f"not converged counted as later): median {'' if known else '>= '}{median:.0f}{'' if known else ' (not yet known)'}"
+            f"not converged counted as later): median {median}"
         )
     return line
 
@@ -933,11 +933,16 @@ def _convergence_lines(summary, grid: list[str]):
             "converged": _with_interval(row, "converged_share", "converged"),
             "step mean": _with_interval(row, "convergence_step_mean", "convergence_step", ".0f"),
             "step median": _with_interval(row, "convergence_step_median", None, ".0f"),
-            "median, all runs": ("" if row["convergence_step_median_known"] else ">= ")
-            + _with_interval(row, "convergence_step_median_all", None, ".0f"),
+            "median, all runs": _censored(row["convergence_step_median_all"], row["convergence_step_median_known"]),
         }
         for row in summary.to_dict("records")
     )
+
+
+def _censored(median: float, known: bool) -> str:
+    """A median over runs some of which have not converged (dynamics.censored_median): the step, or '>= '
+    the step where it is only a lower bound."""
+    return "-" if math.isnan(median) else f"{'' if known else '>= '}{median:.0f}"
 
 
 def _with_interval(row: dict, column: str, prefix: str | None, digits: str = ".2f") -> str:

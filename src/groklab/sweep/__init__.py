@@ -506,14 +506,14 @@ def grid_summary(table: pd.DataFrame, grid_keys: Sequence[str], cross: float = 0
                 given = (f"{m}_final_learnt_mean", f"{m}_final_learnt_ci_low", f"{m}_final_learnt_ci_high")
                 row.update(zip(given, bootstrap_mean(group.loc[learnt, f"final_{m}"].dropna())))
         if not metrics and "converged" in group and group["converged"].notna().any():  # e.g. test_acc >= 0.9
-            converged = group["converged"].dropna().astype(bool)
+            ended = group[group["converged"].notna()]
+            converged = ended["converged"].astype(bool)
             row["converged_share"], row["converged_ci_low"], row["converged_ci_high"] = bootstrap_mean(converged)
-            steps = group.loc[group["converged"].eq(True), "convergence_step"].astype(float)
+            steps = ended.loc[converged, "convergence_step"].astype(float)
             step = ("convergence_step_mean", "convergence_step_ci_low", "convergence_step_ci_high")
             row.update(zip(step, bootstrap_mean(steps)))
             row["convergence_step_median"] = float(steps.median())
-            ended = group[group["converged"].notna()]  # a run that never converged counts as converging later
-            median = censored_median(ended["convergence_step"], ~ended["converged"].eq(True))
+            median = censored_median(ended["convergence_step"], ~converged)  # a run that never converged: later
             row["convergence_step_median_all"], row["convergence_step_median_known"] = median
         for m in ("t_score", "parseval"):
             if f"final_{m}" in group:
