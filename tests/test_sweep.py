@@ -474,8 +474,37 @@ def test_the_live_line_says_how_long_the_runs_to_go_will_take(tmp_path):
     # depth 2: 200 (its median) for seed 2; depth 6: 1000 x 2/3 for seed 1, 1000 for seed 2; depth 8, where
     # nothing ended: 300 (the median of 100, 300, 1000) for each of its three seeds
     assert time_ahead(table) == pytest.approx(200 + 2000 / 3 + 1000 + 3 * 300)
-    assert "; 6 to go: ~46m06s of run time, as the ended runs took" in progress_totals(table)
+    assert "; 6 to go: ~46m06s of one process's time, as the ended runs took" in progress_totals(table)
     assert time_ahead(table[table["status"] != "finished"]) is None  # nothing ended: no estimate
+
+
+def test_the_live_line_counts_a_batch_once(tmp_path):
+    """A batched sweep (seeds 8-15 added to 8 that ended in two batches of 4, two processes): each member's
+    elapsed_s is its batch's wall clock, so the runs to go take a quarter of it each in one process's time,
+    and the processes running are the batches, not their members."""
+    import yaml
+
+    from groklab.store import RunDir
+    from groklab.sweep import progress_table, progress_totals, time_ahead
+
+    config = load_preset("quick").model_dump(mode="json")
+    sweep_dir = SweepDir.create_or_open(tmp_path / "s", config, list(range(16)))
+    steps = config["train"]["max_steps"]
+    for seed in range(8):
+        run = RunDir.create(sweep_dir.run_path(seed, {}), yaml.safe_dump(config))
+        run.write_summary({"status": "finished", "last_step": steps, "elapsed_s": 8000, "batch": f"b{seed // 4}"})
+    table = progress_table(sweep_dir)
+    assert time_ahead(table) == pytest.approx(8 * 2000)  # not 8 x 8000: a batch of 4 trained 4 runs at once
+    assert "8 to go: ~4h26m of one process's time" in progress_totals(table)
+    assert " at " not in progress_totals(table).split("to go")[1]  # nothing runs yet: no processes to divide by
+    for seed in range(8, 16):  # both batches of the runs to go start
+        run = RunDir.create(sweep_dir.run_path(seed, {}), yaml.safe_dump(config))
+        run.write_summary({"status": "running", "last_step": 0, "elapsed_s": 1, "batch": f"b{seed // 4}"})
+    table = progress_table(sweep_dir)
+    running = table.assign(status=["finished"] * 8 + ["running"] * 4 + ["new"] * 4)  # one batch started
+    assert "4 to go: ~2h13m of one process's time, as the ended runs took (~2h13m at 1 at a time)" in (
+        progress_totals(running)
+    )
 
 
 def test_a_running_structural_sweep_shows_its_papers_metric(tmp_path):

@@ -774,7 +774,7 @@ def _print_sweep(sweep_dir) -> None:
             left_s=["-" if _missing(s) else duration(s) for s in live["left_s"]],
         )
         click.echo(
-            live.drop(columns=["max_steps", "elapsed_s"])
+            live.drop(columns=["max_steps", "elapsed_s", "batch"])
             .rename(columns={"steps_per_s": "steps/s", "left_s": "left"})
             .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
         )

@@ -405,6 +405,7 @@ def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
                     "steps_per_s": rate,
                     "left_s": left,
                     "elapsed_s": summary.get("elapsed_s"),
+                    "batch": summary.get("batch"),  # its batch's name; None: trained alone
                 }
             )
     return pd.DataFrame(rows)
@@ -413,7 +414,8 @@ def progress_table(sweep_dir: SweepDir) -> pd.DataFrame:
 def progress_totals(table: pd.DataFrame) -> str:
     """One line: runs by status, the running runs' steps per second together, steps done of all, time left
     (the longest of the running runs', at their rates), and the runs still to start or resume at the time the
-    ended runs took (time_ahead)."""
+    ended runs took (time_ahead: one process's time; then divided by the processes running now, a batch
+    being one process)."""
     counts = table["status"].value_counts()
     order = ["finished", "stopped_early", "running", "interrupted", "killed", "diverged", "new", "not started"]
     parts = [
@@ -429,17 +431,28 @@ def progress_totals(table: pd.DataFrame) -> str:
     ahead = time_ahead(table)
     if ahead is not None:
         todo = (~table["status"].isin((*DONE, "running"))).sum()
-        line += f"; {todo} to go: ~{duration(ahead)} of run time, as the ended runs took"
-        line += f" (~{duration(ahead / len(running))} at {len(running)} at a time)" if len(running) else ""
+        processes = _units(running)
+        line += f"; {todo} to go: ~{duration(ahead)} of one process's time, as the ended runs took"
+        line += f" (~{duration(ahead / processes)} at {processes} at a time)" if processes else ""
     return line
 
 
+def _units(table: pd.DataFrame) -> int:
+    """Processes among progress_table's rows: each batch once, each run trained alone once."""
+    batch = table["batch"] if "batch" in table else pd.Series([None] * len(table), dtype=object)
+    return int(batch.dropna().nunique() + batch.isna().sum())
+
+
 def time_ahead(table: pd.DataFrame) -> float | None:
-    """Seconds of run time the runs not started, interrupted or killed still need (progress_table's rows), each
-    estimated from the ended runs at its grid point (their median training time; deeper models take longer),
-    or all ended runs' median where its point has none, times the share of its steps still to do. None while
-    no run has ended, or none is left."""
+    """Seconds of one process's time the runs not started, interrupted or killed still need (progress_table's
+    rows), each estimated from the ended runs at its grid point (their median training time; deeper models
+    take longer), or all ended runs' median where its point has none, times the share of its steps still to
+    do. A member of a batch counts its batch's time over the batch's members (each member's elapsed_s is the
+    batch's wall clock). None while no run has ended, or none is left."""
     keys = list(table.columns[: table.columns.get_loc("seed")])  # the grid's keys come first
+    if "batch" in table:
+        members = table.groupby("batch")["seed"].transform("size")  # NaN for runs trained alone
+        table = table.assign(elapsed_s=table["elapsed_s"] / members.fillna(1))
     ended = table[table["status"].isin(DONE) & table["elapsed_s"].notna()]
     todo = table[~table["status"].isin((*DONE, "running"))]
     if ended.empty or todo.empty:
