@@ -431,13 +431,13 @@ def progress_totals(table: pd.DataFrame) -> str:
     ahead = time_ahead(table)
     if ahead is not None:
         todo = (~table["status"].isin((*DONE, "running"))).sum()
-        processes = _units(running)
+        processes = _processes(running)
         line += f"; {todo} to go: ~{duration(ahead)} of one process's time, as the ended runs took"
         line += f" (~{duration(ahead / processes)} at {processes} at a time)" if processes else ""
     return line
 
 
-def _units(table: pd.DataFrame) -> int:
+def _processes(table: pd.DataFrame) -> int:
     """Processes among progress_table's rows: each batch once, each run trained alone once."""
     batch = table["batch"] if "batch" in table else pd.Series([None] * len(table), dtype=object)
     return int(batch.dropna().nunique() + batch.isna().sum())
