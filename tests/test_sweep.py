@@ -497,11 +497,11 @@ def test_the_live_line_counts_a_batch_once(tmp_path):
     assert time_ahead(table) == pytest.approx(8 * 2000)  # not 8 x 8000: a batch of 4 trained 4 runs at once
     assert "8 to go: ~4h26m of one process's time" in progress_totals(table)
     assert " at " not in progress_totals(table).split("to go")[1]  # nothing runs yet: no processes to divide by
-    for seed in range(8, 16):  # both batches of the runs to go start
+    for seed in range(8, 16):  # the runs to go, in two batches of 4: the first has started, the second not yet
         run = RunDir.create(sweep_dir.run_path(seed, {}), yaml.safe_dump(config))
         run.write_summary({"status": "running", "last_step": 0, "elapsed_s": 1, "batch": f"b{seed // 4}"})
     table = progress_table(sweep_dir)
-    running = table.assign(status=["finished"] * 8 + ["running"] * 4 + ["new"] * 4)  # one batch started
+    running = table.assign(status=["finished"] * 8 + ["running"] * 4 + ["new"] * 4)
     assert "4 to go: ~2h13m of one process's time, as the ended runs took (~2h13m at 1 at a time)" in (
         progress_totals(running)
     )

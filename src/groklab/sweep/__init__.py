@@ -439,8 +439,7 @@ def progress_totals(table: pd.DataFrame) -> str:
 
 def _processes(table: pd.DataFrame) -> int:
     """Processes among progress_table's rows: each batch once, each run trained alone once."""
-    batch = table["batch"] if "batch" in table else pd.Series([None] * len(table), dtype=object)
-    return int(batch.dropna().nunique() + batch.isna().sum())
+    return int(table["batch"].dropna().nunique() + table["batch"].isna().sum())
 
 
 def time_ahead(table: pd.DataFrame) -> float | None:
@@ -450,9 +449,8 @@ def time_ahead(table: pd.DataFrame) -> float | None:
     do. A member of a batch counts its batch's time over the batch's members (each member's elapsed_s is the
     batch's wall clock). None while no run has ended, or none is left."""
     keys = list(table.columns[: table.columns.get_loc("seed")])  # the grid's keys come first
-    if "batch" in table:
-        members = table.groupby("batch")["seed"].transform("size")  # NaN for runs trained alone
-        table = table.assign(elapsed_s=table["elapsed_s"] / members.fillna(1))
+    members = table.groupby("batch")["seed"].transform("size")  # NaN for runs trained alone
+    table = table.assign(elapsed_s=table["elapsed_s"] / members.fillna(1))
     ended = table[table["status"].isin(DONE) & table["elapsed_s"].notna()]
     todo = table[~table["status"].isin((*DONE, "running"))]
     if ended.empty or todo.empty:
