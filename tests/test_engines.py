@@ -459,6 +459,28 @@ def test_a_local_sweep_killed_with_sigterm_stops_its_workers_and_resumes(slow_re
     same_runs(SweepDir.open(out), slow_reference, [0])
 
 
+def test_a_background_sweep_stops_on_sigint_to_its_group_and_starts_no_more_units(tmp_path):
+    """A shell starts `groklab sweep ... &` with SIGINT ignored; `kill -INT` to the job's group reached the
+    workers (they checkpointed and stopped) but not the driver, which went on starting the next units."""
+    out = tmp_path / "background"
+    args = [str(BIN / "groklab"), "sweep", "hu-sparse-parity", *SLOW, "--seeds", "0-1", "--workers", "1"]
+    driver = subprocess.Popen(
+        [*args, "--threads", "1", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a background job's
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a shell leaves a background job
+    )
+    run = out / "runs" / "seed_0000"
+    _wait_for(lambda: len(_steps(run)) >= 3 and Run(run).status == "running", "a running run")
+    os.killpg(driver.pid, signal.SIGINT)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 130 and "run the same command again to continue" in stderr, stderr
+    assert Run(run).status == "interrupted"
+    assert "seed 1" not in stderr and not _steps(out / "runs" / "seed_0001")  # the next unit never started
+
+
 def test_slurm_job_parameters_and_the_sbatch_script(tmp_path):
     """The options only a real cluster uses, as submitit writes them into the job array's sbatch script."""
     from submitit.slurm.slurm import _make_sbatch_string

@@ -185,7 +185,7 @@ def _drive(
     units to checkpoint and stop, then re-raises. Writes the sweep table however it ends."""
     pending, running, failed = list(units), {}, {}
     seen = 0.0
-    previous = _sigterm_interrupts()  # `kill`, a scheduler's stop: the same as Ctrl-C, not orphaned units
+    previous = _signals_interrupt()  # `kill`, a scheduler's stop: the same as Ctrl-C, not orphaned units
     try:
         while pending or running:
             room = len(pending) if executor.slots is None else executor.slots - len(running)
@@ -214,24 +214,28 @@ def _drive(
         executor.cancel(list(running))  # the runs checkpoint and stop; the next `groklab sweep` resumes them
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, handler)
         sweep_dir.write_table(sweep_table(sweep_dir, sweep_dir.threshold, failed))
         watch(sweep_dir)
     return failed
 
 
-def _sigterm_interrupts():
-    """SIGTERM to the sweep's driver raises KeyboardInterrupt, so its running units are asked to checkpoint and
-    stop (the driver dying alone would leave them training, holding their runs' locks). The previous handler
-    (None off the main thread, where signals cannot be handled)."""
+def _signals_interrupt() -> dict[int, object]:
+    """SIGTERM and SIGINT to the sweep's driver raise KeyboardInterrupt, so its running units are asked to
+    checkpoint and stop (the driver dying alone would leave them training, holding their runs' locks). SIGINT
+    too, because a shell starts a background job (`groklab sweep ... &`) with SIGINT ignored, and Python then
+    never raises KeyboardInterrupt: `kill -INT` to the job's group stopped its workers (they handle SIGINT
+    themselves) while the driver went on starting the next units. The previous handlers, to restore (none off
+    the main thread, where signals cannot be handled)."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, interrupt)
+        return {}
+    return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _job(
