@@ -81,6 +81,7 @@ def test_sweep_runs_every_seed_and_tabulates(parity_sweep):
     assert "seed" in result.stdout and "converged (test acc >= 0.9)" in result.stdout
     show = groklab_cli("show", str(out))
     assert show.returncode == 0 and show.stdout.count("finished") == 6
+    assert show.stdout.count("> 240") == len(censored) > 0  # not converged by its last step, not "240"
 
 
 def test_sweep_rerun_skips_finished_runs(parity_sweep):

@@ -815,12 +815,27 @@ def _print_sweep(sweep_dir) -> None:
             "elapsed_s",
         ]
     click.echo(
-        table[[c for c in cols if c in table]].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3g}")
+        _not_yet(table)[[c for c in cols if c in table]].to_string(
+            index=False, na_rep="-", float_format=lambda v: f"{v:.3g}"
+        )
     )
     if not structural and (line := _convergence_line(table)):
         click.echo(line)
     if grid or structural:
         _print_grid_summary(table, grid)
+
+
+def _not_yet(table):
+    """The sweep table to print: a run that has not converged shows its convergence step as "> " the last step
+    it was evaluated at (the table keeps that step, with `censored`, for the survival curves)."""
+    if "convergence_step" not in table or "converged" not in table:
+        return table
+    return table.assign(
+        convergence_step=[
+            "-" if _missing(step) else f"{'' if done == True else '> '}{step:.0f}"  # noqa: E712 (NaN: no metrics)
+            for step, done in zip(table["convergence_step"], table["converged"])
+        ]
+    )
 
 
 def _convergence_line(table, when: str = "") -> str | None:
