@@ -300,6 +300,22 @@ def test_cnn_tables_fit_with_the_named_feature_set():
     assert all((np.diff(p) >= 0).all() and p[0] == 0 and p[-1] == 1 for p in tm.paths_.values())
 
 
+def test_a_covariance_floor_keeps_collinear_features_from_collapsing_a_state(data):
+    """A fifth feature that nearly repeats the first (as l2 and var_w within a run): without a floor a full
+    covariance fits that direction to the noise (an eigenvalue near 0); with covariance_floor f every state's
+    covariance keeps each eigenvalue >= f, and the states are still found."""
+    runs, truth = data
+    rng = np.random.default_rng(1)
+    runs = {s: t.assign(e=t["a"] + rng.normal(scale=1e-3, size=len(t))) for s, t in runs.items()}
+    features = (*FEATURES, "e")
+    plain = TrainingMap(features=features, n_states=3, n_restarts=2, zscore="global").fit(runs)
+    floored = TrainingMap(features=features, n_states=3, n_restarts=2, zscore="global", covariance_floor=0.01)
+    floored.fit(runs)
+    assert np.linalg.eigvalsh(plain.covars_).min() < 1e-4
+    assert np.linalg.eigvalsh(floored.covars_).min() >= 0.01 - 1e-9
+    assert agreement(floored.paths_, truth) > 0.95
+
+
 def test_bad_parameters_raise(data):
     runs, _ = data
     with pytest.raises(ValueError, match="n_states"):
@@ -308,4 +324,6 @@ def test_bad_parameters_raise(data):
         TrainingMap(features="nope").fit(runs)
     with pytest.raises(KeyError, match="l1"):
         TrainingMap(features="ablation3").fit(runs)
+    with pytest.raises(ValueError, match="covariance_floor"):
+        TrainingMap(covariance_floor=-1).fit(runs)
     assert TrainingMap(n_states=3).set_params(n_states=4).get_params()["n_states"] == 4

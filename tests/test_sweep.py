@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import cli_in_process, groklab_cli
@@ -249,9 +250,14 @@ def test_map_of_a_sweep(parity_sweep):
 
     # another map kept beside it (--name): the sweep's own map untouched
     before = {p.name: p.read_bytes() for p in map_dir.glob("*.csv")}
-    named = cli_in_process("map", str(out), "--states", "3", "--restarts", "1", "--jobs", "1", "--name", "k3")
+    named = cli_in_process(
+        "map", str(out), "--states", "3", "--restarts", "1", "--jobs", "1", "--name", "k3", "--covariance-floor", "0.01"
+    )
     assert named.returncode == 0, named.stderr
     assert "map-k3" in named.stdout and pd.read_csv(out / "map-k3" / "states.csv")["state"].nunique() == 3
+    floored = TrainingMap.load(out / "map-k3" / "training_map.json")  # the floor kept with the map, and said
+    assert floored.covariance_floor == 0.01 and np.linalg.eigvalsh(floored.covars_).min() >= 0.01 - 1e-9
+    assert "floor 0.01 on its diagonal" in (out / "map-k3" / "report.html").read_text()
     assert {p.name: p.read_bytes() for p in map_dir.glob("*.csv")} == before
     bad(["map", str(out), "--name", "../elsewhere"], "--name takes letters")
 
@@ -312,6 +318,7 @@ def test_map_errors(parity_sweep, tmp_path):
     bad(["map", str(out), "--metric", "gen_first_word_acc"], "no column 'gen_first_word_acc'")
     bad(["map", str(out), "--point", "train.lr=0.1"], "has no grid: drop --point")
     bad(["map", str(out), "--robustness", "-1"], "--robustness takes a number of refits")
+    bad(["map", str(out), "--covariance-floor", "-0.1"], "--covariance-floor takes a number >= 0")
     bad(["map", str(out), "--bootstrap"], "--bootstrap needs one > 0")
     bad(["map", str(out), "--selection", "median"], "--selection")
     empty = SweepDir.create_or_open(tmp_path / "empty", parity_config().model_dump(mode="json"), [0, 1])

@@ -340,6 +340,15 @@ def _missing(value) -> bool:
     "5 MultiBERTs).",
 )
 @click.option(
+    "--covariance-floor",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="F",
+    help="Add F to every state's covariance diagonal after each EM step (z units; e.g. 0.01): keeps full "
+    "covariances over nearly collinear features (the base set) from collapsing. 0: none, as the paper.",
+)
+@click.option(
     "--point",
     multiple=True,
     metavar="KEY.PATH=VALUE",
@@ -378,6 +387,7 @@ def map_(
     jobs: int,
     metric: str | None,
     covariance: str,
+    covariance_floor: float,
     point: tuple[str, ...],
     selection: str,
     robustness: int,
@@ -399,6 +409,10 @@ def map_(
         raise UserError(f"--restarts must be at least 1, got {restarts}")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UserError(f"--name takes letters, digits, '_', '.' and '-' (a directory name); got '{name}'")
+    if not (0 <= covariance_floor < math.inf):
+        raise UserError(
+            f"--covariance-floor takes a number >= 0 (a variance in z units, e.g. 0.01); got {covariance_floor}"
+        )
     if robustness < 0 or (bootstrap and robustness == 0):
         raise UserError(f"--robustness takes a number of refits >= 0 (--bootstrap needs one > 0); got {robustness}")
     sweep = SweepDir.open(sweep_dir)
@@ -410,6 +424,7 @@ def map_(
         threshold,
         column=metric or sweep.metric,
         covariance=sweep.covariance if covariance == "auto" else covariance,
+        covariance_floor=covariance_floor,
         point=_point(point),
         zscore=zscore,
         n_restarts=restarts,

@@ -117,6 +117,12 @@ class TrainingMap:
     min_covar : float
         hmmlearn's floor on the initial covariances; multiplied by 10 (up to 3 times) for a restart
         whose fit is degenerate.
+    covariance_floor : float
+        Added to the diagonal of every state's covariance after each M-step, in z units (0: off, the
+        paper's fit). hmmlearn's min_covar floors only the initial covariances, and its covariance prior
+        is divided by a state's row count, so neither stops a full covariance from collapsing onto
+        nearly collinear features (the 14 base features within a run); with a floor of f no state is
+        narrower than sqrt(f) standard deviations in any direction.
     n_jobs : int
         Processes for the K x restart fits (-1: all cores). Results do not depend on it.
 
@@ -146,6 +152,7 @@ class TrainingMap:
         min_covar=1e-3,
         n_jobs=1,
         selection="best",
+        covariance_floor=0.0,
     ):
         self.n_states = n_states
         self.selection = selection
@@ -162,6 +169,7 @@ class TrainingMap:
         self.random_state = random_state
         self.min_covar = min_covar
         self.n_jobs = n_jobs
+        self.covariance_floor = covariance_floor
 
     # -- scikit-learn estimator contract -------------------------------------------------------------
 
@@ -221,6 +229,7 @@ class TrainingMap:
             "lengths_eval": [len(z[s]) for s in eval_runs],
             "covariance_type": self.covariance_type,
             "min_covar": self.min_covar,
+            "covariance_floor": self.covariance_floor,
             "n_iter": self.n_iter,
             "tol": self.tol,
         }
@@ -262,6 +271,8 @@ class TrainingMap:
             raise ValueError(f"selection must be 'best' or 'mean', got {self.selection!r}")
         if self.n_restarts < 1 or self.max_states < 1:
             raise ValueError("n_restarts and max_states must be >= 1")
+        if not (self.covariance_floor >= 0 and math.isfinite(self.covariance_floor)):
+            raise ValueError(f"covariance_floor must be a finite number >= 0, got {self.covariance_floor}")
 
     def _feature_names(self) -> tuple[str, ...]:
         if isinstance(self.features, str):
@@ -481,10 +492,19 @@ def _fast_gaussian_hmm_class():
       product, where hmmlearn runs a Cholesky and a triangular solve per state and per sequence;
     - the E-step statistic sum_t gamma_t(k) x_t x_t^T is one matrix product per sequence instead of a
       three-operand einsum (about 9x faster).
-    Everything else (k-means initialisation, EM, scoring, decoding) is hmmlearn's."""
+    Everything else (k-means initialisation, EM, scoring, decoding) is hmmlearn's, but for the optional
+    `covariance_floor` (TrainingMap's), added to the covariances' diagonal after every M-step."""
     from hmmlearn.hmm import GaussianHMM
 
     class FastGaussianHMM(GaussianHMM):
+        covariance_floor = 0.0
+
+        def _do_mstep(self, stats):
+            super()._do_mstep(stats)
+            if self.covariance_floor and "c" in self.params:
+                full = self.covariance_type == "full"
+                self._covars_ = self._covars_ + self.covariance_floor * (np.eye(self.n_features) if full else 1.0)
+
         def _compute_log_likelihood(self, X):
             if self.covariance_type != "full":
                 return super()._compute_log_likelihood(X)
@@ -522,9 +542,11 @@ def _hmm_class():
     return _HMM_CLASS
 
 
-def _new_hmm(n_states, covariance_type, min_covar, seed, n_iter, tol, implementation="log", covars_prior=None):
+def _new_hmm(
+    n_states, covariance_type, min_covar, seed, n_iter, tol, implementation="log", covars_prior=None, floor=0.0
+):
     extra = {} if covars_prior is None else {"covars_prior": covars_prior}
-    return _hmm_class()(
+    model = _hmm_class()(
         n_components=n_states,
         covariance_type=covariance_type,
         min_covar=min_covar,
@@ -534,18 +556,21 @@ def _new_hmm(n_states, covariance_type, min_covar, seed, n_iter, tol, implementa
         implementation=implementation,
         **extra,
     )
+    model.covariance_floor = floor
+    return model
 
 
-def _fit_hmm(X, lengths, n_states, covariance_type, min_covar, seed, n_iter, tol, floor_prior: bool):
+def _fit_hmm(X, lengths, n_states, covariance_type, min_covar, seed, n_iter, tol, floor_prior: bool, floor=0.0):
     """One EM fit. EM runs with implementation="scaling" (about 1.4x faster than "log", the same fit to
     rounding); where its forward pass underflows (a row far from every state) the fit is redone in log
     space. Scoring and decoding always use log space. `floor_prior` puts min_covar on the diagonal of
-    the covariance prior: hmmlearn's min_covar floors only the initial covariances, so a retry needs it."""
+    the covariance prior: hmmlearn's min_covar floors only the initial covariances, so a retry needs it.
+    `floor`: the covariance floor added after every M-step (TrainingMap.covariance_floor)."""
     prior = None
     if floor_prior:
         prior = min_covar * (np.eye(X.shape[1]) if covariance_type == "full" else 1.0)
     for implementation in ("scaling", "log"):
-        model = _new_hmm(n_states, covariance_type, min_covar, seed, n_iter, tol, implementation, prior)
+        model = _new_hmm(n_states, covariance_type, min_covar, seed, n_iter, tol, implementation, prior, floor)
         try:
             model.fit(X, lengths)
         except ValueError as err:
@@ -574,7 +599,7 @@ def _converged(history, tol: float) -> bool:
 
 
 def _fit_restart(
-    X, lengths, X_eval, lengths_eval, covariance_type, min_covar, n_iter, tol, n_states, restart, seed
+    X, lengths, X_eval, lengths_eval, covariance_type, min_covar, covariance_floor, n_iter, tol, n_states, restart, seed
 ) -> dict:
     """Fit one seeded restart and score it on the held-out rows (total log-likelihood). A degenerate
     fit is retried with min_covar x10 (also as covariance prior), up to MAX_RETRIES times; if every
@@ -589,7 +614,9 @@ def _fit_restart(
         for attempt in range(MAX_RETRIES + 1):
             floor = min_covar * 10**attempt
             try:
-                model = _fit_hmm(X, lengths, n_states, covariance_type, floor, seed, n_iter, tol, attempt > 0)
+                model = _fit_hmm(
+                    X, lengths, n_states, covariance_type, floor, seed, n_iter, tol, attempt > 0, covariance_floor
+                )
                 _check_fit(model)
                 test_ll = model.score(X_eval, lengths_eval)
                 if not np.isfinite(test_ll):

@@ -69,6 +69,7 @@ def map_sweep(
     robustness: int = 0,
     bootstrap: bool = False,
     covariance: str = "full",
+    covariance_floor: float = 0.0,
     name: str | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> MapResult:
@@ -82,7 +83,8 @@ def map_sweep(
     `threshold` (>= ; <= for a loss); threshold None: the worst of the runs' final values
     (dynamics.convergence_threshold); column None (a series without evaluations, e.g. imported LM
     checkpoints): the map is fitted and drawn without the detour test. `covariance`: the HMM's, "full" or
-    "diag" (Hu et al.'s choice for few runs, as their 5 MultiBERTs). `name`: written into SWEEP_DIR/map-NAME/
+    "diag" (Hu et al.'s choice for few runs, as their 5 MultiBERTs); `covariance_floor`: added to every state's
+    covariance diagonal after each EM step, in z units (TrainingMap's; 0, the paper's fit: none). `name`: written into SWEEP_DIR/map-NAME/
     instead, beside the sweep's own map (which `show` and `compare` use), e.g. one map per K to compare."""
     sweep_dir = sweep_dir if isinstance(sweep_dir, SweepDir) else SweepDir.open(Path(sweep_dir))
     runs, skipped = _usable_runs(sweep_dir, point)
@@ -110,6 +112,7 @@ def map_sweep(
         n_jobs=n_jobs,
         selection=selection,
         covariance_type=covariance,
+        covariance_floor=covariance_floor,
     )
     with _quiet_hmmlearn(progress):
         try:
@@ -322,6 +325,7 @@ def _report(
             f"K = {model.n_states_}"
             + (f", chosen by held-out {model.n_states.upper()}" if isinstance(model.n_states, str) else "")
             + f", {model.covariance_type} covariance"
+            + (f" (floor {model.covariance_floor:g} on its diagonal)" if model.covariance_floor else "")
             + f"; EM {'converged' if chosen['converged'] else 'did NOT converge (hit n_iter)'}",
         ),
         (
