@@ -543,7 +543,15 @@ def _hmm_class():
 
 
 def _new_hmm(
-    n_states, covariance_type, min_covar, seed, n_iter, tol, implementation="log", covars_prior=None, floor=0.0
+    n_states,
+    covariance_type,
+    min_covar,
+    seed,
+    n_iter,
+    tol,
+    implementation="log",
+    covars_prior=None,
+    covariance_floor=0.0,
 ):
     extra = {} if covars_prior is None else {"covars_prior": covars_prior}
     model = _hmm_class()(
@@ -556,21 +564,25 @@ def _new_hmm(
         implementation=implementation,
         **extra,
     )
-    model.covariance_floor = floor
+    model.covariance_floor = covariance_floor
     return model
 
 
-def _fit_hmm(X, lengths, n_states, covariance_type, min_covar, seed, n_iter, tol, floor_prior: bool, floor=0.0):
+def _fit_hmm(
+    X, lengths, n_states, covariance_type, min_covar, seed, n_iter, tol, floor_prior: bool, covariance_floor=0.0
+):
     """One EM fit. EM runs with implementation="scaling" (about 1.4x faster than "log", the same fit to
     rounding); where its forward pass underflows (a row far from every state) the fit is redone in log
     space. Scoring and decoding always use log space. `floor_prior` puts min_covar on the diagonal of
     the covariance prior: hmmlearn's min_covar floors only the initial covariances, so a retry needs it.
-    `floor`: the covariance floor added after every M-step (TrainingMap.covariance_floor)."""
+    `covariance_floor`: added to the covariances' diagonal after every M-step (TrainingMap's)."""
     prior = None
     if floor_prior:
         prior = min_covar * (np.eye(X.shape[1]) if covariance_type == "full" else 1.0)
     for implementation in ("scaling", "log"):
-        model = _new_hmm(n_states, covariance_type, min_covar, seed, n_iter, tol, implementation, prior, floor)
+        model = _new_hmm(
+            n_states, covariance_type, min_covar, seed, n_iter, tol, implementation, prior, covariance_floor
+        )
         try:
             model.fit(X, lengths)
         except ValueError as err:
