@@ -82,7 +82,14 @@ def test_sweep_runs_every_seed_and_tabulates(parity_sweep):
     assert "seed" in result.stdout and "converged (test acc >= 0.9)" in result.stdout
     show = groklab_cli("show", str(out))
     assert show.returncode == 0 and show.stdout.count("finished") == 6
-    assert show.stdout.count("> 240") == len(censored) > 0  # not converged by its last step, not "240"
+    assert show.stdout.count("> 240") == len(censored)  # not converged by its last step, not "240"
+
+
+def test_show_prints_a_run_not_converged_as_later_than_its_last_step():
+    from groklab.cli import _not_yet
+
+    table = pd.DataFrame({"converged": [True, False, None], "convergence_step": [100.0, 240.0, float("nan")]})
+    assert _not_yet(table)["convergence_step"].tolist() == ["100", "> 240", "-"]
 
 
 def test_sweep_rerun_skips_finished_runs(parity_sweep):
