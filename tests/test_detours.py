@@ -13,6 +13,7 @@ from groklab.dynamics.detours import (
     detour_test,
     filtered_log_posterior,
     filtered_posterior_gradient,
+    occupancy_over_time,
     state_occupancy,
     training_map_graph,
     transition_features,
@@ -118,6 +119,13 @@ def test_occupancy_visits_and_transition_table():
     np.testing.assert_allclose(occupancy.loc[0].to_numpy(), [2 / 6, 3 / 6, 1 / 6])
     assert state_occupancy(paths, normalize=False).loc[7].tolist() == [3, 1, 0]
     assert visited(paths).loc[1].tolist() == [True, False, True]
+    when = occupancy_over_time(paths)  # runs of 6, 4 and 4 checkpoints
+    assert when.shape == (6, 3) and np.allclose(when.sum(axis=1), 1)
+    np.testing.assert_allclose(when.loc[0], [1, 0, 0])
+    np.testing.assert_allclose(when.loc[1], [2 / 3, 0, 1 / 3])
+    np.testing.assert_allclose(when.loc[3], [0, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(when.loc[5], [0, 0, 1])  # only seed 0 still running
+    assert occupancy_over_time(paths, n_states=4).shape == (6, 4)
     table = transition_table(paths)
     assert table[["from", "to", "count", "runs"]].values.tolist() == [
         [0, 0, 3, 2],

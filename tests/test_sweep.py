@@ -238,6 +238,7 @@ def test_map_of_a_sweep(parity_sweep):
         "paths.csv",
         "convergence.csv",
         "figures/state_paths.png",
+        "figures/state_occupancy.png",
     ):
         assert (map_dir / name).is_file(), name
     paths = pd.read_csv(map_dir / "paths.csv")
@@ -248,6 +249,7 @@ def test_map_of_a_sweep(parity_sweep):
     assert (map_dir / "training_map.svg").read_text().lstrip().startswith("<?xml")
     page = (map_dir / "report.html").read_text()
     assert "Training map" in page and "Detour test" in page and "training_map" in page
+    assert "When runs are in each state" in page
 
     from groklab.dynamics import TrainingMap
 

@@ -1,4 +1,4 @@
-"""Convergence times, state occupancy, detour tests, transitions and the training-map graph.
+"""Convergence times, state occupancy (how long and when), detour tests, transitions and the training-map graph.
 
 Hu, Chen, Saphra, Cho, "Latent State Models of Training Dynamics" (TMLR 2023) §4-5, as specified in
 spec/training-maps.md §5 with the decisions of its §6 table: two-sided p-values (#1), the vector
@@ -98,6 +98,25 @@ def state_occupancy(paths: Paths, n_states: int | None = None, normalize: bool =
     counts = np.array([np.bincount(np.asarray(p, dtype=int), minlength=k) for p in paths.values()])
     table = counts / counts.sum(axis=1, keepdims=True) if normalize else counts
     return pd.DataFrame(table, index=pd.Index(list(paths), name="seed"), columns=pd.RangeIndex(k, name="state"))
+
+
+def occupancy_over_time(paths: Paths, n_states: int | None = None) -> pd.DataFrame:
+    """Checkpoints x states: the share of the runs still running at each checkpoint (index = checkpoint
+    index within a run) that are in each state; each row sums to 1. `state_occupancy` says how long a
+    state is occupied, this says when: a state can be occupied at two times (e.g. at initialisation and
+    again late in training, which per-run z-scoring can put side by side), so its mean test accuracy
+    mixes both, and paths that go back and forth between two states show here as two interleaved bands."""
+    k = _n_states(paths, n_states)
+    length = max(len(p) for p in paths.values())
+    counts = np.zeros((length, k))  # (checkpoint, state)
+    for path in paths.values():
+        path = np.asarray(path, dtype=int)
+        np.add.at(counts, (np.arange(len(path)), path), 1)
+    return pd.DataFrame(
+        counts / counts.sum(axis=1, keepdims=True),
+        index=pd.RangeIndex(length, name="checkpoint"),
+        columns=pd.RangeIndex(k, name="state"),
+    )
 
 
 def visited(paths: Paths, n_states: int | None = None) -> pd.DataFrame:

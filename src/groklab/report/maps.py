@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from groklab.dynamics import occupancy_over_time
 from groklab.report.figures import PALETTE, Figure, Panel, Trace
 from groklab.report.html import plotly_figure, render_html
 
@@ -244,8 +245,8 @@ def map_plotly(layout: MapLayout):
 def sweep_figures(
     selection: pd.DataFrame, paths: pd.DataFrame, convergence: pd.DataFrame, detours: pd.DataFrame, means: pd.DataFrame
 ) -> list[Figure]:
-    """Model selection, the state path of every run (slowest at the top), convergence of visitors vs
-    others per state, and the state means of the features."""
+    """Model selection, the state path of every run (slowest at the top), the share of runs in each state
+    over time, convergence of visitors vs others per state, and the state means of the features."""
     figures = [
         Figure(
             "model_selection",
@@ -289,6 +290,27 @@ def sweep_figures(
                     },
                     xlabel="checkpoint",
                     ylabel="",
+                )
+            ],
+        )
+    )
+    by_seed = paths.sort_values(["seed", "checkpoint"]).groupby("seed")["state"]
+    share = occupancy_over_time({seed: states.to_numpy() for seed, states in by_seed}, k)
+    figures.append(
+        Figure(
+            "state_occupancy",
+            "When runs are in each state",
+            "Share of the runs (of those still running) in each state at every checkpoint. A state occupied at "
+            "two times, e.g. at the start and again late in training, has a mean test accuracy that mixes both.",
+            [
+                Panel(
+                    "occupancy",
+                    [
+                        Trace(f"state {s}", share.index, share[s], color=PALETTE[s % len(PALETTE)])
+                        for s in share.columns
+                    ],
+                    xlabel="checkpoint",
+                    ylabel="share of runs",
                 )
             ],
         )
